@@ -1,0 +1,182 @@
+"""The direction-selective Forget Lock (EASE closure 3)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ease_engine.linalg import ForgetLock, LockedBlock
+from ease_engine.linalg.forget_lock import MANIFEST_FILENAME, TENSORS_FILENAME
+
+D = 20
+DISPLACEMENT = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+
+
+def _basis(seed: int = 0, d: int = D, q: int = 3) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.linalg.qr(torch.randn(d, q, generator=g, dtype=torch.float64))[0]
+
+
+def _orthogonal_to(basis: torch.Tensor, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(basis.shape[0], generator=g, dtype=torch.float64)
+    return v - basis @ (basis.T @ v)
+
+
+def _lock(epsilon: float | None = None):
+    e = _basis()
+    g = torch.Generator().manual_seed(1)
+    theta_before = torch.randn(D, generator=g, dtype=torch.float64)
+    # the erasure moved theta along E by DISPLACEMENT, plus something outside span(E)
+    theta_after = theta_before + e @ DISPLACEMENT + 0.3 * _orthogonal_to(e, 2)
+    lock = ForgetLock(metadata={"version": "v7"})
+    lock.add_block("text.layer0.lora_A", e, theta_before, theta_after, epsilon=epsilon)
+    return lock, e, theta_before, theta_after
+
+
+def test_block_records_displacement_and_anchor():
+    lock, e, _, theta_after = _lock(epsilon=0.5)
+    block = lock.block("text.layer0.lora_A")
+    assert torch.allclose(block.displacement, DISPLACEMENT, atol=1e-12)
+    assert torch.allclose(block.anchor, e.T @ theta_after, atol=1e-12)
+    assert block.epsilon == 0.5 and block.rank == 3 and block.dim == D
+
+
+def test_updates_back_toward_the_excised_knowledge_are_blocked():
+    lock, e, _, _ = _lock()
+    update = -0.7 * (e @ DISPLACEMENT)  # straight back along -d
+    filtered, count = lock.apply("text.layer0.lora_A", update)
+    assert count == 3
+    assert torch.allclose(filtered, torch.zeros(D, dtype=torch.float64), atol=1e-12)
+    # with an orthogonal part: only the E-component is removed
+    side = _orthogonal_to(e, 3)
+    filtered, count = lock.apply("text.layer0.lora_A", update + side)
+    assert count == 3
+    assert torch.allclose(filtered, side, atol=1e-12)
+
+
+def test_orthogonal_updates_and_updates_along_d_pass_unchanged():
+    lock, e, _, _ = _lock()
+    side = _orthogonal_to(e, 4)
+    filtered, count = lock.apply("text.layer0.lora_A", side)
+    assert count == 0 and torch.allclose(filtered, side, atol=1e-12)
+    along = 2.0 * (e @ DISPLACEMENT) + side
+    filtered, count = lock.apply("text.layer0.lora_A", along)
+    assert count == 0 and torch.allclose(filtered, along, atol=1e-12)
+
+
+def test_mixed_update_only_loses_the_coordinates_that_point_back():
+    lock, e, _, _ = _lock()
+    coords = torch.tensor([-1.0, -1.0, 1.0], dtype=torch.float64)  # products with d: -1, +2, +0.5
+    update = e @ coords + _orthogonal_to(e, 5)
+    filtered, count = lock.apply("text.layer0.lora_A", update)
+    assert count == 1
+    assert torch.allclose(e.T @ filtered, torch.tensor([0.0, -1.0, 1.0], dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(filtered, update + e[:, 0], atol=1e-12)
+    lock.apply("text.layer0.lora_A", -(e @ DISPLACEMENT))
+    assert lock.interventions["text.layer0.lora_A"] == 1 + 3
+
+
+def test_shape_and_dtype_of_the_update_are_kept():
+    lock, e, _, _ = _lock()
+    update = (-(e @ DISPLACEMENT) + _orthogonal_to(e, 6)).float().reshape(4, 5)
+    filtered, count = lock.apply("text.layer0.lora_A", update)
+    assert filtered.shape == (4, 5) and filtered.dtype == torch.float32 and count == 3
+    assert torch.allclose(e.T @ filtered.reshape(-1).double(), torch.zeros(3, dtype=torch.float64), atol=1e-6)
+
+
+def test_drift_bound_holds_over_many_rounds():
+    epsilon = 0.3
+    lock, e, _, theta_after = _lock(epsilon=epsilon)
+    anchor = lock.block("text.layer0.lora_A").anchor
+    g = torch.Generator().manual_seed(7)
+    theta = theta_after.clone()
+    total = 0
+    for _ in range(100):
+        update = 0.2 * torch.randn(D, generator=g, dtype=torch.float64)
+        filtered, count = lock.apply_with_state("text.layer0.lora_A", update, theta)
+        # outside span(E) the update is untouched
+        assert torch.allclose(filtered - e @ (e.T @ filtered), update - e @ (e.T @ update), atol=1e-12)
+        theta = theta + filtered
+        total += count
+        assert float((e.T @ theta - anchor).abs().max()) <= epsilon + 1e-12
+    assert total == lock.interventions["text.layer0.lora_A"] > 0
+
+
+def test_drift_bound_brings_a_state_outside_the_band_back_to_its_edge():
+    lock, e, _, theta_after = _lock(epsilon=0.1)
+    anchor = lock.block("text.layer0.lora_A").anchor
+    theta = theta_after + e @ torch.tensor([0.5, 0.0, -0.05], dtype=torch.float64)  # coordinate 0 out
+    filtered, count = lock.apply_with_state("text.layer0.lora_A", torch.zeros(D, dtype=torch.float64), theta)
+    assert count == 1
+    expected = anchor + torch.tensor([0.1, 0.0, -0.05], dtype=torch.float64)
+    assert torch.allclose(e.T @ (theta + filtered), expected, atol=1e-12)
+
+
+def test_without_epsilon_apply_with_state_equals_apply():
+    lock, e, _, theta_after = _lock()
+    update = torch.randn(D, generator=torch.Generator().manual_seed(8), dtype=torch.float64) * 5
+    a, count_a = lock.apply("text.layer0.lora_A", update)
+    b, count_b = lock.apply_with_state("text.layer0.lora_A", update, theta_after + 100 * e[:, 0])
+    assert torch.equal(a, b) and count_a == count_b
+
+
+def test_empty_and_unknown_blocks():
+    lock, _, _, _ = _lock()
+    lock.add_block("vision.head", torch.zeros(6, 0), torch.zeros(6), torch.ones(6), epsilon=0.1)
+    update = torch.arange(6.0)
+    filtered, count = lock.apply_with_state("vision.head", update, torch.zeros(6))
+    assert torch.equal(filtered, update) and count == 0
+    with pytest.raises(KeyError):
+        lock.apply("no.such.block", update)
+    with pytest.raises(ValueError):
+        lock.apply("vision.head", torch.zeros(7))
+    with pytest.raises(ValueError):
+        LockedBlock(torch.zeros(6, 2), torch.zeros(2), torch.zeros(3))
+
+
+def test_apply_to_updates_passes_unlocked_blocks_through():
+    lock, e, _, theta_after = _lock(epsilon=0.2)
+    updates = {"text.layer0.lora_A": -(e @ DISPLACEMENT), "frozen.bias": torch.ones(3)}
+    filtered, counts = lock.apply_to_updates(updates, theta_current={"text.layer0.lora_A": theta_after})
+    assert counts == {"text.layer0.lora_A": 3}
+    assert torch.equal(filtered["frozen.bias"], torch.ones(3))
+    assert torch.allclose(filtered["text.layer0.lora_A"], torch.zeros(D, dtype=torch.float64), atol=1e-12)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    lock, e, _, theta_after = _lock(epsilon=0.25)
+    lock.add_block("vision.proj", torch.zeros(6, 0), torch.zeros(6), torch.ones(6))
+    lock.add_block("text.layer1.lora_B", _basis(9, d=12, q=2).float(), torch.zeros(12), torch.ones(12))
+    manifest_path = lock.save(tmp_path / "lock")
+    assert manifest_path.name == MANIFEST_FILENAME
+    assert sorted(p.name for p in (tmp_path / "lock").iterdir()) == sorted(
+        [MANIFEST_FILENAME, TENSORS_FILENAME]
+    )
+    assert not (tmp_path / "lock" / TENSORS_FILENAME).read_bytes().startswith(b"\x80")  # not a pickle
+
+    loaded = ForgetLock.load(tmp_path / "lock")
+    assert loaded.block_names == lock.block_names and loaded.metadata == {"version": "v7"}
+    assert loaded.tolerance == lock.tolerance
+    for name in lock.block_names:
+        a, b = lock.block(name), loaded.block(name)
+        assert torch.equal(a.basis, b.basis) and a.basis.dtype == b.basis.dtype
+        assert torch.equal(a.displacement, b.displacement) and torch.equal(a.anchor, b.anchor)
+        assert a.epsilon == b.epsilon
+    update = torch.randn(D, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    assert torch.equal(
+        lock.apply_with_state("text.layer0.lora_A", update, theta_after)[0],
+        loaded.apply_with_state("text.layer0.lora_A", update, theta_after)[0],
+    )
+
+
+def test_load_rejects_tampered_tensors(tmp_path):
+    lock, _, _, _ = _lock()
+    lock.save(tmp_path)
+    manifest = json.loads((tmp_path / MANIFEST_FILENAME).read_text())
+    manifest["tensors_sha256"] = "0" * 64
+    (tmp_path / MANIFEST_FILENAME).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="checksum"):
+        ForgetLock.load(tmp_path)
