@@ -1,0 +1,180 @@
+"""The ``lethe`` command line (engine commands; the service adds its own sub-commands)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ease_engine.data.errors import DataError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Lethe: verified erasure for federated CLIP.")
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.toml"
+DEFAULT_RUN_DIR = Path("runs")
+
+
+class _QuietOpenClip(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_QuietOpenClip())
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _format_metrics(title: str, metrics: dict) -> str:
+    keys = ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"]
+    cells = "  ".join(f"{k}={metrics[k]:5.1f}" for k in keys if k in metrics)
+    return f"{title:<22} {cells}  (n={metrics.get('n_images', '?')})"
+
+
+@app.command()
+def federate(
+    config: Annotated[Path, typer.Option("--config", "-c", help="federation config (.toml or .json)")] = DEFAULT_CONFIG,
+    out: Annotated[Path | None, typer.Option(help="version directory to write (default runs/<name>)")] = None,
+    exclude: Annotated[list[int] | None, typer.Option(help="leave this client out (retrain reference)")] = None,
+    restart: Annotated[bool, typer.Option(help="ignore a checkpoint of an interrupted run")] = False,
+) -> None:
+    """Train a federation with FedAvg and write a model version with its ledger."""
+    from ease_engine.federation.config import ConfigError, load_config
+    from ease_engine.federation.fedavg import FederationError, run_federation
+
+    _setup_logging()
+    try:
+        cfg = load_config(config)
+        if exclude:
+            cfg.training.exclude_clients = sorted(set(cfg.training.exclude_clients) | set(exclude))
+        out = out or DEFAULT_RUN_DIR / cfg.name
+        path = run_federation(cfg, out, resume=not restart)
+    except (ConfigError, DataError, FederationError, FileExistsError) as exc:
+        _fail(str(exc))
+    metrics = json.loads((path / "metrics.json").read_text())
+    typer.echo(f"wrote {path}")
+    if "test" in metrics:
+        typer.echo(_format_metrics("test", metrics["test"]))
+
+
+@app.command()
+def evaluate(
+    version: Annotated[Path, typer.Argument(help="a model version directory")],
+    split: Annotated[
+        list[str] | None, typer.Option(help="test | train | client:K | retain:K (all clients but K); repeatable")
+    ] = None,
+    probe: Annotated[str | None, typer.Option(help="concept probe ATTRIBUTE=VALUE, e.g. colour=purple")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Recall@1/5/10 (both directions) of a version on data splits, and the concept probe."""
+    from ease_engine.evaluation.report import evaluate_version
+    from ease_engine.models.factory import ModelError
+
+    _setup_logging()
+    try:
+        result = evaluate_version(version, split or ["test"], probe)
+    except (DataError, ModelError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    for name, metrics in result["retrieval"].items():
+        typer.echo(_format_metrics(name, metrics))
+    for name, p in result.get("probe", {}).items():
+        typer.echo(f"probe {name:<16} accuracy={p['accuracy']:.1f}%  chance={p['chance']:.1f}%  (n={p['n_images']})")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="where the default federation is written")] = DEFAULT_RUN_DIR / "default",
+    config: Annotated[Path, typer.Option("--config", "-c")] = DEFAULT_CONFIG,
+) -> None:
+    """The main job on the embedded default: train (or reuse) the default federation, evaluate it."""
+    from ease_engine.evaluation.report import evaluate_version
+    from ease_engine.federation.config import load_config
+    from ease_engine.federation.fedavg import run_federation
+
+    _setup_logging()
+    cfg = load_config(config)
+    if (out / "metrics.json").is_file():
+        typer.echo(f"reusing the federation in {out} (delete it to retrain)")
+    else:
+        typer.echo(
+            f"training the default federation ({cfg.partition.n_clients} clients, {cfg.training.rounds} "
+            f"rounds, {cfg.data.scenes.n_train} scenes) into {out}"
+        )
+        run_federation(cfg, out)
+    owner, (attribute, value) = next(iter(cfg.partition.owners.items()))
+    result = evaluate_version(out, ["test", f"client:{owner}", f"retain:{owner}"], f"{attribute}={value}")
+    for name, metrics in result["retrieval"].items():
+        typer.echo(_format_metrics(name, metrics))
+    for name, p in result.get("probe", {}).items():
+        typer.echo(f"probe {name:<16} accuracy={p['accuracy']:.1f}%  chance={p['chance']:.1f}%  (n={p['n_images']})")
+    typer.echo(f"version: {out}  (ledger: {out / 'ledger'})")
+
+
+@app.command()
+def erase(
+    version: Annotated[Path, typer.Argument(help="the model version to erase from")],
+    out: Annotated[Path, typer.Option(help="directory for the new version")],
+    client: Annotated[int, typer.Option(help="the client whose data is erased")],
+    pairs: Annotated[Path | None, typer.Option(help="file of pair ids (one per line): erase only these")] = None,
+    method: Annotated[str, typer.Option(help="unlearning method (see `lethe methods`)")] = "ease",
+    params: Annotated[str | None, typer.Option(help='method parameters as JSON, e.g. \'{"steps": 40}\'')] = None,
+    reference: Annotated[Path | None, typer.Option(help="a retrain reference version for the gates")] = None,
+) -> None:
+    """Erase a client (or some of its pairs) and write a verified new version; prints the gates."""
+    from ease_engine.erasure import erase as run_erasure
+    from ease_engine.unlearning import ErasureTarget, UnlearningError
+
+    _setup_logging()
+    try:
+        pair_ids = None
+        if pairs is not None:
+            if not pairs.is_file():
+                raise UnlearningError(f"pair id file not found: {pairs}")
+            pair_ids = tuple(line.strip() for line in pairs.read_text().splitlines() if line.strip())
+            if not pair_ids:
+                raise UnlearningError(f"{pairs} lists no pair ids")
+        parsed = json.loads(params) if params else None
+        result = run_erasure(version, ErasureTarget(client, pair_ids), method, parsed, out, reference_dir=reference)
+    except json.JSONDecodeError as exc:
+        _fail(f"--params is not valid JSON: {exc}")
+    except (UnlearningError, DataError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    report = result.report
+    for gate in report.gates:
+        mark = "pass" if gate.passed else "FAIL"
+        typer.echo(f"{mark}  {gate.name:<22} {gate.value:8.3f} {gate.comparison} {gate.threshold:.3f}")
+    typer.echo(f"{method} took {result.outcome.wall_seconds:.1f} s")
+    if result.version_dir is None:
+        typer.secho("verification failed: no version was written", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    typer.echo(f"wrote {result.version_dir}")
+
+
+@app.command()
+def methods() -> None:
+    """List the unlearning methods and their parameters."""
+    from ease_engine.unlearning import METHODS
+
+    for name, spec in METHODS.items():
+        fields = ", ".join(f"{k}={v.default!r}" for k, v in spec.params.model_fields.items())
+        typer.echo(f"{name:<12} {spec.summary}\n{'':<12} {fields or '(no parameters)'}")
+
+
+def main() -> None:  # pragma: no cover - console entry
+    sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Evaluate a model on a data split: embeddings, Recall@K, and the concept probe."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ease_engine.data.dataset import CaptionDataset
+from ease_engine.data.scenes import probe_captions
+from ease_engine.evaluation.probe import probe_accuracy
+from ease_engine.evaluation.retrieval import recall_at_k
+from ease_engine.federation.training import image_batch
+from ease_engine.models.factory import ClipBundle
+
+
+@torch.no_grad()
+def encode_images(
+    bundle: ClipBundle, dataset: CaptionDataset, items=None, batch_size: int = 256, device: str = "cpu"
+) -> torch.Tensor:
+    """L2-normalised image embeddings (N, D) of ``items`` (default: all)."""
+    model = bundle.model
+    was_training = model.training
+    model.eval()
+    items = np.arange(len(dataset)) if items is None else np.asarray(items, dtype=np.int64)
+    out = [
+        F.normalize(model.encode_image(image_batch(bundle, dataset, items[i : i + batch_size], device)), dim=-1)
+        for i in range(0, len(items), batch_size)
+    ]
+    model.train(was_training)
+    return torch.cat(out).float().cpu() if out else torch.zeros(0, 1)
+
+
+@torch.no_grad()
+def encode_texts(bundle: ClipBundle, texts: list[str], batch_size: int = 512, device: str = "cpu") -> torch.Tensor:
+    """L2-normalised text embeddings (M, D)."""
+    model = bundle.model
+    was_training = model.training
+    model.eval()
+    out = [
+        F.normalize(model.encode_text(bundle.tokenize(texts[i : i + batch_size]).to(device)), dim=-1)
+        for i in range(0, len(texts), batch_size)
+    ]
+    model.train(was_training)
+    return torch.cat(out).float().cpu() if out else torch.zeros(0, 1)
+
+
+def retrieval_metrics(bundle: ClipBundle, dataset: CaptionDataset, device: str = "cpu") -> dict[str, float]:
+    """Recall@1/5/10 both directions on ``dataset`` (an image matches any of its captions)."""
+    if len(dataset) == 0:
+        raise ValueError(f"cannot evaluate retrieval on an empty split ({dataset.name})")
+    texts, owner = dataset.caption_owner()
+    image_emb = encode_images(bundle, dataset, device=device)
+    text_emb = encode_texts(bundle, texts, device=device)
+    metrics = recall_at_k(image_emb, text_emb, owner)
+    metrics["n_images"] = len(dataset)
+    return metrics
+
+
+def concept_items(dataset: CaptionDataset, attribute: str, value: str) -> np.ndarray:
+    return np.asarray([i for i, c in enumerate(dataset.concepts) if value in c.get(attribute, ())], dtype=np.int64)
+
+
+def concept_probe(
+    bundle: ClipBundle, dataset: CaptionDataset, attribute: str, value: str, device: str = "cpu"
+) -> dict[str, float]:
+    """For every image showing ``attribute = value``: is its true caption preferred over the
+    captions that differ only in that attribute (e.g. the same scene with purple replaced by
+    each other colour)? Returns accuracy in percent, the chance level and the image count.
+    Needs a data set with scene structure (``scenes``).
+    """
+    if dataset.structure is None:
+        raise ValueError(f"data set {dataset.name!r} has no scene structure; the concept probe needs `scenes`")
+    items = concept_items(dataset, attribute, value)
+    if len(items) == 0:
+        raise ValueError(f"no image in {dataset.name!r} has {attribute} = {value!r}")
+    candidates, truth = [], []
+    for i in items:
+        caps, true_index = probe_captions(dataset.structure[i], attribute, value)
+        candidates.append(caps)
+        truth.append(true_index)
+    flat = [c for caps in candidates for c in caps]
+    text_emb = encode_texts(bundle, flat, device=device)
+    per_image = len(candidates[0])
+    image_emb = encode_images(bundle, dataset, items, device=device)
+    accuracy = probe_accuracy(image_emb, text_emb.view(len(items), per_image, -1), np.asarray(truth))
+    return {"accuracy": accuracy, "chance": 100.0 / per_image, "n_images": len(items)}

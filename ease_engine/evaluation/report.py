@@ -1,0 +1,61 @@
+"""Evaluate a saved version on named splits of the data it was trained on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ease_engine.data.dataset import CaptionDataset
+from ease_engine.evaluation.evaluate import concept_items, concept_probe, retrieval_metrics
+from ease_engine.federation.config import FederationConfig, load_federation_data
+from ease_engine.models.version_io import load_version
+
+
+def select_split(train: CaptionDataset, test: CaptionDataset, split: str) -> CaptionDataset:
+    """``test``, ``train``, ``client:K`` (client K's pairs) or ``retain:K`` (every other client's)."""
+    if split == "test":
+        return test
+    if split == "train":
+        return train
+    kind, _, arg = split.partition(":")
+    if kind in ("client", "retain") and arg.lstrip("-").isdigit():
+        k = int(arg)
+        if k not in train.clients:
+            raise ValueError(f"split {split!r}: unknown client {k} (clients: {train.clients})")
+        mask = train.client_ids == k if kind == "client" else (train.client_ids != k) & (train.client_ids >= 0)
+        return train.subset(np.flatnonzero(mask), name=split)
+    raise ValueError(f"unknown split {split!r}; use test, train, client:K or retain:K")
+
+
+def version_config(version: str | Path) -> FederationConfig:
+    """The federation config recorded in a version (it names the data the version saw)."""
+    metadata = json.loads((Path(version) / "metadata.json").read_text())
+    if "config" not in metadata:
+        raise ValueError(f"{version}: metadata.json records no federation config")
+    return FederationConfig.model_validate(metadata["config"])
+
+
+def evaluate_bundle(bundle, train, test, splits: list[str], probe: str | None, device: str = "cpu") -> dict:
+    result: dict = {"retrieval": {}, "probe": {}}
+    for split in splits:
+        data = select_split(train, test, split)
+        result["retrieval"][split] = retrieval_metrics(bundle, data, device)
+        if probe:
+            attribute, _, value = probe.partition("=")
+            if not value:
+                raise ValueError(f"probe must be ATTRIBUTE=VALUE, got {probe!r}")
+            if len(concept_items(data, attribute, value)):
+                result["probe"][split] = concept_probe(bundle, data, attribute, value, device)
+    return result
+
+
+def evaluate_version(version: str | Path, splits: list[str], probe: str | None = None, device: str = "cpu") -> dict:
+    version = Path(version)
+    if not version.is_dir():
+        raise FileNotFoundError(f"version directory not found: {version}")
+    config = version_config(version)
+    bundle, _ = load_version(version, device)
+    train, test = load_federation_data(config)
+    return evaluate_bundle(bundle, train, test, splits, probe, device)

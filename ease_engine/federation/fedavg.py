@@ -1,0 +1,331 @@
+"""FedAvg simulation with the contribution ledger, checkpoints and exact resume.
+
+Round t: every sampled client k starts from theta^(t-1), trains ``local_epochs`` on its
+pairs and returns Delta_k^t; the server sets theta^t = theta^(t-1) + sum_k p_k Delta_k^t
+with p_k = n_k / sum of n over the round's participants. The ledger records p_k Delta_k^t.
+
+After every round the global blocks, the ledger and the history are written to
+``<out>.work/checkpoint`` in one atomic directory swap. A run that is killed resumes from
+its last completed round; since all randomness is derived from (seed, round, client), it
+ends with exactly the weights an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ease_engine.atomic import new_directory, write_json
+from ease_engine.data.dataset import CaptionDataset
+from ease_engine.evaluation.evaluate import retrieval_metrics
+from ease_engine.federation.config import FederationConfig, load_federation_data
+from ease_engine.federation.ledger import Ledger
+from ease_engine.federation.training import EncodedCaptions, derive_seed, train_local
+from ease_engine.federation.update_store import StoredRound, save_round, store_nbytes
+from ease_engine.linalg.forget_lock import ForgetLock
+from ease_engine.models.blocks import (
+    TOKEN_EMBEDDING,
+    ParameterBlock,
+    blocks_numel,
+    read_blocks,
+    trainable_blocks,
+    write_blocks,
+)
+from ease_engine.models.factory import ClipBundle, build_model
+from ease_engine.models.version_io import write_model_files
+
+CHECKPOINT = "checkpoint"
+
+
+class FederationError(RuntimeError):
+    """The federation cannot run as configured; the message says what to change."""
+
+
+@dataclass
+class FederationSetup:
+    """Everything a federation (or a method that continues one) needs, built once."""
+
+    config: FederationConfig
+    bundle: ClipBundle
+    train: CaptionDataset
+    test: CaptionDataset
+    captions: EncodedCaptions
+    blocks: list[ParameterBlock]
+    fingerprint: str
+
+    @property
+    def clients(self) -> list[int]:
+        return self.train.clients
+
+    def client_items(self, client: int) -> np.ndarray:
+        items = self.train.client_indices(client)
+        if len(items) == 0:
+            raise FederationError(f"client {client} has no pairs (clients: {self.clients})")
+        return items
+
+
+def model_fingerprint(bundle: ClipBundle, blocks: list[ParameterBlock]) -> str:
+    """Identifies the parameter space a ledger lives in: architecture, mode, init and blocks."""
+    payload = {
+        "model_cfg": bundle.model_cfg,
+        "model": bundle.config.model_dump(mode="json"),
+        "blocks": [b.to_json() for b in blocks],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def prepare_federation(config: FederationConfig) -> FederationSetup:
+    if config.training.threads:
+        torch.set_num_threads(config.training.threads)
+    train, test = load_federation_data(config)
+    bundle = build_model(config.model)
+    bundle.model.to(config.training.device)
+    captions = EncodedCaptions.build(bundle, train)
+    rows = captions.token_ids().tolist() if config.model.mode == "full" else None
+    blocks = trainable_blocks(bundle.model, rows)
+    unknown = set(config.training.exclude_clients) - set(train.clients)
+    if unknown:
+        raise FederationError(f"exclude_clients names unknown clients {sorted(unknown)} (clients: {train.clients})")
+    return FederationSetup(config, bundle, train, test, captions, blocks, model_fingerprint(bundle, blocks))
+
+
+def learning_rate(config: FederationConfig, round_index: int) -> float:
+    """Linear warm-up, then cosine from ``lr`` to ``lr_min`` over the remaining rounds."""
+    tc = config.training
+    if round_index < tc.warmup_rounds:
+        return tc.lr * (round_index + 1) / (tc.warmup_rounds + 1)
+    span = max(tc.rounds - tc.warmup_rounds - 1, 1)
+    progress = (round_index - tc.warmup_rounds) / span
+    return tc.lr_min + 0.5 * (tc.lr - tc.lr_min) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def round_participants(config: FederationConfig, clients: list[int], round_index: int) -> list[int]:
+    pool = [k for k in clients if k not in set(config.training.exclude_clients)]
+    if not pool:
+        raise FederationError("every client is excluded; nothing to train")
+    m = max(1, round(config.training.client_fraction * len(pool)))
+    if m >= len(pool):
+        return pool
+    rng = np.random.default_rng(derive_seed(config.training.seed, round_index, 0xC11E))
+    return sorted(int(k) for k in rng.choice(pool, size=m, replace=False))
+
+
+def fedavg_round(
+    setup: FederationSetup,
+    round_index: int,
+    participants: list[int],
+    lr: float,
+    ledger: Ledger | None = None,
+    items_of: Callable[[int], np.ndarray] | None = None,
+    store_to: Path | None = None,
+    lock: ForgetLock | None = None,
+) -> dict:
+    """One FedAvg round in place on ``setup.bundle.model``; returns per-client statistics.
+
+    ``items_of`` gives each client's pairs (default: its partition); ``store_to`` keeps
+    the round's raw updates there (see :mod:`update_store`); ``lock`` (an erased version's
+    Forget Lock) filters every client update before aggregation and counts interventions.
+    """
+    tc = setup.config.training
+    model = setup.bundle.model
+    items_of = items_of or setup.client_items
+    start = read_blocks(model, setup.blocks)
+    sizes = {k: len(items_of(k)) for k in participants}
+    total = sum(sizes.values())
+    aggregate = {name: torch.zeros_like(v) for name, v in start.items()}
+    raw_updates: dict[int, dict[str, torch.Tensor]] = {}
+    stats = {}
+    for k in participants:
+        write_blocks(model, setup.blocks, start)
+        result = train_local(
+            setup.bundle,
+            setup.train,
+            setup.captions,
+            items_of(k),
+            epochs=tc.local_epochs,
+            batch_size=tc.batch_size,
+            lr=lr,
+            weight_decay=tc.weight_decay,
+            seed=derive_seed(tc.seed, round_index, k),
+            device=tc.device,
+        )
+        weight = sizes[k] / total
+        local = read_blocks(model, setup.blocks)
+        raw = {name: local[name] - start[name] for name in start}
+        interventions = 0
+        if lock is not None:
+            raw, counts = lock.apply_to_updates(raw, theta_current=start)
+            raw = {name: v.to(start[name].dtype) for name, v in raw.items()}
+            interventions = sum(counts.values())
+        if store_to is not None:
+            raw_updates[k] = raw
+        weighted = {name: weight * delta for name, delta in raw.items()}
+        for name, delta in weighted.items():
+            aggregate[name] += delta
+        if ledger is not None:
+            ledger.record(k, round_index, weighted)
+        stats[k] = {**result, "weight": weight, "lock_interventions": interventions}
+    write_blocks(model, setup.blocks, {name: start[name] + aggregate[name] for name in start})
+    if store_to is not None:
+        weights = {k: s["weight"] for k, s in stats.items()}
+        save_round(store_to, StoredRound(round_index, start, raw_updates, weights))
+    return stats
+
+
+def _config_hash(config: FederationConfig) -> str:
+    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
+
+
+def _save_checkpoint(work: Path, setup: FederationSetup, ledger: Ledger | None, progress: dict) -> None:
+    with new_directory(work / CHECKPOINT, overwrite=True) as tmp:
+        values = read_blocks(setup.bundle.model, setup.blocks)
+        save_file({k: v.contiguous() for k, v in values.items()}, str(tmp / "global.safetensors"))
+        if ledger is not None:
+            ledger.save(tmp / "ledger")
+        write_json(tmp / "progress.json", progress)
+
+
+def _load_checkpoint(work: Path, setup: FederationSetup) -> tuple[dict, Ledger | None] | None:
+    path = work / CHECKPOINT
+    if not (path / "progress.json").is_file():
+        return None
+    progress = json.loads((path / "progress.json").read_text())
+    if progress["config_hash"] != _config_hash(setup.config):
+        raise FederationError(
+            f"{path} holds a run with a different config; delete {work} to start over, or use the same config"
+        )
+    write_blocks(setup.bundle.model, setup.blocks, load_file(str(path / "global.safetensors")))
+    ledger = Ledger.load(path / "ledger", setup.fingerprint) if (path / "ledger").exists() else None
+    return progress, ledger
+
+
+def clients_index(train: CaptionDataset, excluded: list[int]) -> dict:
+    return {
+        "clients": {
+            str(k): {
+                "n_samples": int(len(train.client_indices(k))),
+                "pair_ids": [train.pair_ids[i] for i in train.client_indices(k)],
+                "excluded": k in excluded,
+            }
+            for k in train.clients
+        }
+    }
+
+
+def run_federation(
+    config: FederationConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = True,
+    show_progress: bool = True,
+    stop_after_round: int | None = None,
+    setup: FederationSetup | None = None,
+) -> Path | None:
+    """Train the federation and write the version directory ``out_dir``.
+
+    ``stop_after_round`` ends the run after that round's checkpoint without writing the
+    version (how tests simulate a killed run). Returns the version path, or None if stopped.
+    """
+    out_dir = Path(out_dir)
+    work = out_dir.with_name(out_dir.name + ".work")
+    tc = config.training
+    setup = setup or prepare_federation(config)
+    participants_all = [k for k in setup.clients if k not in tc.exclude_clients]
+    ledger = None
+    if config.ledger.enabled:
+        sizes = {k: len(setup.train.client_indices(k)) for k in participants_all}
+        ledger = Ledger(setup.blocks, participants_all, config.ledger, setup.fingerprint, sizes)
+    history: list[dict] = []
+    start_round = 0
+    if resume:
+        loaded = _load_checkpoint(work, setup)
+        if loaded is not None:
+            progress, ledger_loaded = loaded
+            ledger = ledger_loaded if ledger is not None else None
+            history = progress["history"]
+            start_round = progress["rounds_completed"]
+            if show_progress:
+                print(f"resuming {out_dir.name} after round {start_round} of {tc.rounds}")
+    elif work.exists():
+        shutil.rmtree(work)
+
+    began = time.perf_counter()
+    bar = tqdm(
+        range(start_round, tc.rounds),
+        desc=f"federate {config.name}",
+        disable=not show_progress,
+        initial=start_round,
+        total=tc.rounds,
+    )
+    for t in bar:
+        t0 = time.perf_counter()
+        lr = learning_rate(config, t)
+        participants = round_participants(config, setup.clients, t)
+        store = config.ledger.store_updates_every
+        store_to = work / "updates" if store and t % store == 0 else None
+        stats = fedavg_round(setup, t, participants, lr, ledger, store_to=store_to)
+        loss = sum(s["loss"] * s["weight"] for s in stats.values())
+        entry = {
+            "round": t,
+            "lr": lr,
+            "loss": loss,
+            "participants": participants,
+            "samples": sum(s["samples"] for s in stats.values()),
+            "seconds": time.perf_counter() - t0,
+            "ledger_bytes": ledger.nbytes() if ledger else 0,
+        }
+        if tc.eval_every and (t + 1) % tc.eval_every == 0:
+            entry["test"] = retrieval_metrics(setup.bundle, setup.test, tc.device)
+        history.append(entry)
+        bar.set_postfix(loss=f"{loss:.3f}")
+        _save_checkpoint(
+            work,
+            setup,
+            ledger,
+            {
+                "rounds_completed": t + 1,
+                "history": history,
+                "config_hash": _config_hash(config),
+            },
+        )
+        if stop_after_round is not None and t + 1 >= stop_after_round and t + 1 < tc.rounds:
+            return None
+
+    train_seconds = sum(h["seconds"] for h in history)
+    metrics = {"test": retrieval_metrics(setup.bundle, setup.test, tc.device)} if len(setup.test) else {}
+    metadata = {
+        "kind": "federation",
+        "name": config.name,
+        "config": config.model_dump(mode="json"),
+        "model_fingerprint": setup.fingerprint,
+        "trainable_parameters": blocks_numel(setup.blocks),
+        "token_embedding_rows": sum(1 for b in setup.blocks if b.param == TOKEN_EMBEDDING and b.rows),
+        "rounds": tc.rounds,
+        "train_seconds": train_seconds,
+        "wall_seconds_this_process": time.perf_counter() - began,
+        "samples_processed": sum(h["samples"] for h in history),
+    }
+    with new_directory(out_dir, overwrite=True) as tmp:
+        write_model_files(setup.bundle, tmp, metadata)
+        if ledger is not None:
+            ledger.save(tmp / "ledger")
+        write_json(tmp / "clients.json", clients_index(setup.train, list(tc.exclude_clients)))
+        write_json(tmp / "history.json", history)
+        write_json(tmp / "metrics.json", metrics)
+        if (work / "updates").is_dir():
+            shutil.copytree(work / "updates", tmp / "updates")
+            metadata["stored_update_bytes"] = store_nbytes(tmp / "updates")
+            write_json(tmp / "metadata.json", metadata)
+    shutil.rmtree(work, ignore_errors=True)
+    return out_dir

@@ -1,0 +1,123 @@
+"""Local CLIP training on one client's pairs: the inner loop of FedAvg.
+
+Everything random (batch order, which caption of each image) comes from a generator
+seeded by (run seed, round, client), so a round can be replayed exactly: this is what
+makes a resumed federation end with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ease_engine.data.dataset import CaptionDataset
+from ease_engine.models.factory import ClipBundle
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers, stable across runs and platforms."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+@dataclass
+class EncodedCaptions:
+    """All captions of a data set tokenized once; ``offsets[i]:offsets[i+1]`` are image i's."""
+
+    tokens: torch.Tensor  # (M, context) int64
+    offsets: np.ndarray  # (N + 1,)
+
+    @classmethod
+    def build(cls, bundle: ClipBundle, dataset: CaptionDataset) -> EncodedCaptions:
+        texts, _ = dataset.caption_owner()
+        unique = sorted(set(texts))
+        table = bundle.tokenize(unique)
+        position = {t: i for i, t in enumerate(unique)}
+        tokens = table[[position[t] for t in texts]]
+        counts = np.array([len(c) for c in dataset.captions], dtype=np.int64)
+        return cls(tokens=tokens, offsets=np.concatenate([[0], np.cumsum(counts)]))
+
+    def token_ids(self) -> torch.Tensor:
+        return torch.unique(self.tokens)
+
+    def pick(self, items: np.ndarray, generator: torch.Generator) -> torch.Tensor:
+        """One caption per item, chosen uniformly among its captions."""
+        counts = torch.from_numpy(self.offsets[items + 1] - self.offsets[items])
+        choice = (torch.rand(len(items), generator=generator) * counts).long()
+        return self.tokens[torch.from_numpy(self.offsets[items]) + choice]
+
+
+def image_batch(bundle: ClipBundle, dataset: CaptionDataset, items: np.ndarray, device: str) -> torch.Tensor:
+    if dataset.pixels is not None:
+        return bundle.pixels_to_tensor(dataset.pixels[items], device)
+    transform = bundle.image_transform()
+    return torch.stack([transform(dataset.load_image(int(i))) for i in items]).to(device)
+
+
+def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE over the batch (the CLIP objective)."""
+    image_features = F.normalize(image_features, dim=-1)
+    text_features = F.normalize(text_features, dim=-1)
+    logits = logit_scale.exp().clamp(max=100.0) * image_features @ text_features.t()
+    labels = torch.arange(len(logits), device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW; weight decay only on matrices that are not embeddings.
+
+    Embeddings get no decay so that rows no caption uses get exactly zero update (AdamW's
+    step is 0 for a zero gradient and zero moments): they stay out of updates and ledger.
+    """
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (decay if param.ndim >= 2 and "embedding" not in name else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, fused=True)
+
+
+def batches(items: np.ndarray, batch_size: int, generator: torch.Generator) -> list[np.ndarray]:
+    """Shuffled mini-batches; a last batch of one pair is dropped (contrastive needs two)."""
+    order = items[torch.randperm(len(items), generator=generator).numpy()]
+    out = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return [b for b in out if len(b) >= 2]
+
+
+def train_local(
+    bundle: ClipBundle,
+    dataset: CaptionDataset,
+    captions: EncodedCaptions,
+    items: Sequence[int] | np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    device: str,
+) -> dict[str, float]:
+    """Train ``bundle.model`` in place on ``items`` of ``dataset``; returns loss and step count."""
+    model = bundle.model
+    model.train()
+    items = np.asarray(items, dtype=np.int64)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = make_optimizer(model, lr, weight_decay)
+    total, steps = 0.0, 0
+    for _ in range(epochs):
+        for batch in batches(items, batch_size, generator):
+            images = image_batch(bundle, dataset, batch, device)
+            texts = captions.pick(batch, generator).to(device)
+            image_features, text_features, logit_scale = model(images, texts)[:3]
+            loss = clip_loss(image_features, text_features, logit_scale)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+            steps += 1
+    return {"loss": total / max(steps, 1), "steps": steps, "samples": steps and int(len(items) * epochs)}
