@@ -1,0 +1,95 @@
+"""The FastAPI application: ``create_app()``. Run with ``uvicorn service.app:create_app --factory``.
+
+This process never imports torch, ``ease_engine`` or ``workers``: tasks go to the broker by name.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.api.routes import audit, erasure_requests, health, keys, models
+from service.crud import Sender, dispatch_outbox
+from service.db import Database, upgrade_database
+from service.errors import install_error_handlers
+from service.metrics import BodySizeLimitMiddleware, MetricsMiddleware, ServiceMetrics
+from service.settings import Settings, get_settings
+
+logger = logging.getLogger("lethe.service")
+
+DESCRIPTION = """GDPR erasure requests (Art. 17) for federated CLIP models.
+
+Authenticate with `Authorization: Bearer <token>` (`lethe token create --name NAME --role ROLE`).
+Errors always look like `{"error": {"code": "...", "message": "...", "details": ...}}`.
+"""
+
+
+class OutboxDispatcher:
+    """A background thread that runs ``dispatch_outbox`` every ``interval`` seconds."""
+
+    def __init__(self, app_state, interval: float):
+        self.state, self.interval = app_state, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lethe-outbox", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def run_once(self):
+        with self.state.db.session() as session:
+            result = dispatch_outbox(session, self.state.sender)
+        self.state.metrics.record_dispatch(result)
+        return result
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.run_once()
+            except Exception:
+                logger.exception("outbox dispatcher pass failed; retrying in %.1f s", self.interval)
+
+
+def create_app(settings: Settings | None = None, *, database: Database | None = None,
+               sender: Sender | None = None) -> FastAPI:
+    """Build the app. ``database`` and ``sender`` may be injected (tests); by default they come from
+    the settings (``LETHE_DATABASE_URL``; a Celery client for ``LETHE_BROKER_URL``)."""
+    settings = settings or get_settings()
+    database = database or Database(settings.database_url)
+    if sender is None:
+        from service.queue import celery_sender, make_celery_client
+
+        sender = celery_sender(make_celery_client(settings), settings.task_queue)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if settings.auto_migrate:
+            upgrade_database(settings.database_url)
+        dispatcher = None
+        if settings.outbox_poll_seconds > 0:
+            dispatcher = OutboxDispatcher(app.state, settings.outbox_poll_seconds)
+            dispatcher.start()
+        app.state.dispatcher = dispatcher
+        try:
+            yield
+        finally:
+            if dispatcher is not None:
+                dispatcher.stop()
+
+    app = FastAPI(title="Lethe", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.db = database
+    app.state.sender = sender
+    app.state.metrics = ServiceMetrics(database)
+    install_error_handlers(app)
+    for module in (erasure_requests, models, audit, keys, health):
+        app.include_router(module.router)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: times everything
+    return app

@@ -1,0 +1,75 @@
+"""``lethe token ...`` and ``lethe db ...``: typer sub-apps mounted into the ``lethe`` command::
+
+    app.add_typer(token_app, name="token")
+    app.add_typer(db_app, name="db")
+
+They use LETHE_DATABASE_URL (or --database-url).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from sqlalchemy import select
+
+from service.db import Database, upgrade_database
+from service.models import ApiToken, Role
+from service.settings import get_settings
+
+token_app = typer.Typer(help="Create, list and revoke API tokens.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+
+DatabaseUrl = Annotated[str | None, typer.Option("--database-url", envvar="LETHE_DATABASE_URL",
+                                                 help="SQLAlchemy URL; default: LETHE_DATABASE_URL.")]
+
+
+def _database(url: str | None) -> Database:
+    return Database(url or get_settings().database_url)
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[Role, typer.Option(help="requester, compliance, aggregator or admin")],
+    name: Annotated[str, typer.Option(help="Who or what uses the token")] = "cli",
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create a token and print it once (only its sha256 is stored)."""
+    from service.auth import create_token
+
+    db = _database(database_url)
+    with db.transaction() as session:
+        plaintext = create_token(session, name, role)
+    typer.echo(plaintext)
+    typer.echo(f"(role {role.value}, name {name!r}; store it now: it cannot be shown again)", err=True)
+
+
+@token_app.command("list")
+def token_list(database_url: DatabaseUrl = None) -> None:
+    db = _database(database_url)
+    with db.session() as session:
+        for token in session.scalars(select(ApiToken).order_by(ApiToken.id)):
+            state = "revoked" if token.revoked else "active"
+            typer.echo(f"{token.id}\t{token.role}\t{state}\t{token.name}\t{token.created_at:%Y-%m-%d %H:%M}")
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: int, database_url: DatabaseUrl = None) -> None:
+    from service.auth import revoke_token
+
+    db = _database(database_url)
+    try:
+        with db.transaction() as session:
+            token = revoke_token(session, token_id)
+    except LookupError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"revoked token {token.id} ({token.name})")
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head", database_url: DatabaseUrl = None) -> None:
+    """Apply the migrations (the same for SQLite and Postgres)."""
+    url = database_url or get_settings().database_url
+    upgrade_database(url, revision)
+    typer.echo(f"database at {url.split('@')[-1]} is at {revision}")

@@ -1,0 +1,51 @@
+"""Plots in report.pdf, drawn from the figures the worker recorded (no database needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.reports import render_pdf, report_plots
+
+FIGURES = {
+    "metrics": {split: {"i2t_r1": 3.0, "i2t_r5": 9.0, "i2t_r10": 15.0, "t2i_r1": 2.0, "t2i_r5": 8.0,
+                        "t2i_r10": 14.0, "n_images": 60.0} for split in ("forget", "retain", "test")},
+    "before": {split: {"i2t_r1": 6.0, "i2t_r5": 12.0, "i2t_r10": 20.0, "t2i_r1": 5.0, "t2i_r5": 11.0,
+                       "t2i_r10": 19.0} for split in ("forget", "retain", "test")},
+    "gates": [{"name": "forget_i2t_r1", "value": 3.0, "threshold": 4.0, "comparison": "<=", "passed": True},
+              {"name": "mia_loss_auc", "value": 0.61, "threshold": 0.55, "comparison": "<=", "passed": False}],
+    "angles": {"principal_angles_deg": [12.5, 45.0, 88.0, 90.0, 90.0]},
+}
+
+
+def report(status: str = "published", result=None, failure=None) -> dict:
+    return {
+        "request": {"id": "r1", "status": status, "scope": "client", "client_id": "0", "model": "m"},
+        "legal_basis": {"code": "federation_exit", "description": "exit", "reason": None},
+        "timeline": [{"seq": 1, "at": "2026-11-28T00:00:00.000000Z", "type": "request.received"}],
+        "lineage": {"ancestry": [{"version": 1, "status": "registered", "content_hash": "sha256:x"}]},
+        "verification": {"status": status, "result": result, "failure": failure},
+        "audit_chain": {"events": [{"seq": 1, "hash": "a" * 64}], "head": {"seq": 1, "hash": "a" * 64},
+                        "verification": {"ok": True}, "rule": "hash = ..."},
+    }
+
+
+def test_all_three_plots_from_published_figures():
+    plots = report_plots(report(result=FIGURES))
+    assert [title for title, _ in plots] == ["Retrieval before and after the erasure", "Verification gates",
+                                             "Entanglement: principal angles"]
+    assert all(png.startswith(b"\x89PNG") for _, png in plots)
+    with_plots, without = render_pdf(report(result=FIGURES)), render_pdf(report())
+    assert with_plots.startswith(b"%PDF") and with_plots.count(b"/Subtype /Image") == 3
+    assert without.count(b"/Subtype /Image") == 0
+
+
+def test_failed_gates_are_plotted_from_the_failure():
+    failure = {"kind": "verification", "failed_gates": ["mia_loss_auc"], "gates": FIGURES["gates"]}
+    plots = report_plots(report("verification_failed", failure=failure))
+    assert [title for title, _ in plots] == ["Verification gates"]
+
+
+@pytest.mark.parametrize("result", [{}, {"metrics": "odd", "gates": [{"name": "g"}], "angles": []},
+                                    {"angles": {"principal_angles_deg": ["x"]}}])
+def test_missing_or_odd_figures_give_no_plot(result):
+    assert report_plots(report(result=result)) == []

@@ -1,0 +1,123 @@
+"""The ``lethe`` command: the engine's commands plus the service's sub-commands.
+
+It lives in ``workers`` because this is the layer allowed to import both ``ease_engine``
+(the science, which must not import the service) and ``service`` (which must not import
+torch).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from ease_engine.cli import app as engine_app
+from service.cli import db_app, token_app
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=engine_app.info.help)
+app.registered_commands.extend(engine_app.registered_commands)
+app.add_typer(token_app, name="token", help="API tokens (stored hashed; the plaintext is shown once)")
+app.add_typer(db_app, name="db", help="database schema (Alembic migrations)")
+
+ENVIRONMENT_HELP = """
+Settings (environment variables):
+
+\b
+  LETHE_DATABASE_URL      SQLAlchemy URL (default sqlite:///./var/lethe.db; Postgres: postgresql+psycopg://...)
+  LETHE_BROKER_URL        Celery broker (default: a local SQLite transport; production: redis://host:6379/0)
+  LETHE_RESULT_BACKEND    Celery result backend (optional; results are not needed)
+  LETHE_TASK_QUEUE        queue of the erasure task (default: celery)
+  LETHE_ARTIFACT_DIR      root of the model version directories (default ./artifacts)
+  LETHE_SIGNING_KEY       EC private key (PEM) that signs new versions (default: generated in var/keys)
+  LETHE_SIGNING_PUBLIC_KEY  public key served at /v1/keys (default: <key>.pub)
+  LETHE_OUTBOX_POLL_SECONDS  outbox dispatcher period in the API (default 5)
+  LETHE_AUTO_MIGRATE      run migrations when the API starts (serve migrates anyway unless --no-migrate)
+  LETHE_ERASE_METHOD      unlearning method (default ease)
+  LETHE_ERASE_PARAMS_JSON its parameters as a JSON object (default {})
+  LETHE_GATES_JSON        verification gates as a JSON object (default {}: the engine's defaults)
+  LETHE_DEVICE            torch device of the worker (default cpu)
+  LETHE_VISIBILITY_TIMEOUT  Redis visibility timeout, above the longest job (default 21600 s)
+  LETHE_UNACKED_RESTORE_INTERVAL  seconds between re-delivery sweeps for dead workers (default 60)
+  LETHE_LOCK_WAIT_SECONDS wait for the per-model lock before retrying later (default 60)
+  LETHE_TASK_MAX_RETRIES  retries of transient errors (default 8)
+  LETHE_WORKER_METRICS_PORT  worker Prometheus exporter port (default 9808; 0: off)
+"""
+
+
+@app.command(epilog=ENVIRONMENT_HELP)
+def serve(
+    host: Annotated[str, typer.Option(help="API address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="API port")] = 8000,
+    workers: Annotated[int, typer.Option(min=0, help="Celery worker processes (0: API only)")] = 1,
+    api: Annotated[bool, typer.Option(help="start the API")] = True,
+    migrate: Annotated[bool, typer.Option(help="run the database migrations first")] = True,
+    pool: Annotated[str, typer.Option(help="Celery pool: solo (one job per process) or prefork")] = "solo",
+    log_level: Annotated[str, typer.Option(help="log level of API and workers")] = "info",
+    grace: Annotated[float, typer.Option(help="seconds a worker may take to finish its job on Ctrl-C")] = 30.0,
+) -> None:
+    """Run the service: the API (uvicorn service.app:create_app --factory) and Celery worker(s) as child
+    processes, configured from LETHE_* environment variables. Ctrl-C stops them cleanly."""
+    from service.db import upgrade_database
+    from service.settings import Settings
+    from workers.serve import Supervisor, api_command, child_environment, worker_command
+
+    env, notes = child_environment()
+    settings = Settings.from_env(env)
+    for note in notes:
+        typer.echo(note)
+    if migrate:
+        upgrade_database(settings.database_url)
+        typer.echo(f"database migrated: {settings.database_url}")
+    supervisor = Supervisor(grace_seconds=grace, echo=typer.echo)
+    if api:
+        supervisor.start("api", api_command(host, port, log_level), env)
+    for index in range(workers):
+        worker_env = dict(env)
+        if index:  # one metrics port per worker process
+            base = int(env.get("LETHE_WORKER_METRICS_PORT") or 9808)
+            worker_env["LETHE_WORKER_METRICS_PORT"] = str(base + index) if base else "0"
+        supervisor.start(f"worker-{index}", worker_command(settings.task_queue, pool, 1, log_level,
+                                                           f"lethe-worker-{index}-{os.getpid()}"), worker_env)
+    if not supervisor.children:
+        typer.echo("nothing to start (--no-api and --workers 0)")
+        raise typer.Exit(2)
+    if api:
+        typer.echo(f"API on http://{host}:{port} (docs: /docs, metrics: /metrics); Ctrl-C stops")
+    raise typer.Exit(supervisor.run())
+
+
+@app.command("signing-key")
+def signing_key(
+    path: Annotated[str, typer.Argument(help="private key file (PEM); the public key goes to <path>.pub")],
+) -> None:
+    """Create an EC P-256 signing key pair if PATH does not exist (an existing key is kept)."""
+    from pathlib import Path
+
+    from workers.signing import ensure_key_pair
+
+    existed = Path(path).exists()
+    private, public = ensure_key_pair(Path(path))
+    typer.echo(f"{'kept' if existed else 'created'} {private}; public key {public}")
+
+
+@app.command(epilog=ENVIRONMENT_HELP)
+def worker(
+    pool: Annotated[str, typer.Option(help="Celery pool: solo (one job per process) or prefork")] = "solo",
+    concurrency: Annotated[int, typer.Option(min=1, help="processes with --pool prefork")] = 1,
+    log_level: Annotated[str, typer.Option(help="log level")] = "info",
+) -> None:
+    """Run one Celery worker for the erasure task (what `serve` starts; for containers and GPU hosts)."""
+    from workers.serve import worker_command
+
+    command = worker_command(os.environ.get("LETHE_TASK_QUEUE") or None, pool, concurrency, log_level)
+    os.execv(command[0], command)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()
