@@ -1,0 +1,67 @@
+"""Reactivation: does erased knowledge come back when the federation keeps training?
+
+From an erased model, FedAvg continues for K rounds on the retained clients (the Forget
+Lock filtering every update, or not), optionally with a relearning attack: a few of the
+forgotten pairs re-injected into one retained client's data. After every round the forget
+split is measured (R@1, the concept probe, MIA AUC).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from ease_engine.benchmarks.measure import Bench
+from ease_engine.federation.fedavg import fedavg_round, round_participants
+from ease_engine.linalg.forget_lock import ForgetLock
+from ease_engine.models.factory import ClipBundle
+from ease_engine.verification.membership import membership_inference
+from ease_engine.verification.report import evaluate_splits
+
+
+def continue_training(
+    bench: Bench,
+    bundle: ClipBundle,
+    rounds: int,
+    lock: ForgetLock | None = None,
+    reinjected: int = 0,
+    seed: int = 0,
+) -> list[dict]:
+    """K more FedAvg rounds on the retained data from ``bundle`` (a copy is trained)."""
+    context, target = bench.context, bench.target
+    bundle = copy.copy(bundle)
+    bundle.model = copy.deepcopy(bundle.model)
+    setup = context.with_model(bundle)
+    retained_items_of = context.retained_items_of(target)
+    clients = [k for k in context.retained_clients(target) if len(retained_items_of(k))]
+    attacker = clients[0]
+    injected = np.random.default_rng(seed).choice(context.forget_items(target), size=reinjected, replace=False)
+
+    def items_of(client: int) -> np.ndarray:
+        items = retained_items_of(client)
+        return np.concatenate([items, injected]) if client == attacker and reinjected else items
+
+    lr = context.config.training.lr_min
+    start = context.config.training.rounds + 100  # fresh seeds, distinct from the federation's own rounds
+    forget_only = {"forget": bench.splits["forget"], "test": bench.splits["test"]}
+    curve = [_point(bench, bundle, forget_only, 0, 0)]
+    for r in range(rounds):
+        participants = round_participants(setup.config, clients, start + r)
+        stats = fedavg_round(setup, start + r, participants, lr, items_of=items_of, lock=lock)
+        interventions = sum(s["lock_interventions"] for s in stats.values())
+        curve.append(_point(bench, bundle, forget_only, r + 1, interventions))
+    return curve
+
+
+def _point(bench: Bench, bundle: ClipBundle, splits: dict, round_index: int, interventions: int) -> dict:
+    recall, probe = evaluate_splits(bundle, {"forget": splits["forget"]}, bench.probe, bench.device)
+    mia = membership_inference(bundle, splits["forget"], splits["test"], device=bench.device)
+    return {
+        "round": round_index,
+        "forget_i2t_r1": recall["forget"]["i2t_r1"],
+        "forget_t2i_r1": recall["forget"]["t2i_r1"],
+        "probe": probe.get("forget", {}).get("accuracy"),
+        "similarity_auc": mia["similarity_auc"],
+        "lock_interventions": interventions,
+    }

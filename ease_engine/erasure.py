@@ -1,0 +1,202 @@
+"""One erasure end to end: load a version, unlearn, verify, write the new version.
+
+Nothing is written unless every gate passes (``publish_on_failure`` writes anyway, for the
+benchmark's ablations); a bad target or unknown parameters fail before any work starts.
+The new version is a directory written in one rename:
+
+    open_clip_config.json, open_clip_model.safetensors, lethe_model.json, metadata.json
+    clients.json        the erased client marked "erased" (client scope) or its pairs removed
+    ledger/             the parent's ledger without the erased client (client scope)
+    forget_lock/        the Forget Lock (EASE), for aggregators continuing the federation
+    verification.json   figures, reference and every gate with its threshold
+    manifest.json       parent (path and content hash), the erasure, and every file's sha256
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from ease_engine.atomic import new_directory, write_json
+from ease_engine.models.version_io import write_model_files
+from ease_engine.unlearning import ErasureTarget, UnlearningContext, UnlearningError, UnlearningOutcome, get_method
+from ease_engine.verification.report import GateConfig, VerificationReport, evaluate_splits, verification_splits, verify
+
+MANIFEST_FORMAT = "lethe-version/1"
+StageCallback = Callable[[str, float], None]
+
+
+@dataclass
+class ErasureResult:
+    report: VerificationReport
+    outcome: UnlearningOutcome
+    version_dir: Path | None
+
+
+SIGNATURE_SUFFIXES = (".sig", ".sigstore")
+
+
+def file_digests(directory: Path) -> dict[str, str]:
+    """sha256 of every file under ``directory`` (relative POSIX paths); the manifest and signatures excluded."""
+    out = {}
+    for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
+        rel = path.relative_to(directory).as_posix()
+        if rel == "manifest.json" or rel.endswith(SIGNATURE_SUFFIXES):
+            continue
+        h = hashlib.sha256()
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        out[rel] = h.hexdigest()
+    return out
+
+
+def content_hash(digests: dict[str, str]) -> str:
+    """``sha256:`` over the sorted ``path NUL digest`` lines (the service's directory-hash line format)."""
+    combined = hashlib.sha256()
+    for path in sorted(digests):
+        combined.update(f"{path}\0{digests[path]}\n".encode())
+    return "sha256:" + combined.hexdigest()
+
+
+def probe_for(context: UnlearningContext, target: ErasureTarget) -> tuple[str, str] | None:
+    """The concept probe for a client that owns an exclusive concept (``scenes`` partitions)."""
+    owners = context.config.partition.owners if context.config.partition.kind == "exclusive" else {}
+    concept = owners.get(target.client)
+    return tuple(concept) if concept and context.setup.train.structure is not None else None
+
+
+def parse_params(method: str, params: dict | None):
+    spec = get_method(method)
+    try:
+        return spec, spec.params.model_validate(params or {})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise UnlearningError(f"invalid parameters for {method}: {problems}") from None
+
+
+def erase(
+    version_dir: str | Path,
+    target: ErasureTarget,
+    method: str = "ease",
+    params: dict | None = None,
+    out_dir: str | Path | None = None,
+    gates: GateConfig | None = None,
+    reference_dir: str | Path | None = None,
+    context: UnlearningContext | None = None,
+    on_stage: StageCallback | None = None,
+    publish_on_failure: bool = False,
+    device: str = "cpu",
+) -> ErasureResult:
+    version_dir = Path(version_dir)
+    stage = on_stage or (lambda name, progress: None)
+    gates = gates or GateConfig()
+    spec, typed_params = parse_params(method, params)
+    if target.scope not in spec.scopes:
+        raise UnlearningError(f"{method} does not support scope {target.scope!r}")
+    if out_dir is not None and Path(out_dir).exists():
+        raise UnlearningError(f"{out_dir} already exists; choose a new directory for the erased version")
+    stage("loading", 0.0)
+    context = context or UnlearningContext.load(version_dir, device)
+    context.check_target(target)
+    context.on_stage = stage
+    stage("excising", 0.1)
+    outcome = spec.unlearn(context, target, typed_params)
+    stage("verifying", 0.7)
+    setup = context.setup
+    splits = verification_splits(
+        setup.train, setup.test, context.forget_items(target), context.retain_items(target), gates
+    )
+    probe = probe_for(context, target)
+    before, _ = evaluate_splits(setup.bundle, splits, None, device)
+    reference = None
+    if reference_dir is not None:
+        from ease_engine.models.version_io import load_version
+        from ease_engine.verification.membership import membership_inference
+
+        ref_bundle, _ = load_version(reference_dir, device)
+        ref_metrics, ref_probe = evaluate_splits(ref_bundle, splits, probe, device)
+        reference = {
+            "kind": "retrain",
+            "path": str(reference_dir),
+            "metrics": ref_metrics,
+            "probe": ref_probe,
+            "membership": membership_inference(ref_bundle, splits["forget"], splits["test"], seed=gates.seed),
+        }
+    report = verify(outcome.bundle, before, splits, gates, reference, probe, device)
+    written = None
+    if out_dir is not None and (report.passed or publish_on_failure):
+        written = write_erased_version(
+            Path(out_dir), version_dir, context, target, method, typed_params.model_dump(mode="json"), outcome, report
+        )
+    return ErasureResult(report, outcome, written)
+
+
+def write_erased_version(
+    out_dir: Path,
+    parent_dir: Path,
+    context: UnlearningContext,
+    target: ErasureTarget,
+    method: str,
+    params: dict,
+    outcome: UnlearningOutcome,
+    report: VerificationReport,
+) -> Path:
+    parent_digests = file_digests(parent_dir)
+    parent_meta = json.loads((parent_dir / "metadata.json").read_text())
+    with new_directory(out_dir) as tmp:
+        metadata = {
+            **{k: v for k, v in parent_meta.items() if k in ("config", "model_fingerprint", "trainable_parameters")},
+            "kind": "erasure",
+            "parent": parent_dir.name,
+        }
+        write_model_files(outcome.bundle, tmp, metadata)
+        clients = json.loads((parent_dir / "clients.json").read_text())
+        entry = clients["clients"][str(target.client)]
+        if target.scope == "client":
+            entry["erased"] = True
+        else:
+            gone = set(target.pair_ids)
+            entry["pair_ids"] = [p for p in entry["pair_ids"] if p not in gone]
+            entry["n_samples"] = len(entry["pair_ids"])
+            entry["erased_pairs"] = sorted(set(entry.get("erased_pairs", [])) | gone)
+        write_json(tmp / "clients.json", clients)
+        if context.ledger is not None:
+            ledger = context.ledger
+            if target.scope == "client":
+                ledger = copy.copy(ledger)
+                ledger.records = {k: v for k, v in context.ledger.records.items() if k != target.client}
+            ledger.save(tmp / "ledger")
+        if outcome.lock is not None:
+            outcome.lock.save(tmp / "forget_lock")
+        write_json(tmp / "verification.json", report.model_dump(mode="json"))
+        write_json(tmp / "metrics.json", report.metrics)
+        digests = file_digests(tmp)
+        write_json(
+            tmp / "manifest.json",
+            {
+                "format": MANIFEST_FORMAT,
+                "created_at": datetime.now(UTC).isoformat(),
+                "parent": {"name": parent_dir.name, "content_hash": content_hash(parent_digests)},
+                "erasure": {
+                    "scope": target.scope,
+                    "client": target.client,
+                    "pair_ids": list(target.pair_ids) if target.pair_ids else None,
+                    "method": method,
+                    "parameters": params,
+                    "wall_seconds": outcome.wall_seconds,
+                    "cost": outcome.cost.__dict__,
+                    "gates_passed": report.passed,
+                },
+                "files": digests,
+                "content_hash": content_hash(digests),
+            },
+        )
+    return out_dir

@@ -1,0 +1,369 @@
+"""EASE: entanglement-aware anchor closure (../shared/design/EASE.md), as this project builds it.
+
+Closure 1, excision (principal-angle entanglement). Per block l, the retained support
+U_R = orth[U_k S_k : k != f] (energy ``retained_energy``) and the forget basis
+U_f = orth[U_f, C_f] from the ledger. The cosine-sine split of U_R^T U_f gives the
+principal angles; the exclusive basis E^l spans the sine parts of the forget directions
+with sin(theta) >= ``sin_min``, and theta^l <- theta^l - E E^T C_f. A block no retained
+client ever moved (a word only the departing client used) is exclusive as a whole, so
+its contribution is removed exactly.
+
+Closure 2, bilateral displacement (bilinear cross-modal coupling). A short optimisation of
+BOTH towers (``towers``), each block's gradient projected onto its exclusive basis
+(g <- E E^T g), minimising
+
+    L = L_decouple(D_f) + retain_weight * L_retain(D_r)
+
+L_decouple matches the distribution of forget-pair similarities s(x, y) to that of
+held-out non-member pairs (1-D optimal transport: sorted batch similarities against the
+non-member quantiles), so forget pairs end up looking like pairs the model never saw,
+not below them. L_retain keeps both towers' unimodal embeddings on a retain proxy close
+to the ANCHOR model: the excised model by default (anchoring to the original model pulls
+the excised directions straight back; FIELD-NOTES). It stops when the two-sample KS
+statistic between forget and non-member similarities is <= ``ks_stop``, or after
+``steps``.
+
+Closure 3, the Forget Lock (federated update drift): E per block, the displacement
+d = E^T (theta_after - theta_before) and the anchor, saved with the version; the
+federation applies it to every later client update.
+
+Sample scope: U_f comes from per-sample gradients of the contrastive loss of the
+subject's pairs (SVD, rank <= ``sample_rank``); the retained support is the whole ledger;
+there is no recorded contribution, so closure 1's excision step is skipped and the
+displacement alone removes the pairs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from scipy.stats import ks_2samp
+
+from ease_engine.federation.training import EncodedCaptions, derive_seed, image_batch
+from ease_engine.linalg.forget_lock import ForgetLock
+from ease_engine.linalg.subspace import exclusive_basis, orthonormal_basis
+from ease_engine.models.blocks import ParameterBlock, read_blocks, write_blocks
+from ease_engine.models.factory import ClipBundle
+from ease_engine.unlearning.base import Cost, ErasureTarget, Timer, UnlearningContext, UnlearningOutcome
+
+
+class EaseParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # closure 1
+    excise: bool = True
+    sin_min: float = Field(0.95, ge=0, le=1, description="a forget direction is exclusive if sin(angle) >= this")
+    retained_energy: float = Field(0.999, gt=0, le=1, description="energy kept in the retained support U_R")
+    # closure 2
+    displace: bool = True
+    towers: Literal["both", "image", "text"] = "both"
+    steps: int = Field(60, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(64, ge=2)
+    retain_weight: float = Field(5.0, ge=0)
+    retain_anchor: Literal["excised", "original"] = "excised"
+    retain_proxy_size: int = Field(512, ge=2, description="retained pairs the server uses as proxy D_r")
+    ks_stop: float = Field(0.1, ge=0, le=1, description="stop once KS(forget, non-member similarities) <= this")
+    check_every: int = Field(10, ge=1)
+    # closure 3
+    lock: bool = True
+    lock_epsilon: float | None = Field(None, gt=0)
+    # sample scope
+    sample_rank: int = Field(8, ge=1)
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------- closure 1
+def forget_basis_for(basis: torch.Tensor, contribution: torch.Tensor | None) -> torch.Tensor:
+    """orth[U_f, C_f / |C_f|]: the span of f's updates, guaranteed to contain its contribution."""
+    columns = [basis]
+    if contribution is not None and float(contribution.norm()) > 0:
+        columns.append((contribution / contribution.norm()).reshape(-1, 1))
+    return orthonormal_basis(torch.cat(columns, dim=1))
+
+
+def retained_support(context: UnlearningContext, forget_client: int | None, name: str, energy: float) -> torch.Tensor:
+    ledger = context.ledger
+    parts = [
+        rec.basis[name] * rec.singular_values[name]
+        for k, rec in ledger.records.items()
+        if k != forget_client and rec.basis[name].shape[1]
+    ]
+    dim = next(iter(ledger.records.values())).basis[name].shape[0]
+    return orthonormal_basis(torch.cat(parts, dim=1), energy=energy) if parts else torch.zeros(dim, 0)
+
+
+def exclusive_bases(
+    context: UnlearningContext, forget_client: int | None, forget_bases: dict[str, torch.Tensor], params: EaseParams
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """E per block and the principal-angle statistics (for the report and the histogram)."""
+    exclusive, angles_deg, whole = {}, [], 0
+    for name, u_f in forget_bases.items():
+        if u_f.shape[1] == 0:
+            continue
+        u_r = retained_support(context, forget_client, name, params.retained_energy)
+        if u_r.shape[1] == 0:
+            exclusive[name] = u_f
+            whole += 1
+            angles_deg.extend([90.0] * u_f.shape[1])
+            continue
+        e, angles = exclusive_basis(u_r, u_f, params.sin_min)
+        angles_deg.extend(torch.rad2deg(angles).tolist())
+        if e.shape[1]:
+            exclusive[name] = e
+    stats = {
+        "principal_angles_deg": [round(a, 3) for a in angles_deg],
+        "exclusive_blocks": len(exclusive),
+        "wholly_exclusive_blocks": whole,
+        "exclusive_rank": int(sum(e.shape[1] for e in exclusive.values())),
+    }
+    return exclusive, stats
+
+
+def excise_contribution(
+    values: dict[str, torch.Tensor], contributions: dict[str, torch.Tensor], exclusive: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], float]:
+    """theta <- theta - E E^T C_f per block; returns the new values and the share of |C_f|^2 removed."""
+    out, removed, total = dict(values), 0.0, 0.0
+    for name, c in contributions.items():
+        total += float(c.double().pow(2).sum())
+        e = exclusive.get(name)
+        if e is None:
+            continue
+        part = e @ (e.T @ c)
+        out[name] = values[name] - part
+        removed += float(part.double().pow(2).sum())
+    return out, removed / max(total, 1e-30)
+
+
+# ---------------------------------------------------------------------- closure 2
+def _tower_of(block: ParameterBlock) -> str:
+    return "image" if block.param.startswith("visual.") else "text"
+
+
+def pair_similarity(bundle: ClipBundle, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    img = F.normalize(bundle.model.encode_image(images), dim=-1)
+    txt = F.normalize(bundle.model.encode_text(tokens), dim=-1)
+    return (img * txt).sum(dim=-1)
+
+
+@torch.no_grad()
+def similarities(
+    bundle: ClipBundle,
+    dataset,
+    captions: EncodedCaptions,
+    items: np.ndarray,
+    device: str,
+    generator: torch.Generator,
+    batch: int = 256,
+) -> torch.Tensor:
+    bundle.model.eval()
+    out = [
+        pair_similarity(
+            bundle,
+            image_batch(bundle, dataset, items[i : i + batch], device),
+            captions.pick(items[i : i + batch], generator).to(device),
+        )
+        for i in range(0, len(items), batch)
+    ]
+    return torch.cat(out).cpu()
+
+
+def quantile_matching_loss(sims: torch.Tensor, target_sorted: torch.Tensor) -> torch.Tensor:
+    """Squared 1-D Wasserstein distance between a batch of similarities and a target distribution."""
+    levels = (torch.arange(len(sims), dtype=torch.float32) + 0.5) / len(sims)
+    index = (levels * len(target_sorted)).long().clamp(max=len(target_sorted) - 1)
+    return (torch.sort(sims).values - target_sorted[index].to(sims.device)).pow(2).mean()
+
+
+@torch.no_grad()
+def _embed(bundle: ClipBundle, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return bundle.model.encode_image(images), bundle.model.encode_text(tokens)
+
+
+def bilateral_displacement(
+    context: UnlearningContext,
+    bundle: ClipBundle,
+    anchor: ClipBundle,
+    exclusive: dict[str, torch.Tensor],
+    target: ErasureTarget,
+    params: EaseParams,
+    cost: Cost,
+) -> dict:
+    setup = context.setup
+    forget_items = context.forget_items(target)
+    device = setup.config.training.device
+    model = bundle.model
+    generator = torch.Generator().manual_seed(derive_seed(params.seed, 0xEA5E))
+    rng = np.random.default_rng(derive_seed(params.seed, 0xD15))
+    retain_pool = context.retain_items(target)
+    proxy = rng.choice(retain_pool, size=min(params.retain_proxy_size, len(retain_pool)), replace=False)
+    test_captions = EncodedCaptions.build(bundle, setup.test)
+    nonmember_sims = torch.sort(
+        similarities(bundle, setup.test, test_captions, np.arange(len(setup.test)), device, generator)
+    ).values
+
+    blocks = [b for b in setup.blocks if b.name in exclusive and (params.towers in ("both", _tower_of(b)))]
+    params_by_name = dict(model.named_parameters())
+    trainable = {b.param for b in blocks}
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in trainable)
+    optimizer = torch.optim.Adam([params_by_name[n] for n in sorted(trainable)], lr=params.lr, fused=True)
+    probe_items = forget_items if len(forget_items) <= 512 else rng.choice(forget_items, 512, replace=False)
+    history = []
+    ks = float("nan")
+    steps_done = 0
+    for step in range(params.steps):
+        if step % params.check_every == 0:
+            sims = similarities(bundle, setup.train, setup.captions, probe_items, device, generator)
+            ks = float(ks_2samp(sims.numpy(), nonmember_sims.numpy()).statistic)
+            history.append({"step": step, "ks": ks, "forget_mean_sim": float(sims.mean())})
+            if ks <= params.ks_stop:
+                break
+        model.train()
+        f_items = rng.choice(forget_items, size=min(params.batch_size, len(forget_items)), replace=False)
+        r_items = rng.choice(proxy, size=min(params.batch_size, len(proxy)), replace=False)
+        f_sims = pair_similarity(
+            bundle,
+            image_batch(bundle, setup.train, f_items, device),
+            setup.captions.pick(f_items, generator).to(device),
+        )
+        decouple = quantile_matching_loss(f_sims, nonmember_sims)
+        r_images = image_batch(bundle, setup.train, r_items, device)
+        r_tokens = setup.captions.pick(r_items, generator).to(device)
+        ref_img, ref_txt = _embed(anchor, r_images, r_tokens)
+        retain = F.mse_loss(model.encode_image(r_images), ref_img) + F.mse_loss(model.encode_text(r_tokens), ref_txt)
+        loss = decouple + params.retain_weight * retain
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        _project_gradients(model, blocks, exclusive)
+        optimizer.step()
+        cost.client_samples += len(f_items)
+        cost.server_samples += len(r_items)
+        steps_done += 1
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for b in setup.blocks:
+        params_by_name[b.param].requires_grad_(True)
+    return {"steps": steps_done, "final_ks": ks, "history": history, "displaced_blocks": len(blocks)}
+
+
+@torch.no_grad()
+def _project_gradients(model, blocks: list[ParameterBlock], exclusive: dict[str, torch.Tensor]) -> None:
+    """g <- E E^T g for each displaced block; every other gradient entry of those parameters is zeroed."""
+    params = dict(model.named_parameters())
+    names = {b.param for b in blocks if params[b.param].grad is not None}
+    projected = {name: torch.zeros_like(params[name].grad) for name in names}
+    for b in blocks:
+        if b.param not in projected:
+            continue
+        grad = params[b.param].grad
+        g = grad[list(b.rows)] if b.rows is not None else grad
+        e = exclusive[b.name].to(g.dtype)
+        p = (e @ (e.T @ g.reshape(-1))).reshape(g.shape)
+        if b.rows is None:
+            projected[b.param] = p
+        else:
+            projected[b.param][list(b.rows)] = p
+    for name, g in projected.items():
+        params[name].grad.copy_(g)
+
+
+# ---------------------------------------------------------------------- sample scope
+def per_sample_gradient_bases(
+    context: UnlearningContext, bundle: ClipBundle, target: ErasureTarget, params: EaseParams, cost: Cost
+) -> dict[str, torch.Tensor]:
+    """U_f per block from the gradients of each forget pair's contrastive loss (SVD, rank <= sample_rank)."""
+    setup = context.setup
+    device = setup.config.training.device
+    generator = torch.Generator().manual_seed(derive_seed(params.seed, 0x5A3))
+    rng = np.random.default_rng(derive_seed(params.seed, 0x5A4))
+    items = context.forget_items(target)
+    pool = context.retain_items(target)
+    gallery = rng.choice(pool, size=min(63, len(pool)), replace=False)
+    model = bundle.model
+    model.eval()
+    columns: dict[str, list[torch.Tensor]] = {b.name: [] for b in setup.blocks}
+    g_images = image_batch(bundle, setup.train, gallery, device)
+    g_tokens = setup.captions.pick(gallery, generator).to(device)
+    with torch.no_grad():
+        g_img, g_txt = (F.normalize(t, dim=-1) for t in _embed(bundle, g_images, g_tokens))
+    for i in items:
+        img = F.normalize(model.encode_image(image_batch(bundle, setup.train, np.array([i]), device)), dim=-1)
+        txt = F.normalize(model.encode_text(setup.captions.pick(np.array([i]), generator).to(device)), dim=-1)
+        scale = model.logit_scale.exp().clamp(max=100.0)
+        i2t = scale * torch.cat([img @ txt.T, img @ g_txt.T], dim=1)
+        t2i = scale * torch.cat([txt @ img.T, txt @ g_img.T], dim=1)
+        loss = 0.5 * (-F.log_softmax(i2t, dim=1)[0, 0] - F.log_softmax(t2i, dim=1)[0, 0])
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = _block_grads(model, setup.blocks)
+        for name, g in grads.items():
+            columns[name].append(g)
+        cost.client_samples += 1
+    model.zero_grad(set_to_none=True)
+    bases = {}
+    for name, cols in columns.items():
+        if cols:
+            bases[name] = orthonormal_basis(torch.stack(cols, dim=1), energy=0.999, rank_cap=params.sample_rank)
+    return bases
+
+
+def _block_grads(model, blocks: list[ParameterBlock]) -> dict[str, torch.Tensor]:
+    params = dict(model.named_parameters())
+    out = {}
+    for b in blocks:
+        grad = params[b.param].grad
+        if grad is None:
+            continue
+        g = grad[list(b.rows)] if b.rows is not None else grad
+        if float(g.abs().max()) > 0:
+            out[b.name] = g.reshape(-1).detach().clone()
+    return out
+
+
+# ---------------------------------------------------------------------- the method
+def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParams) -> UnlearningOutcome:
+    ledger = context.require_ledger("ease")
+    cost = Cost()
+    details: dict = {}
+    with Timer() as timer:
+        bundle = context.fresh_bundle()
+        blocks = context.setup.blocks
+        before = context.original_values
+        if target.scope == "client":
+            record = ledger.client(target.client)
+            forget_bases = {b.name: forget_basis_for(record.basis[b.name], record.contribution[b.name]) for b in blocks}
+            exclusive, details["angles"] = exclusive_bases(context, target.client, forget_bases, params)
+            values = before
+            if params.excise:
+                values, share = excise_contribution(before, record.contribution, exclusive)
+                details["excised_share_of_contribution"] = share
+                write_blocks(bundle.model, blocks, values)
+        else:
+            forget_bases = per_sample_gradient_bases(context, bundle, target, params, cost)
+            exclusive, details["angles"] = exclusive_bases(context, None, forget_bases, params)
+        anchor = context.fresh_bundle() if params.retain_anchor == "original" else _frozen_copy(context, bundle)
+        if params.displace and params.steps and exclusive:
+            context.report_stage("displacing", 0.4)
+            details["displacement"] = bilateral_displacement(context, bundle, anchor, exclusive, target, params, cost)
+        lock = None
+        if params.lock and exclusive:
+            after = read_blocks(bundle.model, blocks)
+            lock = ForgetLock(metadata={"method": "ease", "client": str(target.client), "scope": target.scope})
+            for name, e in exclusive.items():
+                lock.add_block(name, e, before[name], after[name], epsilon=params.lock_epsilon)
+    return UnlearningOutcome(bundle, cost, timer.seconds, lock=lock, details=details)
+
+
+def _frozen_copy(context: UnlearningContext, bundle: ClipBundle) -> ClipBundle:
+    import copy
+
+    anchor = copy.copy(bundle)
+    anchor.model = copy.deepcopy(bundle.model)
+    anchor.model.eval()
+    return anchor
