@@ -1,0 +1,109 @@
+"""Signing model version directories with the OpenSSF model-signing format (offline, local EC key).
+
+The signature is a Sigstore bundle (a DSSE envelope holding an in-toto statement of every file's
+sha256) written INSIDE the version directory as ``model.sig``; that path is excluded from what is
+signed. Check it with the library (``verify_directory``) or the CLI::
+
+    model_signing verify key <version dir> --signature <version dir>/model.sig --public_key key.pem
+
+The private key is ``LETHE_SIGNING_KEY`` (PEM, elliptic curve). ``ensure_key_pair`` makes a P-256
+pair (``<key>`` and ``<key>.pub``) for the embedded default when the file does not exist.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SIGNATURE_NAME = "model.sig"
+
+
+class SigningError(RuntimeError):
+    """The version could not be signed (missing or unreadable key, or the library failed)."""
+
+
+class VerificationError(ValueError):
+    """The signature does not match the directory (or the key), or it is missing."""
+
+
+def public_key_path(private_key: Path) -> Path:
+    return private_key.with_name(private_key.name + ".pub")
+
+
+def ensure_key_pair(private_key: Path) -> tuple[Path, Path]:
+    """Create an EC P-256 key pair at ``private_key`` (mode 0600) and ``<private_key>.pub`` if the
+    private key is missing; write the public half if only it is missing. Returns both paths."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    private_key = Path(private_key)
+    public = public_key_path(private_key)
+    if private_key.exists():
+        key = serialization.load_pem_private_key(private_key.read_bytes(), password=None)
+    else:
+        private_key.parent.mkdir(parents=True, exist_ok=True)
+        key = ec.generate_private_key(ec.SECP256R1())
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        fd = os.open(private_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+    if not public.exists():
+        public.write_bytes(key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private_key, public
+
+
+def write_public_key(private_key: Path, out: Path) -> Path:
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(Path(private_key).read_bytes(), password=None)
+    out.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    return out
+
+
+def _hashing_config(signature: Path, directory: Path):
+    from model_signing import hashing
+
+    ignored = [signature.relative_to(directory)] if signature.is_relative_to(directory) else []
+    return hashing.Config().set_ignored_paths(paths=ignored, ignore_git_paths=True)
+
+
+def sign_directory(directory: str | Path, private_key: str | Path, signature: str | Path | None = None) -> Path:
+    """Sign every file of ``directory``; the signature goes to ``signature`` (default
+    ``<directory>/model.sig``). Raises ``SigningError``."""
+    directory = Path(directory).resolve()
+    private_key = Path(private_key)
+    signature = Path(signature).resolve() if signature else directory / SIGNATURE_NAME
+    if not directory.is_dir():
+        raise SigningError(f"{directory} is not a directory")
+    if not private_key.is_file():
+        raise SigningError(f"signing key {private_key} does not exist (LETHE_SIGNING_KEY)")
+    try:
+        import model_signing
+
+        config = model_signing.signing.Config().use_elliptic_key_signer(private_key=private_key)
+        config.set_hashing_config(_hashing_config(signature, directory))
+        config.sign(directory, signature)
+    except Exception as exc:  # the library raises many kinds; all mean "not signed"
+        signature.unlink(missing_ok=True)
+        raise SigningError(f"signing {directory} failed: {type(exc).__name__}: {exc}") from exc
+    return signature
+
+
+def verify_directory(directory: str | Path, public_key: str | Path, signature: str | Path | None = None) -> None:
+    """Check ``directory`` against its signature with the public key; raises ``VerificationError``
+    naming what differs (a changed, extra or missing file)."""
+    directory = Path(directory).resolve()
+    signature = Path(signature).resolve() if signature else directory / SIGNATURE_NAME
+    if not signature.is_file():
+        raise VerificationError(f"no signature at {signature}")
+    try:
+        import model_signing
+
+        config = model_signing.verifying.Config().use_elliptic_key_verifier(public_key=Path(public_key))
+        config.set_hashing_config(_hashing_config(signature, directory))
+        config.verify(directory, signature)
+    except Exception as exc:
+        raise VerificationError(f"{directory}: {exc}") from exc
