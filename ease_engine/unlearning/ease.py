@@ -49,6 +49,7 @@ from ease_engine.linalg.subspace import exclusive_basis, orthonormal_basis
 from ease_engine.models.blocks import ParameterBlock, read_blocks, write_blocks
 from ease_engine.models.factory import ClipBundle
 from ease_engine.unlearning.base import Cost, ErasureTarget, Timer, UnlearningContext, UnlearningOutcome
+from ease_engine.unlearning.support import retained_support
 
 
 class EaseParams(BaseModel):
@@ -86,17 +87,6 @@ def forget_basis_for(basis: torch.Tensor, contribution: torch.Tensor | None) -> 
     return orthonormal_basis(torch.cat(columns, dim=1))
 
 
-def retained_support(context: UnlearningContext, forget_client: int | None, name: str, energy: float) -> torch.Tensor:
-    ledger = context.ledger
-    parts = [
-        rec.basis[name] * rec.singular_values[name]
-        for k, rec in ledger.records.items()
-        if k != forget_client and rec.basis[name].shape[1]
-    ]
-    dim = next(iter(ledger.records.values())).basis[name].shape[0]
-    return orthonormal_basis(torch.cat(parts, dim=1), energy=energy) if parts else torch.zeros(dim, 0)
-
-
 def exclusive_bases(
     context: UnlearningContext, forget_client: int | None, forget_bases: dict[str, torch.Tensor], params: EaseParams
 ) -> tuple[dict[str, torch.Tensor], dict]:
@@ -105,7 +95,8 @@ def exclusive_bases(
     for name, u_f in forget_bases.items():
         if u_f.shape[1] == 0:
             continue
-        u_r = retained_support(context, forget_client, name, params.retained_energy)
+        others = [k for k in context.ledger.clients if k != forget_client]
+        u_r = retained_support(context.ledger, name, others, params.retained_energy)
         if u_r.shape[1] == 0:
             exclusive[name] = u_f
             whole += 1

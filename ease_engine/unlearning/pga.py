@@ -62,7 +62,26 @@ from ease_engine.unlearning.base import (
 from ease_engine.unlearning.federated import retained_rounds
 
 
-class PgaParams(BaseModel):
+class AscentParams(BaseModel):
+    """The gradient-ascent budget shared by PGA and SFU."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(30, ge=0, description="most gradient-ascent steps on the forget pairs")
+    lr: float = Field(0.01, gt=0, description="SGD step size of the ascent")
+    batch_size: int = Field(64, ge=2, description="forget pairs per ascent step (plus negatives in samples scope)")
+    max_grad_norm: float | None = Field(
+        5.0, gt=0, description="clip the ascent gradient's global norm (None: no clipping)"
+    )
+    stop_loss_ratio: float = Field(
+        1.0, gt=0, description="stop once the forget loss reaches this * ln(candidates) (chance level)"
+    )
+    repair_rounds: int = Field(2, ge=0, description="FedAvg rounds on the retained data after the ascent")
+    repair_lr: float = Field(5e-4, gt=0, description="learning rate of the repair rounds")
+    seed: int = Field(0, description="seed of the forget batches and caption choices")
+
+
+class PgaParams(AscentParams):
     """PGA settings; the defaults follow the paper (delta = a third of a distance, a few repair rounds)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -81,18 +100,6 @@ class PgaParams(BaseModel):
     sample_radius: float | None = Field(
         None, gt=0, description="samples scope: an absolute delta (overrides sample_radius_fraction)"
     )
-    steps: int = Field(30, ge=0, description="most gradient-ascent steps on the forget pairs")
-    lr: float = Field(0.01, gt=0, description="SGD step size of the ascent")
-    batch_size: int = Field(64, ge=2, description="forget pairs per ascent step (plus negatives in samples scope)")
-    max_grad_norm: float | None = Field(
-        5.0, gt=0, description="clip the ascent gradient's global norm (None: no clipping)"
-    )
-    stop_loss_ratio: float = Field(
-        1.0, gt=0, description="stop once the forget loss reaches this * ln(candidates) (chance level)"
-    )
-    repair_rounds: int = Field(2, ge=0, description="FedAvg rounds on the retained data after the ascent")
-    repair_lr: float = Field(5e-4, gt=0, description="learning rate of the repair rounds")
-    seed: int = Field(0, description="seed of the forget batches and caption choices")
 
 
 # ---------------------------------------------------------------------- geometry

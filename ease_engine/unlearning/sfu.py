@@ -26,10 +26,9 @@ retained data may follow (off by default, as in the paper).
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
-from ease_engine.linalg.subspace import orthonormal_basis
 from ease_engine.models.blocks import ParameterBlock
 from ease_engine.unlearning.base import (
     Cost,
@@ -40,48 +39,26 @@ from ease_engine.unlearning.base import (
     UnlearningOutcome,
 )
 from ease_engine.unlearning.federated import retained_rounds
-from ease_engine.unlearning.pga import gradient_ascent
+from ease_engine.unlearning.pga import AscentParams, gradient_ascent
+from ease_engine.unlearning.support import retained_support
 
 
-class SfuParams(BaseModel):
+class SfuParams(AscentParams):
     """SFU settings: the retained subspace's energy and the ascent's budget."""
-
-    model_config = ConfigDict(extra="forbid")
 
     retained_energy: float = Field(
         0.999, gt=0, le=1, description="energy of [U_k S_k] kept in the retained subspace U_R per block"
     )
-    steps: int = Field(30, ge=0, description="most gradient-ascent steps on the forget pairs")
-    lr: float = Field(0.01, gt=0, description="SGD step size of the ascent")
-    batch_size: int = Field(64, ge=2, description="forget pairs per ascent step (plus negatives in samples scope)")
-    max_grad_norm: float | None = Field(
-        5.0, gt=0, description="clip the projected gradient's global norm (None: no clipping)"
-    )
-    stop_loss_ratio: float = Field(
-        1.0, gt=0, description="stop once the forget loss reaches this * ln(candidates) (chance level)"
-    )
     repair_rounds: int = Field(0, ge=0, description="FedAvg rounds on the retained data after the ascent")
-    repair_lr: float = Field(5e-4, gt=0, description="learning rate of the repair rounds")
-    seed: int = Field(0, description="seed of the forget batches and caption choices")
 
 
 def retained_subspaces(context: UnlearningContext, clients: list[int], energy: float) -> dict[str, torch.Tensor]:
     """U_R per block: orth[U_k S_k : k in clients]; blocks without any retained direction are left out."""
-    ledger = context.ledger
     out = {}
     for block in context.setup.blocks:
-        parts = []
-        for k in clients:
-            if k not in ledger.records:
-                continue
-            rec = ledger.client(k)
-            basis = rec.basis[block.name]
-            if basis.shape[1]:
-                parts.append(basis * rec.singular_values[block.name])
-        if parts:
-            u = orthonormal_basis(torch.cat(parts, dim=1), energy=energy)
-            if u.shape[1]:
-                out[block.name] = u
+        u = retained_support(context.ledger, block.name, clients, energy)
+        if u.shape[1]:
+            out[block.name] = u
     return out
 
 
