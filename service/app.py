@@ -28,32 +28,49 @@ Errors always look like `{"error": {"code": "...", "message": "...", "details": 
 
 
 class OutboxDispatcher:
-    """A background thread that runs ``dispatch_outbox`` every ``interval`` seconds."""
+    """A background thread that runs ``dispatch_outbox`` every ``interval`` seconds, and at once when
+    woken (``wake()``: a POST committed a new request), so the POST need not wait for the broker."""
 
     def __init__(self, app_state, interval: float):
         self.state, self.interval = app_state, interval
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lethe-outbox", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    def wake(self) -> None:
+        self._wake.set()
+
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=10)
 
     def run_once(self):
         with self.state.db.session() as session:
-            result = dispatch_outbox(session, self.state.sender)
+            result = dispatch_outbox(session, self.state.sender, limit=PASS_LIMIT)
         self.state.metrics.record_dispatch(result)
         return result
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._stop.is_set():
+            self._wake.wait(self.interval)
+            self._wake.clear()  # rows committed after this are seen by the pass below or wake it again
+            if self._stop.is_set():
+                break
             try:
-                self.run_once()
+                while True:
+                    result = self.run_once()
+                    if result.failed or result.sent + result.skipped < PASS_LIMIT or self._stop.is_set():
+                        break
             except Exception:
                 logger.exception("outbox dispatcher pass failed; retrying in %.1f s", self.interval)
+                self._stop.wait(self.interval)
+
+
+PASS_LIMIT = 100
 
 
 def create_app(settings: Settings | None = None, *, database: Database | None = None,

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from service.models import GENESIS_HASH, AuditChainHead, AuditEvent, as_utc, utcnow
@@ -77,31 +77,48 @@ def append_event(
     session: Session, event_type: str, payload: dict[str, Any] | None = None,
     request_id: uuid.UUID | None = None,
 ) -> AuditEvent:
-    """Append one event in the caller's transaction (it is committed with the caller's work)."""
-    payload = jsonable(payload or {})
-    session.flush()  # rows the event refers to must exist before the event (foreign key)
-    seq, prev_hash = session.execute(
-        update(AuditChainHead)
-        .where(AuditChainHead.id == HEAD_ROW_ID)
-        .values(seq=AuditChainHead.seq + 1)
-        .returning(AuditChainHead.seq, AuditChainHead.hash)
-        .execution_options(synchronize_session=False)
-    ).one()
-    created_at = utcnow()
-    digest = event_hash(prev_hash, seq, event_type, request_id, payload, created_at)
-    event = AuditEvent(
-        seq=seq, request_id=request_id, event_type=event_type, payload=payload,
-        created_at=created_at, prev_hash=prev_hash, hash=digest,
-    )
-    session.add(event)
-    session.execute(
-        update(AuditChainHead)
-        .where(AuditChainHead.id == HEAD_ROW_ID)
-        .values(hash=digest)
-        .execution_options(synchronize_session=False)
-    )
-    session.flush()
-    return event
+    """Append one event in the caller's transaction (it is committed with the caller's work).
+
+    The chain head is locked by the first statement and stays locked until the caller's transaction
+    ends, so call this as the last write before committing and commit promptly: every other
+    appender waits meanwhile. Core statements (no ORM unit of work) keep that window short. The
+    returned event is a detached copy of the row written.
+    """
+    return append_events(session, [(event_type, payload, request_id)])[0]
+
+
+def append_events(
+    session: Session, events: list[tuple[str, dict[str, Any] | None, uuid.UUID | None]],
+) -> list[AuditEvent]:
+    """Append ``(event_type, payload, request_id)`` events in this order, in the caller's transaction,
+    taking the chain head once: one ``UPDATE`` reserves the seqs, one (multi-row) ``INSERT`` writes the
+    events, one ``UPDATE`` moves the head's hash. The same chain as appending them one by one."""
+    if not events:
+        return []
+    session.flush()  # rows the events refer to must exist before the events (foreign key)
+    last_seq, prev_hash = session.execute(_ADVANCE_HEAD, {"count": len(events)}).one()
+    rows = []
+    for seq, (event_type, payload, request_id) in enumerate(events, start=last_seq - len(events) + 1):
+        payload = jsonable(payload or {})
+        created_at = utcnow()
+        digest = event_hash(prev_hash, seq, event_type, request_id, payload, created_at)
+        rows.append({"seq": seq, "request_id": request_id, "event_type": event_type, "payload": payload,
+                     "created_at": created_at, "prev_hash": prev_hash, "hash": digest})
+        prev_hash = digest
+    session.execute(_INSERT_EVENT, rows)
+    session.execute(_SET_HEAD_HASH, {"digest": prev_hash})
+    return [AuditEvent(**row) for row in rows]
+
+
+_HEAD = AuditChainHead.__table__
+_ADVANCE_HEAD = (
+    update(_HEAD)
+    .where(_HEAD.c.id == HEAD_ROW_ID)
+    .values(seq=_HEAD.c.seq + bindparam("count"))
+    .returning(_HEAD.c.seq, _HEAD.c.hash)
+)
+_INSERT_EVENT = insert(AuditEvent.__table__)
+_SET_HEAD_HASH = update(_HEAD).where(_HEAD.c.id == HEAD_ROW_ID).values(hash=bindparam("digest"))
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from service.audit import append_event
 from service.errors import ApiError
@@ -44,6 +48,9 @@ def revoke_token(session: Session, token_id: int) -> ApiToken:
         raise LookupError(f"no API token with id {token_id}")
     token.revoked = True
     append_event(session, "token.revoked", {"token_id": token.id, "name": token.name, "role": token.role})
+    principal_cache.clear()
+    # and again once the revocation is visible, so no request in between re-caches the token
+    event.listen(session, "after_commit", lambda _session: principal_cache.clear(), once=True)
     return token
 
 
@@ -64,19 +71,68 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="lethe"'})
 
 
-def authenticate(session: Session, authorization: str | None) -> Principal:
+class PrincipalCache:
+    """token sha256 -> Principal for ``ttl`` seconds, so a request does not look its token up again.
+
+    Only valid tokens are cached, at most ``capacity`` of them. ``revoke_token`` clears the cache of
+    its own process at once; other processes (another uvicorn worker, the CLI) notice a revocation
+    within ``ttl`` seconds (``LETHE_AUTH_CACHE_SECONDS``; 0 turns the cache off).
+    """
+
+    def __init__(self, capacity: int = 1024):
+        self.capacity = capacity
+        self._items: OrderedDict[tuple[str, str], tuple[float, Principal]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> Principal | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            if item[0] <= time.monotonic():
+                del self._items[key]
+                return None
+            return item[1]
+
+    def put(self, key: tuple[str, str], principal: Principal, ttl: float) -> None:
+        if ttl <= 0:
+            return
+        with self._lock:
+            self._items[key] = (time.monotonic() + ttl, principal)
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+principal_cache = PrincipalCache()
+
+
+def _credentials(authorization: str | None) -> str:
     if not authorization:
         raise _unauthorized("Missing credentials: send 'Authorization: Bearer <token>' (create one with "
                             "'lethe token create --name NAME --role ROLE').")
     scheme, _, credentials = authorization.partition(" ")
     if scheme.lower() != "bearer" or not credentials.strip():
         raise _unauthorized("Malformed Authorization header: expected 'Bearer <token>'.")
-    token = session.scalars(
-        select(ApiToken).where(ApiToken.token_sha256 == hash_token(credentials.strip()))
-    ).one_or_none()
-    if token is None or token.revoked:
+    return credentials.strip()
+
+
+_TOKEN_BY_HASH = select(ApiToken.id, ApiToken.name, ApiToken.role, ApiToken.revoked)
+
+
+def _lookup(session: Session, digest: str) -> Principal:
+    row = session.execute(_TOKEN_BY_HASH.where(ApiToken.token_sha256 == digest)).one_or_none()
+    if row is None or row.revoked:
         raise _unauthorized("Unknown or revoked API token.")
-    return Principal(token.id, token.name, Role(token.role))
+    return Principal(row.id, row.name, Role(row.role))
+
+
+def authenticate(session: Session, authorization: str | None) -> Principal:
+    return _lookup(session, hash_token(_credentials(authorization)))
 
 
 def get_session(request: Request):
@@ -87,16 +143,28 @@ def get_session(request: Request):
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def current_principal(request: Request, session: SessionDep) -> Principal:
-    principal = authenticate(session, request.headers.get("authorization"))
-    session.rollback()  # end the read transaction (SQLite: release the lock early)
+def _lookup_in_own_session(db, digest: str) -> Principal:
+    with db.session() as session:
+        return _lookup(session, digest)
+
+
+async def current_principal(request: Request) -> Principal:
+    """The token's principal: from the in-process cache, else from the database (in a worker thread,
+    with a session of its own, so the route's session and transaction are not touched)."""
+    digest = hash_token(_credentials(request.headers.get("authorization")))
+    state = request.app.state
+    key = (state.db.url, digest)
+    principal = principal_cache.get(key)
+    if principal is None:
+        principal = await run_in_threadpool(_lookup_in_own_session, state.db, digest)
+        principal_cache.put(key, principal, state.settings.auth_cache_seconds)
     return principal
 
 
 def require_roles(*roles: Role):
     """A dependency that lets through the given roles and admin, and answers 403 otherwise."""
 
-    def dependency(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    async def dependency(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
         if not principal.has_role(*roles):
             allowed = ", ".join(sorted({role.value for role in roles} | {Role.ADMIN.value}))
             raise ApiError(

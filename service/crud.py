@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
@@ -22,6 +22,7 @@ from service.audit import append_event, canonical_json
 from service.auth import Principal
 from service.errors import ApiError
 from service.models import (
+    ApiToken,
     ErasureRequest,
     Model,
     ModelVersion,
@@ -171,22 +172,25 @@ class _ClientIndexCache:
         self._lock = threading.Lock()
 
     def get(self, version: ModelVersion) -> dict[str, frozenset[str]]:
+        return self.get_by_id(version.id, lambda: version.clients)
+
+    def get_by_id(self, version_id: int, load_clients: Callable[[], dict | None]) -> dict[str, frozenset[str]]:
+        """The index of version ``version_id``; ``load_clients()`` gives its clients.json on a miss."""
         with self._lock:
-            if version.id in self._items:
-                self._items.move_to_end(version.id)
-                return self._items[version.id]
-        clients = version.clients or {}
+            if version_id in self._items:
+                self._items.move_to_end(version_id)
+                return self._items[version_id]
+        clients = load_clients() or {}
         index = {
             client_id: frozenset(str(pair) for pair in entry.get("pair_ids", []))
             for client_id, entry in clients.items()
         }
         index[_EXCLUDED_KEY] = frozenset(cid for cid, entry in clients.items() if entry.get("excluded"))
         with self._lock:
-            self._items[version.id] = index
+            self._items[version_id] = index
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
         return index
-
 
     def clear(self) -> None:
         with self._lock:
@@ -201,24 +205,49 @@ def excluded_clients(version: ModelVersion) -> frozenset[str]:
     return client_index_cache.get(version).get(_EXCLUDED_KEY, frozenset())
 
 
-def validate_erasure_target(session: Session, body: ErasureRequestCreate) -> ModelVersion:
-    """The model's latest version, after checking the client and pair ids against its clients.json."""
-    model = require_model(session, body.model)
-    version = latest_version(session, model)
-    if version is None:
+@dataclass(frozen=True)
+class VersionKey:
+    """The few columns of a model version that validation needs."""
+
+    id: int
+    version: int
+
+
+_MODEL_ID = select(Model.id)
+_LATEST_VERSION = (
+    select(ModelVersion.id, ModelVersion.version)
+    .join(Model, Model.id == ModelVersion.model_id)
+    .where(ModelVersion.status != VersionStatus.WITHDRAWN.value)
+    .order_by(ModelVersion.version.desc())
+    .limit(1)
+)
+_VERSION_CLIENTS = select(ModelVersion.clients)
+
+
+def validate_erasure_target(session: Session, body: ErasureRequestCreate) -> VersionKey:
+    """The model's latest version, after checking the client and pair ids against its clients.json.
+
+    One indexed query for the latest version; the client and pair-id index of a version is cached
+    by version id (a recorded version never changes), so a new version is seen at once."""
+    latest = session.execute(_LATEST_VERSION.where(Model.name == body.model)).one_or_none()
+    if latest is None:
+        if session.execute(_MODEL_ID.where(Model.name == body.model)).first() is None:
+            require_model(session, body.model)  # raises model_not_found
         raise ApiError(422, "model_has_no_versions",
                        f"Model '{body.model}' has no registered version to erase from.",
                        {"model": body.model})
-    clients = {cid: pairs for cid, pairs in client_index_cache.get(version).items() if cid != _EXCLUDED_KEY}
-    if body.client_id in excluded_clients(version):
+    version = VersionKey(latest.id, latest.version)
+    index = client_index_cache.get_by_id(
+        version.id, lambda: session.scalar(_VERSION_CLIENTS.where(ModelVersion.id == version.id)))
+    if body.client_id in index.get(_EXCLUDED_KEY, frozenset()):
         raise ApiError(
             422, "client_excluded",
             f"Client '{body.client_id}' was excluded from training version {version.version} of "
             f"'{body.model}': it contributed nothing to erase.",
             {"model": body.model, "version": version.version, "client_id": body.client_id},
         )
-    if body.client_id not in clients:
-        known = sorted(clients)
+    if body.client_id not in index or body.client_id == _EXCLUDED_KEY:
+        known = sorted(cid for cid in index if cid != _EXCLUDED_KEY)
         raise ApiError(
             422, "unknown_client",
             f"Client '{body.client_id}' is not in version {version.version} of '{body.model}'.",
@@ -226,7 +255,7 @@ def validate_erasure_target(session: Session, body: ErasureRequestCreate) -> Mod
              "known_clients": known[:50], "known_clients_total": len(known)},
         )
     if body.scope == "samples":
-        owned = clients[body.client_id]
+        owned = index[body.client_id]
         foreign = [pair for pair in body.pair_ids or [] if pair not in owned]
         if foreign:
             raise ApiError(
@@ -267,39 +296,63 @@ def erase_task_payload(request_id: uuid.UUID) -> dict[str, Any]:
     return {"args": [str(request_id)], "kwargs": {}, "task_id": f"erase-{request_id}"}
 
 
+def _insert_ignoring_duplicates(session: Session, table, values: dict[str, Any]):
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id (Postgres and SQLite): no row back on a duplicate."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    else:  # pragma: no cover - only Postgres and SQLite are supported
+        return session.execute(insert(table).values(**values).returning(table.c.id)).first()
+    statement = dialect_insert(table).values(**values).on_conflict_do_nothing().returning(table.c.id)
+    return session.execute(statement).first()
+
+
 def submit_erasure_request(
     session: Session, principal: Principal, body: ErasureRequestCreate, idempotency_key: str | None = None,
     task_name: str = ERASE_TASK_NAME,
 ) -> tuple[ErasureRequest, bool]:
-    """Validate, then commit the request row, its ``request.received`` event and an outbox row in one
-    transaction. Returns ``(request, created)``; ``created`` is False for an idempotent replay."""
+    """Validate, then commit the request row, an outbox row and its ``request.received`` event in one
+    transaction. Returns ``(request, created)``; ``created`` is False for an idempotent replay.
+
+    Core statements, in this order: the latest version (validation; the pair-id index is cached),
+    the request row (``ON CONFLICT DO NOTHING`` on the idempotency key: a duplicate is a replay), the
+    outbox row, then the audit event, last, because it locks the chain head until the commit. A new
+    request returns a detached ``ErasureRequest`` holding the values written."""
     fingerprint = body_fingerprint(body)
-    if idempotency_key:
-        existing = _find_by_idempotency_key(session, principal.token_id, idempotency_key)
-        if existing is not None:
-            return _replay(existing, fingerprint, idempotency_key), False
-    version = validate_erasure_target(session, body)
-    request = ErasureRequest(
-        id=uuid.uuid4(),
-        requester_token_id=principal.token_id,
-        scope=body.scope,
-        client_id=body.client_id,
-        pair_ids=body.pair_ids,
-        model_name=body.model,
-        base_version_id=version.id,
-        legal_basis=body.legal_basis.value,
-        reason=body.reason,
-        idempotency_key=idempotency_key,
-        body_sha256=fingerprint,
-        status=RequestStatus.RECEIVED.value,
-        progress=0.0,
-    )
     try:
-        session.add(request)
-        session.flush()
+        version = validate_erasure_target(session, body)
+    except ApiError:
+        # a replay answers with the request made earlier even if the target changed since
+        existing = _find_by_idempotency_key(session, principal.token_id, idempotency_key) if idempotency_key \
+            else None
+        session.rollback()
+        if existing is None:
+            raise
+        return _replay(existing, fingerprint, idempotency_key), False
+    now = utcnow()
+    values = {
+        "id": uuid.uuid4(), "requester_token_id": principal.token_id, "scope": body.scope,
+        "client_id": body.client_id, "pair_ids": body.pair_ids, "model_name": body.model,
+        "base_version_id": version.id, "legal_basis": body.legal_basis.value, "reason": body.reason,
+        "idempotency_key": idempotency_key, "body_sha256": fingerprint,
+        "status": RequestStatus.RECEIVED.value, "progress": 0.0, "created_at": now, "updated_at": now,
+    }
+    try:
+        inserted = _insert_ignoring_duplicates(session, _REQUESTS, values)
+        if inserted is None:  # the idempotency key is taken (maybe by a concurrent submission)
+            session.rollback()
+            existing = _find_by_idempotency_key(session, principal.token_id, idempotency_key) \
+                if idempotency_key else None
+            if existing is None:  # pragma: no cover - only that unique key can conflict
+                raise RuntimeError("erasure request insert conflicted without an idempotency key")
+            return _replay(existing, fingerprint, idempotency_key), False
+        request = ErasureRequest(**values)
+        session.execute(_INSERT_OUTBOX, {"request_id": request.id, "task_name": task_name,
+                                         "payload": erase_task_payload(request.id), "created_at": now,
+                                         "attempts": 0})
         lifecycle.mark_received(session, request, principal.as_actor())
-        session.add(OutboxMessage(request_id=request.id, task_name=task_name,
-                                  payload=erase_task_payload(request.id)))
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -310,6 +363,10 @@ def submit_erasure_request(
             raise
         return _replay(existing, fingerprint, idempotency_key), False
     return request, True
+
+
+_REQUESTS = ErasureRequest.__table__
+_INSERT_OUTBOX = insert(OutboxMessage.__table__)
 
 
 def _with_versions(query):
@@ -332,6 +389,49 @@ def get_visible_request(session: Session, principal: Principal, request_id: uuid
         raise ApiError(404, "request_not_found", f"No erasure request {request_id} visible to this token.",
                        {"id": str(request_id)})
     return request
+
+
+def _read_view_query():
+    from sqlalchemy.orm import aliased
+
+    base_version, base_model = aliased(ModelVersion), aliased(Model)
+    result_version, result_model = aliased(ModelVersion), aliased(Model)
+    columns = [getattr(ErasureRequest, name) for name in _VIEW_COLUMNS]
+    return (
+        select(*columns, ApiToken.name.label("requester_name"),
+               base_model.name.label("base_model"), base_version.version.label("base_number"),
+               base_version.content_hash.label("base_hash"),
+               result_model.name.label("result_model"), result_version.version.label("result_number"),
+               result_version.content_hash.label("result_hash"))
+        .join(ApiToken, ApiToken.id == ErasureRequest.requester_token_id)
+        .outerjoin(base_version, base_version.id == ErasureRequest.base_version_id)
+        .outerjoin(base_model, base_model.id == base_version.model_id)
+        .outerjoin(result_version, result_version.id == ErasureRequest.result_version_id)
+        .outerjoin(result_model, result_model.id == result_version.model_id)
+    )
+
+
+_VIEW_COLUMNS = ("id", "status", "stage", "progress", "scope", "client_id", "pair_ids", "model_name",
+                 "legal_basis", "reason", "created_at", "updated_at", "started_at", "finished_at", "result",
+                 "failure", "requester_token_id")
+_READ_VIEW = _read_view_query()
+
+
+def read_request_view(session: Session, principal: Principal, request_id: uuid.UUID) -> dict[str, Any]:
+    """The fields of ``ErasureRequestOut`` (all but links) in one Core query, for GET by id; the same
+    visibility rule as ``get_visible_request``."""
+    row = session.execute(_READ_VIEW.where(ErasureRequest.id == request_id)).one_or_none()
+    if row is None or (principal.role is Role.REQUESTER and row.requester_token_id != principal.token_id):
+        raise ApiError(404, "request_not_found", f"No erasure request {request_id} visible to this token.",
+                       {"id": str(request_id)})
+    view = {name: getattr(row, name) for name in _VIEW_COLUMNS if name not in ("model_name", "requester_token_id")}
+    view["model"] = row.model_name
+    view["requester"] = row.requester_name
+    view["base_version"] = None if row.base_number is None else {
+        "model": row.base_model, "version": row.base_number, "content_hash": row.base_hash}
+    view["result_version"] = None if row.result_number is None else {
+        "model": row.result_model, "version": row.result_number, "content_hash": row.result_hash}
+    return view
 
 
 def list_requests(
@@ -385,58 +485,73 @@ def count_unsent(session: Session) -> int:
     return session.scalar(query)
 
 
+_OUTBOX = OutboxMessage.__table__
+_UNSENT_BATCH = (
+    select(_OUTBOX.c.id, _OUTBOX.c.request_id, _OUTBOX.c.task_name, _OUTBOX.c.payload)
+    .where(_OUTBOX.c.sent_at.is_(None))
+    .order_by(_OUTBOX.c.id)
+    .with_for_update(skip_locked=True)
+)
+_REQUEST_STATUSES_FOR_UPDATE = select(_REQUESTS.c.id, _REQUESTS.c.status).order_by(_REQUESTS.c.id).with_for_update()
+
+
 def dispatch_outbox(
     session: Session, sender: Sender, limit: int = 100, request_id: uuid.UUID | None = None,
 ) -> DispatchResult:
-    """Send every unsent outbox row, oldest first, each in its own transaction.
+    """Send the unsent outbox rows, oldest first: up to ``limit`` of them in one transaction.
 
-    For a request still ``received`` the row lock is taken, the request becomes ``queued`` (with its
-    audit event), ``sender(task_name, payload)`` is called, and both commit together; if the sender
-    raises, that rolls back, the attempt is counted and the pass stops (the broker is probably
-    down; the next pass retries). Rows of cancelled requests are marked sent without sending.
-    Delivery is at least once: the worker must ignore a task whose request is not ``queued``.
-    ``request_id`` limits the pass to that request's rows (used right after a POST).
+    The rows and their requests are locked (``FOR UPDATE``; rows another dispatcher holds are
+    skipped), then ``sender(task_name, payload)`` is called for each in order. Only then are the
+    writes made and committed together: the sent rows are marked sent, their requests still
+    ``received`` become ``queued`` with their audit events (appended last, so the chain head is not
+    locked while the broker is called). A worker that gets a task before the commit waits on the
+    request's row lock and then sees ``queued``. If the sender raises, the pass stops there: the rows
+    before it are committed as sent, that row's attempt and error are recorded, the rest stay
+    untouched for the next pass (the broker is probably down). Rows of cancelled (or finished)
+    requests are marked sent without sending. Delivery is at least once (a failed commit after a
+    send means a second send later): the worker must ignore a task whose request is not ``queued``.
+    ``request_id`` limits the pass to that request's rows (used right after a POST when no
+    dispatcher thread runs).
     """
     result = DispatchResult()
-    after_id = 0
-    for _ in range(limit):
+    session.rollback()
+    query = _UNSENT_BATCH.limit(limit)
+    if request_id is not None:
+        query = query.where(_OUTBOX.c.request_id == request_id)
+    messages = session.execute(query).all()
+    if not messages:
         session.rollback()
-        query = select(OutboxMessage).where(OutboxMessage.sent_at.is_(None), OutboxMessage.id > after_id)
-        if request_id is not None:
-            query = query.where(OutboxMessage.request_id == request_id)
-        message = session.scalars(
-            query.order_by(OutboxMessage.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        ).first()
-        if message is None:
-            break
-        after_id = message.id
-        request = lifecycle.load_for_update(session, message.request_id) if message.request_id else None
-        if request is not None and request.status not in _DISPATCHABLE:
-            message.sent_at = utcnow()
-            message.last_error = f"not sent: the request is {request.status}"
-            session.commit()
+        return result
+    request_ids = sorted({message.request_id for message in messages if message.request_id is not None})
+    statuses = dict(session.execute(_REQUEST_STATUSES_FOR_UPDATE.where(_REQUESTS.c.id.in_(request_ids))).all()) \
+        if request_ids else {}
+    now = utcnow()
+    sent, to_queue = [], []
+    for message in messages:
+        status = statuses.get(message.request_id)
+        if status is not None and status not in _DISPATCHABLE:
+            _update_outbox(session, [message.id], sent_at=now, last_error=f"not sent: the request is {status}")
             result.skipped += 1
             continue
-        if request is not None and request.status == RequestStatus.RECEIVED.value:
-            lifecycle.mark_queued(session, request, task_id=message.payload.get("task_id"))
-        message.attempts += 1
         try:
             sender(message.task_name, message.payload)
         except Exception as exc:  # the broker is down or refused: keep the row for the next pass
-            session.rollback()
             error = f"{type(exc).__name__}: {exc}"[:2000]
-            failed = session.get(OutboxMessage, message.id, with_for_update=True)
-            failed.attempts += 1
-            failed.last_error = error
-            session.commit()
+            _update_outbox(session, [message.id], attempts=_OUTBOX.c.attempts + 1, last_error=error)
             result.failed += 1
             result.last_error = error
             logger.warning("outbox: sending message %s failed: %s", message.id, error)
             break
-        message.sent_at = utcnow()
-        message.last_error = None
-        session.commit()
-        result.sent += 1
+        sent.append(message.id)
+        if status == RequestStatus.RECEIVED.value:
+            to_queue.append((message.request_id, (message.payload or {}).get("task_id")))
+    if sent:
+        _update_outbox(session, sent, sent_at=now, last_error=None, attempts=_OUTBOX.c.attempts + 1)
+    lifecycle.mark_queued_by_ids(session, to_queue)
+    session.commit()
+    result.sent = len(sent)
     return result
+
+
+def _update_outbox(session: Session, message_ids: list[int], **values) -> None:
+    session.execute(update(_OUTBOX).where(_OUTBOX.c.id.in_(message_ids)).values(**values))

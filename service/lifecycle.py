@@ -18,10 +18,10 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from service.audit import append_event, jsonable
+from service.audit import append_event, append_events, jsonable
 from service.models import ErasureRequest, ModelVersion, RequestStatus, Stage, utcnow
 
 S = RequestStatus
@@ -120,6 +120,23 @@ def mark_received(session: Session, request: ErasureRequest, actor: Mapping[str,
 
 def mark_queued(session: Session, request: ErasureRequest, task_id: str | None = None) -> None:
     _transition(session, request, RequestStatus.QUEUED, {"task_id": task_id})
+
+
+def mark_queued_by_ids(session: Session, requests: Sequence[tuple[uuid.UUID, str | None]]) -> None:
+    """``mark_queued`` for many ``received`` requests (the outbox dispatcher), without loading ORM
+    objects: ``requests`` is ``[(request_id, task_id)]``; the caller holds their row locks and has
+    checked that each is ``received``. The same row changes and events, the events in this order."""
+    if not requests:
+        return
+    assert S.QUEUED in ALLOWED_TRANSITIONS[S.RECEIVED]
+    table = ErasureRequest.__table__
+    session.execute(update(table).where(table.c.id.in_([request_id for request_id, _ in requests]))
+                    .values(status=S.QUEUED.value, updated_at=utcnow()))
+    append_events(session, [
+        (f"request.{S.QUEUED.value}", {"from": S.RECEIVED.value, "to": S.QUEUED.value, "task_id": task_id},
+         request_id)
+        for request_id, task_id in requests
+    ])
 
 
 def mark_running(

@@ -10,6 +10,8 @@
 - ``LETHE_MAX_BODY_BYTES`` (default 1048576): larger request bodies get 413
 - ``LETHE_OUTBOX_POLL_SECONDS`` (default 5): dispatcher period in the API; 0 disables it
 - ``LETHE_SEND_ON_SUBMIT`` (default 1): send the task right after POST commits
+- ``LETHE_AUTH_CACHE_SECONDS`` (default 2): a valid token is remembered this long per process (a
+  revocation reaches other processes within that time); 0 looks every token up
 - ``LETHE_AUTO_MIGRATE`` (default 0): run Alembic migrations when the API starts
 - ``LETHE_PUBLIC_BASE_URL`` (unset): prefix for absolute links; relative otherwise
 """
@@ -50,6 +52,7 @@ class Settings:
     outbox_poll_seconds: float = 5.0
     send_on_submit: bool = True
     auto_migrate: bool = False
+    auth_cache_seconds: float = 2.0
     public_base_url: str | None = None
 
     @classmethod
@@ -67,6 +70,7 @@ class Settings:
             outbox_poll_seconds=float(env.get("LETHE_OUTBOX_POLL_SECONDS") or 5.0),
             send_on_submit=_flag(env.get("LETHE_SEND_ON_SUBMIT"), True),
             auto_migrate=_flag(env.get("LETHE_AUTO_MIGRATE"), False),
+            auth_cache_seconds=float(env.get("LETHE_AUTH_CACHE_SECONDS") or 2.0),
             public_base_url=(env.get("LETHE_PUBLIC_BASE_URL") or "").rstrip("/") or None,
         )
 

@@ -21,7 +21,7 @@ from service_test_helpers import DEFAULT_CLIENTS, MODEL, POSTGRES_URL, TABLES, b
 from sqlalchemy import create_engine, text
 
 from service.app import create_app
-from service.auth import create_token
+from service.auth import create_token, principal_cache
 from service.crud import client_index_cache
 from service.db import Database, upgrade_database
 from service.models import GENESIS_HASH
@@ -80,6 +80,7 @@ def reset_tables(db: Database) -> None:
         connection.execute(text("UPDATE audit_chain_head SET seq = 0, hash = :genesis WHERE id = 1"),
                            {"genesis": GENESIS_HASH})
     client_index_cache.clear()
+    principal_cache.clear()
 
 
 @pytest.fixture

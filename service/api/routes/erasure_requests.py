@@ -53,20 +53,26 @@ def _dispatch_one(app_state, request_id: uuid.UUID) -> None:
                422: {"description": "Invalid body, unknown client or pair ids"}},
 )
 def submit(
-    body: ErasureRequestCreate, request: Request, session: SessionDep, settings: SettingsDep,
-    metrics: MetricsDep, background: BackgroundTasks, idempotency_key: IdempotencyKey = None,
+    body: ErasureRequestCreate, request: Request, settings: SettingsDep, metrics: MetricsDep,
+    background: BackgroundTasks, idempotency_key: IdempotencyKey = None,
     principal: Principal = RequesterOrCompliance,
 ):
     """Accept an erasure request: it is committed (with its audit event and an outbox row) before
-    anything is enqueued, so an accepted request is never lost."""
-    erasure, created = crud.submit_erasure_request(session, principal, body, idempotency_key)
+    anything is enqueued, so an accepted request is never lost. The outbox dispatcher sends it to the
+    broker right after (it is woken; the answer does not wait for the broker)."""
+    state = request.app.state
+    with state.db.session() as session:
+        erasure, created = crud.submit_erasure_request(session, principal, body, idempotency_key)
     links = request_links(settings, erasure.id)
-    accepted = ErasureRequestAccepted(id=erasure.id, status=erasure.status, links=links)
-    content = accepted.model_dump(mode="json")
+    content = {"id": str(erasure.id), "status": erasure.status, "links": links.model_dump()}
     if created:
         metrics.submitted.inc()
         if settings.send_on_submit:
-            background.add_task(_dispatch_one, request.app.state, erasure.id)
+            dispatcher = getattr(state, "dispatcher", None)
+            if dispatcher is not None:
+                dispatcher.wake()
+            else:  # no dispatcher thread (LETHE_OUTBOX_POLL_SECONDS=0): send after the answer
+                background.add_task(_dispatch_one, state, erasure.id)
     return JSONResponse(content, status_code=202 if created else 200, headers={"Location": links.self},
                         background=background)
 
@@ -88,9 +94,12 @@ def list_requests(
 
 
 @router.get("/{request_id}", response_model=ErasureRequestOut)
-def read_request(request_id: uuid.UUID, session: SessionDep, settings: SettingsDep,
+def read_request(request_id: uuid.UUID, request: Request, settings: SettingsDep,
                  principal: Principal = RequesterOrCompliance):
-    return request_out(settings, crud.get_visible_request(session, principal, request_id))
+    with request.app.state.db.session() as session:
+        view = crud.read_request_view(session, principal, request_id)
+    view["links"] = request_links(settings, request_id)
+    return Response(ErasureRequestOut.model_validate(view).model_dump_json(), media_type="application/json")
 
 
 @router.post("/{request_id}/cancel", response_model=ErasureRequestOut,
