@@ -73,6 +73,9 @@ def evaluate(
         list[str] | None, typer.Option(help="test | train | client:K | retain:K (all clients but K); repeatable")
     ] = None,
     probe: Annotated[str | None, typer.Option(help="concept probe ATTRIBUTE=VALUE, e.g. colour=purple")] = None,
+    gallery: Annotated[
+        int | None, typer.Option(help="evaluate each split on a seeded sample of this many pairs")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Recall@1/5/10 (both directions) of a version on data splits, and the concept probe."""
@@ -81,7 +84,7 @@ def evaluate(
 
     _setup_logging()
     try:
-        result = evaluate_version(version, split or ["test"], probe)
+        result = evaluate_version(version, split or ["test"], probe, gallery=gallery)
     except (DataError, ModelError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     if as_json:
@@ -114,7 +117,7 @@ def demo(
         )
         run_federation(cfg, out)
     owner, (attribute, value) = next(iter(cfg.partition.owners.items()))
-    result = evaluate_version(out, ["test", f"client:{owner}", f"retain:{owner}"], f"{attribute}={value}")
+    result = evaluate_version(out, ["test", f"client:{owner}", f"retain:{owner}"], f"{attribute}={value}", gallery=500)
     for name, metrics in result["retrieval"].items():
         typer.echo(_format_metrics(name, metrics))
     for name, p in result.get("probe", {}).items():
@@ -129,7 +132,7 @@ def erase(
     client: Annotated[int, typer.Option(help="the client whose data is erased")],
     pairs: Annotated[Path | None, typer.Option(help="file of pair ids (one per line): erase only these")] = None,
     method: Annotated[str, typer.Option(help="unlearning method (see `lethe methods`)")] = "ease",
-    params: Annotated[str | None, typer.Option(help='method parameters as JSON, e.g. \'{"steps": 40}\'')] = None,
+    params: Annotated[str | None, typer.Option(help="method parameters as JSON, e.g. '{\"steps\": 40}'")] = None,
     reference: Annotated[Path | None, typer.Option(help="a retrain reference version for the gates")] = None,
 ) -> None:
     """Erase a client (or some of its pairs) and write a verified new version; prints the gates."""
@@ -160,6 +163,18 @@ def erase(
         typer.secho("verification failed: no version was written", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
     typer.echo(f"wrote {result.version_dir}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context) -> None:
+    """Run every unlearning method against the retrain reference and write docs/benchmarks.md.
+
+    Options are those of `python -m ease_engine.benchmarks.unlearning --help` (--quick, --base, --skip-samples).
+    """
+    from ease_engine.benchmarks.unlearning import main as bench_main
+
+    _setup_logging()
+    bench_main(list(ctx.args))
 
 
 @app.command()

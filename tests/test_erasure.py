@@ -51,17 +51,48 @@ def test_erased_version_is_complete_and_chained(learned_versions, client_erasure
     assert report["reference"]["kind"] == "retrain"
 
 
+def _mean_pair_similarity(bundle, dataset) -> float:
+    from ease_engine.verification.membership import pair_embeddings, similarity_scores
+
+    return float(similarity_scores(*pair_embeddings(bundle, dataset)).mean())
+
+
 def test_ease_forgets_and_keeps_utility(learned_versions, client_erasure, context):
-    """Margins a do-nothing method (no drop) or a destroying one (retain collapses) would fail."""
-    _, original, _ = learned_versions
+    """Margins a do-nothing method (no change) or a destroying one (retain collapses) would fail.
+
+    On this small federation retrain itself is barely worse on client 0's pairs, so forgetting is
+    measured as the forget pairs' image-text similarity: it must fall clearly more than the
+    held-out pairs' does, while retain and test R@1 hold.
+    """
     result, out = client_erasure
     bench = Bench.build(context, ErasureTarget(0))
+    erased = load_version(out)[0]
+    forget_drop = _mean_pair_similarity(context.setup.bundle, bench.splits["forget"]) - _mean_pair_similarity(
+        erased, bench.splits["forget"]
+    )
+    test_drop = _mean_pair_similarity(context.setup.bundle, bench.splits["test"]) - _mean_pair_similarity(
+        erased, bench.splits["test"]
+    )
+    assert forget_drop >= 0.05 and forget_drop >= 2 * test_drop, (forget_drop, test_drop)
     before = bench.measure(context.setup.bundle)
-    after = bench.measure(load_version(out)[0])
-    forget_drop = sum(before.r1("forget", d) - after.r1("forget", d) for d in ("i2t", "t2i")) / 2
+    after = bench.measure(erased)
     retain_drop = sum(before.r1("retain", d) - after.r1("retain", d) for d in ("i2t", "t2i")) / 2
-    assert forget_drop >= 3.0, (before.recall, after.recall)
-    assert retain_drop <= 3.0, (before.recall, after.recall)
+    test_r1_drop = sum(before.r1("test", d) - after.r1("test", d) for d in ("i2t", "t2i")) / 2
+    assert retain_drop <= 3.0 and test_r1_drop <= 5.0, (before.recall, after.recall)
+
+
+def test_excision_puts_exclusive_rows_where_retrain_has_them(learned_versions, context, tmp_path):
+    """A word only client 0 used: its embedding row is reset exactly to the never-trained value."""
+    _, original, retrain = learned_versions
+    result = erase(original, ErasureTarget(0), "ease", {"steps": 0}, tmp_path / "v", gates=LOOSE, context=context)
+    wholly = result.outcome.details["angles"]["wholly_exclusive_blocks"]
+    assert wholly, "client 0 owns purple: its token row is moved by no other client"
+    rows = [int(name.split("[")[1].rstrip("]")) for name in wholly]
+    erased_emb = load_version(tmp_path / "v")[0].model.token_embedding.weight.detach()[rows]
+    retrain_emb = load_version(retrain)[0].model.token_embedding.weight.detach()[rows]
+    original_emb = context.setup.bundle.model.token_embedding.weight.detach()[rows]
+    assert (original_emb - retrain_emb).abs().max() > 1e-3, "the original did learn these rows"
+    assert (erased_emb - retrain_emb).abs().max() < 1e-5
 
 
 def test_the_erased_client_cannot_be_erased_again(client_erasure, tmp_path):
@@ -107,13 +138,14 @@ def test_a_version_without_ledger_is_refused(learned_versions, tmp_path):
 
 def test_failed_gates_publish_nothing(learned_versions, context, tmp_path):
     _, original, _ = learned_versions
-    strict = GateConfig(forget_margin=0, retain_drop=0, mia_margin=0)
-    # zero tolerance against the non-member reference: forget pairs still score above held-out
-    # pairs after an excision without displacement (MIA AUC > 0.5), so at least that gate fails
-    result = erase(original, ErasureTarget(0), "ease", {"steps": 0}, tmp_path / "v", gates=strict, context=context)
+    # sin_min = 0.01 marks nearly every direction of client 0 exclusive and excises its whole contribution,
+    # entangled blocks included: retain R@1 falls (this small model's is only 4-7%, so the gate is tight)
+    destroy = {"excise_blocks": "exclusive", "sin_min": 0.01, "steps": 0}
+    gates = GateConfig(retain_drop=0.5)
+    result = erase(original, ErasureTarget(0), "ease", destroy, tmp_path / "v", gates=gates, context=context)
     assert not result.report.passed and result.version_dir is None
     assert not (tmp_path / "v").exists()
-    assert result.report.failed()
+    assert {g.name for g in result.report.failed()} & {"retain_i2t_r1", "retain_t2i_r1"}
 
 
 def test_sample_scope_erasure(learned_versions, context, tmp_path):

@@ -65,19 +65,28 @@ def _run_federation_process(config_path: Path, out: Path, exclude: list[int]) ->
     return {"wall_seconds": time.perf_counter() - began, "peak_rss_mib": usage.ru_maxrss / 1024}
 
 
-def run(config: FederationConfig, workdir: Path, docs: Path | None, command: str) -> dict:
+GALLERY = 500  # every split is evaluated on a gallery of this many pairs (the test set's size)
+
+
+def run(config: FederationConfig, workdir: Path, docs: Path | None, command: str, reuse: bool = False) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config.json"
-    config_path.write_text(config.model_dump_json(indent=2))
     owner, (attribute, value) = next(iter(config.partition.owners.items()))
     original, retrain = workdir / "original", workdir / "retrain"
-    runs = {
-        "original": _run_federation_process(config_path, original, []),
-        "retrain": _run_federation_process(config_path, retrain, [owner]),
-    }
+    if reuse:
+        previous = json.loads((workdir / "result.json").read_text())
+        if json.loads(config_path.read_text()) != json.loads(config.model_dump_json()):
+            raise SystemExit(f"--reuse: {workdir} was trained with another config")
+        runs = previous["runs"]
+    else:
+        config_path.write_text(config.model_dump_json(indent=2))
+        runs = {
+            "original": _run_federation_process(config_path, original, []),
+            "retrain": _run_federation_process(config_path, retrain, [owner]),
+        }
     splits = [f"client:{owner}", f"retain:{owner}", "test"]
     probe = f"{attribute}={value}"
-    evals = {name: evaluate_version(workdir / name, splits, probe) for name in runs}
+    evals = {name: evaluate_version(workdir / name, splits, probe, gallery=GALLERY) for name in runs}
     ledger = json.loads((original / "ledger" / "ledger.json").read_text())
     history = json.loads((original / "history.json").read_text())
     n_clients = len(ledger["clients"])
@@ -159,7 +168,9 @@ Recall@K on the held-out test set (percent):
 
 {table(["model", "i2t R@1", "i2t R@5", "i2t R@10", "t2i R@1", "t2i R@5", "t2i R@10"], recall_rows)}
 
-Forgetting is measurable: R@1 of the original and the retrain reference per split.
+Forgetting is measurable: R@1 of the original and the retrain reference per split, each split on a
+seeded gallery of {GALLERY} pairs (R@K falls as a gallery grows, so splits are compared at one size;
+`lethe evaluate --gallery {GALLERY}`).
 
 {table(["split", "images", "original i2t", "original t2i", "retrain i2t", "retrain t2i", "gap i2t", "gap t2i"], rows)}
 
@@ -179,12 +190,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench-federation"))
     parser.add_argument("--docs", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--quick", action="store_true", help="a tiny federation (for tests); docs are not written")
+    parser.add_argument("--reuse", action="store_true", help="re-evaluate the trained runs of a previous call")
     args = parser.parse_args(argv)
     config = load_config(args.config)
     if args.quick:
         config = FederationConfig.model_validate(_merge(config.model_dump(), QUICK_OVERRIDES))
     command = "python -m ease_engine.benchmarks.federation" + (" --quick" if args.quick else "")
-    result = run(config, args.out, None if args.quick else args.docs, command)
+    result = run(config, args.out, None if args.quick else args.docs, command, reuse=args.reuse)
     ev = result["evaluation"]
     for name in ("original", "retrain"):
         print(

@@ -62,9 +62,7 @@ class Bench:
 
 def gaps(measured: Measurement, reference: Measurement) -> dict[str, float]:
     """|R@1 - retrain's R@1| per split and direction, their mean (Avg. Gap), probe and MIA gaps."""
-    out = {
-        f"{split}_{d}": abs(measured.r1(split, d) - reference.r1(split, d)) for split in SPLITS for d in DIRECTIONS
-    }
+    out = {f"{split}_{d}": abs(measured.r1(split, d) - reference.r1(split, d)) for split in SPLITS for d in DIRECTIONS}
     out["avg_gap"] = sum(out.values()) / len(out)
     if measured.probe_accuracy() is not None and reference.probe_accuracy() is not None:
         out["probe"] = abs(measured.probe_accuracy() - reference.probe_accuracy())

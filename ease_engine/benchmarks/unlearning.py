@@ -45,6 +45,7 @@ ROWS: list[tuple[str, str, dict]] = [
     ("multidelete", "multidelete", {}),
     ("ease", "ease", {}),
     ("ease w/o excision", "ease", {"excise": False}),
+    ("ease, entangled blocks excised too", "ease", {"excise_blocks": "exclusive"}),
     ("ease image tower only", "ease", {"towers": "image"}),
     ("ease text tower only", "ease", {"towers": "text"}),
 ]
@@ -67,8 +68,13 @@ def reference_row(reference_dir: Path, bench: Bench) -> Row:
     numbers = bench.context.numbers_per_model()
     history = json.loads((reference_dir / "history.json").read_text())
     bytes_exchanged = sum(2 * len(h["participants"]) * numbers * BYTES_PER_NUMBER for h in history)
-    return Row("retrain (reference)", bench.measure(bundle), metadata["train_seconds"],
-               metadata["samples_processed"], bytes_exchanged)
+    return Row(
+        "retrain (reference)",
+        bench.measure(bundle),
+        metadata["train_seconds"],
+        metadata["samples_processed"],
+        bytes_exchanged,
+    )
 
 
 def run_rows(bench: Bench, rows: list[tuple[str, str, dict]], log) -> tuple[list[Row], dict]:
@@ -79,11 +85,21 @@ def run_rows(bench: Bench, rows: list[tuple[str, str, dict]], log) -> tuple[list
             continue
         outcome = spec.unlearn(bench.context, bench.target, spec.params.model_validate(params))
         measurement = bench.measure(outcome.bundle)
-        results.append(Row(label, measurement, outcome.wall_seconds, outcome.cost.client_samples,
-                           outcome.cost.bytes_exchanged, outcome.details))
+        results.append(
+            Row(
+                label,
+                measurement,
+                outcome.wall_seconds,
+                outcome.cost.client_samples,
+                outcome.cost.bytes_exchanged,
+                outcome.details,
+            )
+        )
         outcomes[label] = outcome
-        log(f"{label}: {outcome.wall_seconds:.1f} s, forget R@1 {measurement.r1('forget', 'i2t'):.1f}/"
-            f"{measurement.r1('forget', 't2i'):.1f}")
+        log(
+            f"{label}: {outcome.wall_seconds:.1f} s, forget R@1 {measurement.r1('forget', 'i2t'):.1f}/"
+            f"{measurement.r1('forget', 't2i'):.1f}"
+        )
     return results, outcomes
 
 
@@ -167,8 +183,22 @@ def _row_cells(row: Row, reference: Row) -> list:
     return cells
 
 
-HEADERS = ["method", "forget i2t", "forget t2i", "retain i2t", "retain t2i", "test i2t", "test t2i", "probe",
-           "MIA AUC sim / loss", "Avg. Gap", "wall s", "speed-up", "client samples", "MiB exchanged"]
+HEADERS = [
+    "method",
+    "forget i2t",
+    "forget t2i",
+    "retain i2t",
+    "retain t2i",
+    "test i2t",
+    "test t2i",
+    "probe",
+    "MIA AUC sim / loss",
+    "Avg. Gap",
+    "wall s",
+    "speed-up",
+    "client samples",
+    "MiB exchanged",
+]
 
 
 def render_scenario(title: str, result: dict) -> str:
@@ -178,27 +208,48 @@ def render_scenario(title: str, result: dict) -> str:
     gap_rows = []
     for r in result["rows"]:
         g = gaps(r.measurement, reference.measurement)
-        gap_rows.append([r.label, *(f"{g[f'{s}_{d}']:.1f}" for s in SPLITS for d in DIRECTIONS),
-                         "-" if "probe" not in g else f"{g['probe']:.1f}",
-                         f"{g['mia_similarity_auc']:.3f}", f"{g['avg_gap']:.2f}"])
-    gap_table = table(["method", *(f"|gap| {s} {d}" for s in SPLITS for d in DIRECTIONS), "|gap| probe",
-                       "|gap| MIA sim", "Avg. Gap"], gap_rows)
+        gap_rows.append(
+            [
+                r.label,
+                *(f"{g[f'{s}_{d}']:.1f}" for s in SPLITS for d in DIRECTIONS),
+                "-" if "probe" not in g else f"{g['probe']:.1f}",
+                f"{g['mia_similarity_auc']:.3f}",
+                f"{g['avg_gap']:.2f}",
+            ]
+        )
+    gap_table = table(
+        ["method", *(f"|gap| {s} {d}" for s in SPLITS for d in DIRECTIONS), "|gap| probe", "|gap| MIA sim", "Avg. Gap"],
+        gap_rows,
+    )
     t = result["target"]
-    text = (f"### {title}\n\nTarget: client {t['client']}, scope {t['scope']}, {t['n_pairs']} forget pairs. "
-            f"Ledger: {result['ledger_bytes'] / 2**20:.1f} MiB for the whole federation. R@1 in percent.\n\n"
-            f"{body}\n\nGaps to retrain (points; MIA in AUC):\n\n{gap_table}\n")
+    text = (
+        f"### {title}\n\nTarget: client {t['client']}, scope {t['scope']}, {t['n_pairs']} forget pairs. "
+        f"Ledger: {result['ledger_bytes'] / 2**20:.1f} MiB for the whole federation. R@1 in percent.\n\n"
+        f"{body}\n\nGaps to retrain (points; MIA in AUC):\n\n{gap_table}\n"
+    )
     if result["curves"]:
         curve_rows = []
         for label, curve in result["curves"].items():
             last = curve[-1]
-            curve_rows.append([label, f"{curve[0]['forget_i2t_r1']:.1f} -> {last['forget_i2t_r1']:.1f}",
-                               f"{curve[0]['forget_t2i_r1']:.1f} -> {last['forget_t2i_r1']:.1f}",
-                               "-" if last["probe"] is None else f"{curve[0]['probe']:.1f} -> {last['probe']:.1f}",
-                               f"{last['similarity_auc']:.3f}", sum(p["lock_interventions"] for p in curve)])
-        text += (f"\nReactivation: {len(next(iter(result['curves'].values()))) - 1} more FedAvg rounds on the "
-                 f"retained clients (relearning attack: {REINJECTED_PAIRS} forget pairs re-injected into one "
-                 f"client):\n\n" + table(["run", "forget i2t R@1", "forget t2i R@1", "probe", "MIA sim AUC",
-                                          "lock interventions"], curve_rows) + "\n")
+            curve_rows.append(
+                [
+                    label,
+                    f"{curve[0]['forget_i2t_r1']:.1f} -> {last['forget_i2t_r1']:.1f}",
+                    f"{curve[0]['forget_t2i_r1']:.1f} -> {last['forget_t2i_r1']:.1f}",
+                    "-" if last["probe"] is None else f"{curve[0]['probe']:.1f} -> {last['probe']:.1f}",
+                    f"{last['similarity_auc']:.3f}",
+                    sum(p["lock_interventions"] for p in curve),
+                ]
+            )
+        text += (
+            f"\nReactivation: {len(next(iter(result['curves'].values()))) - 1} more FedAvg rounds on the "
+            f"retained clients (relearning attack: {REINJECTED_PAIRS} forget pairs re-injected into one "
+            f"client):\n\n"
+            + table(
+                ["run", "forget i2t R@1", "forget t2i R@1", "probe", "MIA sim AUC", "lock interventions"], curve_rows
+            )
+            + "\n"
+        )
     return text
 
 
@@ -262,18 +313,31 @@ def plot(results: dict[str, dict], out_dir: Path) -> list[Path]:
 
 def to_json(result: dict) -> dict:
     def row(r: Row) -> dict:
-        return {"label": r.label, "measurement": r.measurement.to_json(), "wall_seconds": r.wall_seconds,
-                "client_samples": r.client_samples, "bytes_exchanged": r.bytes_exchanged,
-                "details": {k: v for k, v in r.details.items() if k != "history"}}
+        return {
+            "label": r.label,
+            "measurement": r.measurement.to_json(),
+            "wall_seconds": r.wall_seconds,
+            "client_samples": r.client_samples,
+            "bytes_exchanged": r.bytes_exchanged,
+            "details": {k: v for k, v in r.details.items() if k != "history"},
+        }
 
-    return {**result, "reference": row(result["reference"]), "original": row(result["original"]),
-            "rows": [row(r) for r in result["rows"]]}
+    return {
+        **result,
+        "reference": row(result["reference"]),
+        "original": row(result["original"]),
+        "rows": [row(r) for r in result["rows"]],
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", type=Path, default=Path("runs/bench-federation"),
-                        help="folder with original/ and retrain/ (the federation benchmark's output)")
+    parser.add_argument(
+        "--base",
+        type=Path,
+        default=Path("runs/bench-federation"),
+        help="folder with original/ and retrain/ (the federation benchmark's output)",
+    )
     parser.add_argument("--docs", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--quick", action="store_true", help="a tiny federation, few rounds; docs are not written")
     parser.add_argument("--skip-samples", action="store_true", help="client scope only")
@@ -314,15 +378,18 @@ def main(argv: list[str] | None = None) -> None:
         pairs = pick_sample_pairs(context, other, args.sample_pairs)
         reference = samples_reference(config, base, pairs)
         results["samples"] = scenario(context, ErasureTarget(other, tuple(pairs)), reference, ROWS, 0, log)
-    (base / "unlearning.json").write_text(json.dumps({k: to_json(v) for k, v in results.items()}, indent=2,
-                                                     default=str))
+    (base / "unlearning.json").write_text(
+        json.dumps({k: to_json(v) for k, v in results.items()}, indent=2, default=str)
+    )
     if args.quick:
         return
     plots = plot(results, args.docs.parent / "plots")
     command = "lethe bench" + (" --skip-samples" if args.skip_samples else "")
-    text = (f"## Unlearning benchmark (issue 3)\n\nCommand: `{command}` ({date.today().isoformat()}, "
-            f"{platform.machine()}, {os.cpu_count()} CPU cores), on the default federation of the section above. "
-            "Wall times are of one run on a shared 2-core machine: compare them as ratios.\n\n")
+    text = (
+        f"## Unlearning benchmark (issue 3)\n\nCommand: `{command}` ({date.today().isoformat()}, "
+        f"{platform.machine()}, {os.cpu_count()} CPU cores), on the default federation of the section above. "
+        "Wall times are of one run on a shared 2-core machine: compare them as ratios.\n\n"
+    )
     text += render_scenario("Client scope: the exclusive client", results["client"])
     if "samples" in results:
         text += "\n" + render_scenario(f"Sample scope: {args.sample_pairs} pairs of one client", results["samples"])

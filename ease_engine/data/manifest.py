@@ -98,9 +98,7 @@ def _parse_row(line: str, where: str, folder: Path, verify: bool) -> _Row:
     return row
 
 
-def load_manifest(
-    path: str | Path, on_error: OnError = "raise", verify_images: bool = True
-) -> CaptionDataset:
+def load_manifest(path: str | Path, on_error: OnError = "raise", verify_images: bool = True) -> CaptionDataset:
     """Load a JSONL manifest into a :class:`CaptionDataset` with image paths.
 
     ``on_error="raise"`` raises :class:`DataError` at the first bad line, naming the file and

@@ -116,8 +116,7 @@ def _check_owners(owners: dict[int, Concept], n_clients: int) -> None:
             raise ValueError(f"owner {client}: concept must be (attribute, value), got {concept!r}")
     if len(owners) >= n_clients:
         raise ValueError(
-            f"{len(owners)} owners leave none of the {n_clients} clients for the ordinary items; "
-            "raise n_clients"
+            f"{len(owners)} owners leave none of the {n_clients} clients for the ordinary items; raise n_clients"
         )
 
 

@@ -30,9 +30,7 @@ def probe_correct(
     if images.ndim != 2:
         raise ValueError(f"image_emb must be (N, D), got shape {tuple(images.shape)}")
     n = images.shape[0]
-    truth = torch.as_tensor(
-        np.asarray(true_index) if not isinstance(true_index, torch.Tensor) else true_index
-    )
+    truth = torch.as_tensor(np.asarray(true_index) if not isinstance(true_index, torch.Tensor) else true_index)
     if truth.dtype.is_floating_point or truth.ndim != 1 or truth.numel() != n:
         raise ValueError(f"true_index must be {n} integers, got {truth.dtype} of shape {tuple(truth.shape)}")
     truth = truth.to(device=images.device, dtype=torch.long)
@@ -41,9 +39,7 @@ def probe_correct(
     if isinstance(candidate_text_emb, torch.Tensor | np.ndarray):
         candidates = _float_tensor(candidate_text_emb, "candidate_text_emb").to(images.device)
         if candidates.ndim != 3 or candidates.shape[0] != n or candidates.shape[2] != images.shape[1]:
-            raise ValueError(
-                f"candidate_text_emb must be ({n}, C, {images.shape[1]}), got {tuple(candidates.shape)}"
-            )
+            raise ValueError(f"candidate_text_emb must be ({n}, C, {images.shape[1]}), got {tuple(candidates.shape)}")
         if candidates.shape[1] == 0:
             raise ValueError("candidate_text_emb needs at least one candidate per image")
         scores = torch.einsum("nd,ncd->nc", images.to(candidates.dtype), F.normalize(candidates, dim=2))
@@ -56,9 +52,7 @@ def probe_correct(
     for i, group in enumerate(groups):
         cand = _float_tensor(group, f"candidate_text_emb[{i}]").to(images.device)
         if cand.ndim != 2 or cand.shape[1] != images.shape[1] or cand.shape[0] == 0:
-            raise ValueError(
-                f"candidate_text_emb[{i}] must be (C_i >= 1, {images.shape[1]}), got {tuple(cand.shape)}"
-            )
+            raise ValueError(f"candidate_text_emb[{i}] must be (C_i >= 1, {images.shape[1]}), got {tuple(cand.shape)}")
         scores = F.normalize(cand, dim=1) @ images[i].to(cand.dtype)
         correct[i] = _strictly_best(scores[None, :], truth[i : i + 1])[0]
     return correct

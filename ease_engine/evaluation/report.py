@@ -13,6 +13,17 @@ from ease_engine.federation.config import FederationConfig, load_federation_data
 from ease_engine.models.version_io import load_version
 
 
+def sample_gallery(dataset: CaptionDataset, size: int | None, seed: int = 0) -> CaptionDataset:
+    """A seeded sample of ``size`` pairs (all of them if the split is smaller or ``size`` is None).
+
+    Recall@K falls as the gallery grows, so splits are compared on galleries of one size.
+    """
+    if size is None or len(dataset) <= size:
+        return dataset
+    idx = np.sort(np.random.default_rng(seed).choice(len(dataset), size=size, replace=False))
+    return dataset.subset(idx, name=dataset.name)
+
+
 def select_split(train: CaptionDataset, test: CaptionDataset, split: str) -> CaptionDataset:
     """``test``, ``train``, ``client:K`` (client K's pairs) or ``retain:K`` (every other client's)."""
     if split == "test":
@@ -37,10 +48,13 @@ def version_config(version: str | Path) -> FederationConfig:
     return FederationConfig.model_validate(metadata["config"])
 
 
-def evaluate_bundle(bundle, train, test, splits: list[str], probe: str | None, device: str = "cpu") -> dict:
+def evaluate_bundle(
+    bundle, train, test, splits: list[str], probe: str | None, device: str = "cpu", gallery: int | None = None
+) -> dict:
+    """Recall@K per split (on a seeded gallery of at most ``gallery`` pairs) and the concept probe."""
     result: dict = {"retrieval": {}, "probe": {}}
     for split in splits:
-        data = select_split(train, test, split)
+        data = sample_gallery(select_split(train, test, split), gallery)
         result["retrieval"][split] = retrieval_metrics(bundle, data, device)
         if probe:
             attribute, _, value = probe.partition("=")
@@ -51,11 +65,13 @@ def evaluate_bundle(bundle, train, test, splits: list[str], probe: str | None, d
     return result
 
 
-def evaluate_version(version: str | Path, splits: list[str], probe: str | None = None, device: str = "cpu") -> dict:
+def evaluate_version(
+    version: str | Path, splits: list[str], probe: str | None = None, device: str = "cpu", gallery: int | None = None
+) -> dict:
     version = Path(version)
     if not version.is_dir():
         raise FileNotFoundError(f"version directory not found: {version}")
     config = version_config(version)
     bundle, _ = load_version(version, device)
     train, test = load_federation_data(config)
-    return evaluate_bundle(bundle, train, test, splits, probe, device)
+    return evaluate_bundle(bundle, train, test, splits, probe, device, gallery)

@@ -79,18 +79,12 @@ def recall_at_k(
     return result
 
 
-def _prepare(
-    image_emb: Array, text_emb: Array, text_owner: Array
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _prepare(image_emb: Array, text_emb: Array, text_owner: Array) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     images = _normalised(image_emb, "image_emb")
     texts = _normalised(text_emb, "text_emb").to(device=images.device, dtype=images.dtype)
-    owner = torch.as_tensor(
-        np.asarray(text_owner) if not isinstance(text_owner, torch.Tensor) else text_owner
-    )
+    owner = torch.as_tensor(np.asarray(text_owner) if not isinstance(text_owner, torch.Tensor) else text_owner)
     if owner.dtype.is_floating_point or owner.dtype == torch.bool or owner.ndim != 1:
-        raise ValueError(
-            f"text_owner must be a 1-D integer array, got {owner.dtype} of shape {tuple(owner.shape)}"
-        )
+        raise ValueError(f"text_owner must be a 1-D integer array, got {owner.dtype} of shape {tuple(owner.shape)}")
     owner = owner.to(device=images.device, dtype=torch.long)
     n, m = images.shape[0], texts.shape[0]
     if images.shape[1] != texts.shape[1]:

@@ -52,9 +52,7 @@ def energy_rank(singular_values: torch.Tensor, energy: float, rank_cap: int | No
     return k
 
 
-def numerical_rank_mask(
-    singular_values: torch.Tensor, shape: tuple[int, int], tol: float | None
-) -> torch.Tensor:
+def numerical_rank_mask(singular_values: torch.Tensor, shape: tuple[int, int], tol: float | None) -> torch.Tensor:
     """Boolean mask of singular values above ``tol * s_max`` (numpy's matrix_rank default when None)."""
     if singular_values.numel() == 0:
         return torch.zeros(0, dtype=torch.bool, device=singular_values.device)

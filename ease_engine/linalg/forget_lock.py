@@ -67,9 +67,7 @@ class LockedBlock:
         for name in ("displacement", "anchor"):
             value = getattr(self, name)
             if value.ndim != 1 or value.numel() != q:
-                raise ValueError(
-                    f"{name} must have {q} entries (one per basis column), got {tuple(value.shape)}"
-                )
+                raise ValueError(f"{name} must have {q} entries (one per basis column), got {tuple(value.shape)}")
         if self.epsilon is not None:
             if not np.isfinite(self.epsilon) or self.epsilon < 0:
                 raise ValueError(f"epsilon must be a finite number >= 0 or None, got {self.epsilon}")
@@ -163,9 +161,7 @@ class ForgetLock:
         """
         return self._filter(block_name, update, theta_current=None)
 
-    def apply_with_state(
-        self, block_name: str, update: Array, theta_current: Array
-    ) -> tuple[torch.Tensor, int]:
+    def apply_with_state(self, block_name: str, update: Array, theta_current: Array) -> tuple[torch.Tensor, int]:
         """Direction filter, then clip so |E^T (theta_current + update) - c0| <= epsilon per coordinate.
 
         Without an epsilon on the block this equals :meth:`apply`.
@@ -192,15 +188,11 @@ class ForgetLock:
             filtered[name], counts[name] = self._filter(name, value, theta_current=state)
         return filtered, counts
 
-    def _filter(
-        self, block_name: str, update: Array, theta_current: Array | None
-    ) -> tuple[torch.Tensor, int]:
+    def _filter(self, block_name: str, update: Array, theta_current: Array | None) -> tuple[torch.Tensor, int]:
         block = self.block(block_name)
         delta_in = as_tensor(update, "update")
         if delta_in.numel() != block.dim:
-            raise ValueError(
-                f"update for {block_name!r} has {delta_in.numel()} elements, expected {block.dim}"
-            )
+            raise ValueError(f"update for {block_name!r} has {delta_in.numel()} elements, expected {block.dim}")
         out_dtype = delta_in.dtype if delta_in.is_floating_point() else torch.float32
         if block.rank == 0:
             return delta_in.clone().to(out_dtype), 0
@@ -220,9 +212,7 @@ class ForgetLock:
         if theta_current is not None and block.epsilon is not None:
             theta = as_tensor(theta_current, "theta_current").reshape(-1).to(device=device, dtype=WORK_DTYPE)
             if theta.numel() != block.dim:
-                raise ValueError(
-                    f"theta_current for {block_name!r} has {theta.numel()} elements, expected {block.dim}"
-                )
+                raise ValueError(f"theta_current for {block_name!r} has {theta.numel()} elements, expected {block.dim}")
             anchor = block.anchor.to(device=device, dtype=WORK_DTYPE)
             position = e.T @ (theta + delta)
             clipped = torch.clamp(position, anchor - block.epsilon, anchor + block.epsilon)
@@ -253,9 +243,7 @@ class ForgetLock:
             tensors[f"{key}.basis"] = block.basis.detach().cpu().contiguous()
             tensors[f"{key}.displacement"] = block.displacement.detach().cpu().to(WORK_DTYPE).contiguous()
             tensors[f"{key}.anchor"] = block.anchor.detach().cpu().to(WORK_DTYPE).contiguous()
-            entries.append(
-                {"name": name, "key": key, "dim": block.dim, "rank": block.rank, "epsilon": block.epsilon}
-            )
+            entries.append({"name": name, "key": key, "dim": block.dim, "rank": block.rank, "epsilon": block.epsilon})
         payload = save_safetensors_bytes(tensors, metadata={"format": LOCK_FORMAT})
         manifest = {
             "format": LOCK_FORMAT,

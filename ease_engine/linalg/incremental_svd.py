@@ -153,9 +153,7 @@ class IncrementalBasis:
         x = as_tensor(vectors, "vectors")
         if x.numel() == self.basis.shape[0]:
             x = x.reshape(-1, 1)
-        self.basis, self.singular_values = update(
-            self.basis, self.singular_values, x, self.rank_cap, self.energy
-        )
+        self.basis, self.singular_values = update(self.basis, self.singular_values, x, self.rank_cap, self.energy)
 
 
 __all__ = ["DEFAULT_RELATIVE_TOLERANCE", "IncrementalBasis", "empty_basis", "update"]

@@ -140,9 +140,7 @@ def _cosine_sine_split64(retained_basis: Array, forget_basis: Array) -> tuple[Co
     return split, out_dtype
 
 
-def exclusive_basis(
-    retained_basis: Array, forget_basis: Array, sin_min: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+def exclusive_basis(retained_basis: Array, forget_basis: Array, sin_min: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Exclusive basis E = orth{ e_i / sin(theta_i) : sin(theta_i) >= sin_min } and all angles.
 
     Returns (E of shape d x q, angles of shape r_f ascending). q may be 0. The normalised
