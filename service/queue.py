@@ -16,6 +16,16 @@ from service.settings import Settings
 SEND_TIMEOUT_SECONDS = 3.0
 
 
+def is_redis(url: str) -> bool:
+    return url.startswith(("redis://", "rediss://"))
+
+
+def broker_transport_options(url: str, timeout: float) -> dict[str, float]:
+    """Socket timeouts for Redis; other transports (the embedded default's SQLite broker hands its options
+    to ``sqlalchemy.create_engine``) reject these keys, so they get none."""
+    return {"socket_connect_timeout": timeout, "socket_timeout": timeout} if is_redis(url) else {}
+
+
 def make_celery_client(settings: Settings) -> Celery:
     client = Celery("lethe-service", broker=settings.broker_url, backend=settings.result_backend,
                     set_as_current=False)
@@ -24,8 +34,7 @@ def make_celery_client(settings: Settings) -> Celery:
         accept_content=["json"],
         broker_connection_timeout=SEND_TIMEOUT_SECONDS,
         broker_connection_retry_on_startup=False,
-        broker_transport_options={"socket_connect_timeout": SEND_TIMEOUT_SECONDS,
-                                  "socket_timeout": SEND_TIMEOUT_SECONDS},
+        broker_transport_options=broker_transport_options(settings.broker_url, SEND_TIMEOUT_SECONDS),
         task_default_queue=settings.task_queue or "celery",
     )
     return client
@@ -54,7 +63,8 @@ def broker_reachable(settings: Settings, timeout: float = 1.0) -> tuple[bool, st
 
     try:
         with Connection(settings.broker_url, connect_timeout=timeout,
-                        transport_options={"socket_connect_timeout": timeout}) as connection:
+                        transport_options={"socket_connect_timeout": timeout} if is_redis(settings.broker_url)
+                        else {}) as connection:
             connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
         return True, None
     except Exception as exc:  # any failure means "not ready"

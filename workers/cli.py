@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from ease_engine.cli import DEFAULT_CONFIG
 from ease_engine.cli import app as engine_app
+from ease_engine.cli import demo as federation_demo
 from service.cli import db_app, token_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=engine_app.info.help)
-app.registered_commands.extend(engine_app.registered_commands)
+# the engine's commands, except its `demo` (federation only): here `demo` is the whole service's
+app.registered_commands.extend(command for command in engine_app.registered_commands
+                               if command.callback is not federation_demo)
+app.command("federation-demo", help="Train (or reuse) the default federation and evaluate it (no service; "
+            "`lethe demo` runs the whole service).")(federation_demo)
 app.add_typer(token_app, name="token", help="API tokens (stored hashed; the plaintext is shown once)")
 app.add_typer(db_app, name="db", help="database schema (Alembic migrations)")
 
@@ -113,6 +120,32 @@ def worker(
 
     command = worker_command(os.environ.get("LETHE_TASK_QUEUE") or None, pool, concurrency, log_level)
     os.execv(command[0], command)
+
+
+@app.command(epilog=ENVIRONMENT_HELP)
+def demo(
+    federation: Annotated[Path | None, typer.Option(
+        help="an existing model version directory to use (default: runs/<config name>, trained if missing)")] = None,
+    config: Annotated[Path, typer.Option("--config", "-c", help="federation config to train")] = DEFAULT_CONFIG,
+    workdir: Annotated[Path, typer.Option(help="demo folder (database, keys, artifacts, reports, logs); "
+                                               "reset on every run except its signing key")] = Path("runs/demo"),
+    keep_running: Annotated[bool, typer.Option(help="keep the API and worker running until Ctrl-C")] = False,
+    port: Annotated[int, typer.Option(help="API port on 127.0.0.1 (0: a free one)")] = 0,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the erasure request to finish")] = 1800.0,
+) -> None:
+    """The whole service end to end on the embedded default (what `./run demo` runs).
+
+    Set up (SQLite database, migrations, signing key, tokens), train or reuse the default federation,
+    start the API and a worker on 127.0.0.1, register the federation, submit an erasure request for the
+    exclusive client over REST, poll it, download the JSON and PDF reports, verify the new version's
+    signature and the audit chain, print where everything is and the gates, then stop. Exit code 1 if a
+    gate or a check failed."""
+    from workers.demo import run_demo
+
+    raise typer.Exit(run_demo(federation, config, workdir, keep_running=keep_running, port=port, timeout=timeout))
+
+
+app.registered_commands.insert(0, app.registered_commands.pop())  # `demo` first in --help
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -105,3 +105,15 @@ def test_celery_sender_publishes_by_name_to_redis():
     finally:
         connection.delete(queue)
         connection.close()
+
+
+def test_redis_socket_options_are_not_given_to_other_transports():
+    """The embedded default's SQLite broker hands transport options to create_engine, which rejects these."""
+    from service.queue import broker_transport_options
+
+    assert broker_transport_options("redis://127.0.0.1:6379/0", 3.0) == {
+        "socket_connect_timeout": 3.0,
+        "socket_timeout": 3.0,
+    }
+    assert broker_transport_options("sqla+sqlite:///var/broker.db", 3.0) == {}
+    assert broker_transport_options("memory://", 3.0) == {}
