@@ -174,14 +174,9 @@ def gradient_ascent(
     context: UnlearningContext,
     bundle: ClipBundle,
     target: ErasureTarget,
-    *,
-    steps: int,
-    lr: float,
-    batch_size: int,
-    max_grad_norm: float | None,
-    stop_loss_ratio: float,
-    seed: int,
+    params: AscentParams,
     cost: Cost,
+    *,
     after_backward: Callable[[torch.nn.Module], None] | None = None,
     after_step: Callable[[torch.nn.Module], None] | None = None,
 ) -> dict:
@@ -191,6 +186,8 @@ def gradient_ascent(
     weights (PGA's ball). In samples scope the client's remaining pairs are the negatives.
     Client samples count every pair forwarded and backpropagated.
     """
+    steps, lr, batch_size = params.steps, params.lr, params.batch_size
+    max_grad_norm, stop_loss_ratio, seed = params.max_grad_norm, params.stop_loss_ratio, params.seed
     model = bundle.model
     forget = context.forget_items(target)
     own = context.retained_items_of(target)(target.client) if target.scope == "samples" else np.zeros(0, np.int64)
@@ -280,13 +277,8 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: PgaParams
             context,
             bundle,
             target,
-            steps=params.steps,
-            lr=params.lr,
-            batch_size=params.batch_size,
-            max_grad_norm=params.max_grad_norm,
-            stop_loss_ratio=params.stop_loss_ratio,
-            seed=params.seed,
-            cost=cost,
+            params,
+            cost,
             after_step=to_ball,
         )
         cost.add_round(1, context.numbers_per_model())  # w_ref down to the forget client, its model back

@@ -107,13 +107,8 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: SfuParams
             context,
             bundle,
             target,
-            steps=params.steps,
-            lr=params.lr,
-            batch_size=params.batch_size,
-            max_grad_norm=params.max_grad_norm,
-            stop_loss_ratio=params.stop_loss_ratio,
-            seed=params.seed,
-            cost=cost,
+            params,
+            cost,
             after_backward=lambda model: project_gradients_out(model, blocks, bases),
         )
         cost.add_round(1, context.numbers_per_model())  # the model to the forget client and back
