@@ -13,6 +13,7 @@ stored per-round updates. A method must not modify ``context.original`` (it work
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,8 +89,6 @@ class UnlearningContext:
 
     @classmethod
     def load(cls, version_dir: str | Path, device: str = "cpu") -> UnlearningContext:
-        import json
-
         version_dir = Path(version_dir)
         metadata = json.loads((version_dir / "metadata.json").read_text())
         if "config" not in metadata:
