@@ -12,14 +12,13 @@ reported with the file name and the line number.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ease_engine.atomic import write_bytes
 from ease_engine.data._checks import OnError, ProblemPolicy, check_image, logger, require_nonempty
 from ease_engine.data.dataset import NO_CLIENT, CaptionDataset
 from ease_engine.data.errors import DataError
@@ -182,20 +181,5 @@ def write_manifest(dataset: CaptionDataset, path: str | Path, image_dir: str | P
             "pair_id": pair_id,
         }
         lines.append(json.dumps(record, ensure_ascii=False))
-    _atomic_write_text(path, "".join(line + "\n" for line in lines))
+    write_bytes(path, "".join(line + "\n" for line in lines).encode("utf-8"))
     return path
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise

@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ import torch
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
+from ease_engine.atomic import write_bytes
 from ease_engine.linalg._common import WORK_DTYPE, as_tensor
 
 Array = torch.Tensor | np.ndarray
@@ -253,9 +253,9 @@ class ForgetLock:
             "metadata": self.metadata,
             "tolerance": self.tolerance,
         }
-        _atomic_write(target / TENSORS_FILENAME, payload)
+        write_bytes(target / TENSORS_FILENAME, payload)
         manifest_path = target / MANIFEST_FILENAME
-        _atomic_write(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+        write_bytes(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
         return manifest_path
 
     @classmethod
@@ -282,21 +282,6 @@ class ForgetLock:
                 raise ValueError(f"block {entry['name']!r}: stored shape does not match the manifest")
             lock.set_block(entry["name"], block)
         return lock
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and os.replace."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
 
 
 __all__ = ["LOCK_FORMAT", "ForgetLock", "LockedBlock"]

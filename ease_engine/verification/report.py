@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ease_engine.data.dataset import CaptionDataset
 from ease_engine.evaluation.evaluate import concept_items, concept_probe, retrieval_metrics
+from ease_engine.evaluation.report import sample_gallery
 from ease_engine.models.factory import ClipBundle
 from ease_engine.verification.membership import membership_inference
 
@@ -69,20 +70,13 @@ class VerificationReport(BaseModel):
         return [g for g in self.gates if not g.passed]
 
 
-def _sample(dataset: CaptionDataset, n: int, seed: int) -> CaptionDataset:
-    if len(dataset) <= n:
-        return dataset
-    idx = np.sort(np.random.default_rng(seed).choice(len(dataset), size=n, replace=False))
-    return dataset.subset(idx)
-
-
 def verification_splits(
     train: CaptionDataset, test: CaptionDataset, forget_items: np.ndarray, retain_items: np.ndarray, config: GateConfig
 ) -> dict[str, CaptionDataset]:
     return {
         "forget": train.subset(forget_items, name="forget"),
-        "retain": _sample(train.subset(retain_items, name="retain"), config.max_split_items, config.seed),
-        "test": _sample(test, config.max_split_items, config.seed + 1),
+        "retain": sample_gallery(train.subset(retain_items, name="retain"), config.max_split_items, config.seed),
+        "test": sample_gallery(test, config.max_split_items, config.seed + 1),
     }
 
 
@@ -117,8 +111,8 @@ def verify(
     membership = membership_inference(after, splits["forget"], splits["test"], seed=config.seed, device=device)
     if reference is None:
         size = min(len(splits["forget"]), len(splits["test"]))
-        forget_sample = _sample(splits["forget"], size, config.seed + 2)
-        nonmember_sample = _sample(splits["test"], size, config.seed + 3)
+        forget_sample = sample_gallery(splits["forget"], size, config.seed + 2)
+        nonmember_sample = sample_gallery(splits["test"], size, config.seed + 3)
         forget_level = retrieval_metrics(after, forget_sample, device)
         reference = {
             "kind": "nonmember",
