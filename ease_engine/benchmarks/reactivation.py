@@ -8,8 +8,6 @@ split is measured (R@1, the concept probe, MIA AUC).
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 
 from ease_engine.benchmarks.measure import Bench
@@ -30,8 +28,7 @@ def continue_training(
 ) -> list[dict]:
     """K more FedAvg rounds on the retained data from ``bundle`` (a copy is trained)."""
     context, target = bench.context, bench.target
-    bundle = copy.copy(bundle)
-    bundle.model = copy.deepcopy(bundle.model)
+    bundle = bundle.copy()
     setup = context.with_model(bundle)
     retained_items_of = context.retained_items_of(target)
     clients = [k for k in context.retained_clients(target) if len(retained_items_of(k))]

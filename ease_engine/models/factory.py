@@ -8,6 +8,7 @@ registered with open_clip on import, so they are ordinary open_clip model names.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from dataclasses import dataclass
@@ -42,6 +43,12 @@ class ClipBundle:
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+
+    def copy(self) -> ClipBundle:
+        """The same bundle with its own deep copy of the model (the tokenizer and config are shared)."""
+        clone = copy.copy(self)
+        clone.model = copy.deepcopy(self.model)
+        return clone
 
     @property
     def context_length(self) -> int:

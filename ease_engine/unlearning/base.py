@@ -157,9 +157,7 @@ class UnlearningContext:
     # ----------------------------------------------------------------- models
     def fresh_bundle(self) -> ClipBundle:
         """A copy of the original model to modify."""
-        bundle = copy.copy(self.setup.bundle)
-        bundle.model = copy.deepcopy(self.setup.bundle.model)
-        return bundle
+        return self.setup.bundle.copy()
 
     def numbers_per_model(self) -> int:
         return blocks_numel(self.setup.blocks)

@@ -412,7 +412,7 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
         else:
             forget_bases = per_sample_gradient_bases(context, bundle, target, params, cost)
             exclusive, details["angles"] = exclusive_bases(context, None, forget_bases, params)
-        anchor = context.fresh_bundle() if params.retain_anchor == "original" else _frozen_copy(context, bundle)
+        anchor = context.fresh_bundle() if params.retain_anchor == "original" else _frozen_copy(bundle)
         if params.displace and params.steps and exclusive:
             context.report_stage("displacing", 0.4)
             details["displacement"] = bilateral_displacement(
@@ -434,10 +434,7 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
     return UnlearningOutcome(bundle, cost, timer.seconds, lock=lock, details=details)
 
 
-def _frozen_copy(context: UnlearningContext, bundle: ClipBundle) -> ClipBundle:
-    import copy
-
-    anchor = copy.copy(bundle)
-    anchor.model = copy.deepcopy(bundle.model)
+def _frozen_copy(bundle: ClipBundle) -> ClipBundle:
+    anchor = bundle.copy()
     anchor.model.eval()
     return anchor
