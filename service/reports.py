@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from itertools import pairwise
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -191,9 +193,62 @@ def _angle_plot(angles: list[Any]) -> bytes | None:
     return _figure_png(draw, (7.0, 2.8))
 
 
+def _counts(value: Any, bins: int) -> list[float] | None:
+    if not isinstance(value, list) or len(value) != bins:
+        return None
+    counts = [_number(c) for c in value]
+    if any(c is None or not math.isfinite(c) or c < 0 for c in counts):
+        return None
+    return counts
+
+
+def _similarity_plot(distribution: Any, membership: Any) -> bytes | None:
+    """The similarity attack's score histograms (``distributions.similarity``): forget pairs (members)
+    against held-out non-members, each normalised to a density so sets of different sizes compare."""
+    distribution = _as_dict(distribution)
+    edges = distribution.get("edges")
+    if not isinstance(edges, list) or len(edges) < 2:
+        return None
+    edges = [_number(e) for e in edges]
+    if any(e is None or not math.isfinite(e) for e in edges):
+        return None
+    widths = [high - low for low, high in pairwise(edges)]
+    if any(w <= 0 for w in widths):
+        return None
+    bins = len(edges) - 1
+    members, nonmembers = _counts(distribution.get("members"), bins), _counts(distribution.get("nonmembers"), bins)
+    if members is None or nonmembers is None or sum(members) <= 0 or sum(nonmembers) <= 0:
+        return None  # the plot is a comparison: both sets or nothing
+    series = (("forget pairs (members)", members, "#c0392b", "members_mean"),
+              ("held-out non-members", nonmembers, "#2f6fb0", "nonmembers_mean"))
+    similarity_auc = _number(_as_dict(membership).get("similarity_auc"))
+
+    def draw(figure):
+        ax = figure.subplots()
+        for label, counts, colour, mean_key in series:
+            total = sum(counts)
+            density = [c / (total * w) for c, w in zip(counts, widths, strict=True)]
+            ax.stairs(density, edges, fill=True, alpha=0.25, color=colour)
+            ax.stairs(density, edges, color=colour, linewidth=1.4, label=f"{label}, n={int(total)}")
+            mean = _number(distribution.get(mean_key))
+            if mean is not None and math.isfinite(mean):
+                ax.axvline(mean, color=colour, linestyle="--", linewidth=1)
+        ax.set_xlabel("cosine similarity of image and caption (dashed: means)", fontsize=8)
+        ax.set_ylabel("density", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+        title = "Similarity attack"
+        if similarity_auc is not None:
+            title += f": AUC {similarity_auc:.3f} (0.5 = members indistinguishable from non-members)"
+        ax.set_title(title, fontsize=9)
+
+    return _figure_png(draw, (7.0, 3.0))
+
+
 def report_plots(report: dict[str, Any]) -> list[tuple[str, bytes]]:
     """(title, PNG) for each plot the recorded figures allow: R@K before/after per split, gates against
-    their thresholds, and the principal-angle histogram (``angles.principal_angles_deg``)."""
+    their thresholds, the principal-angle histogram (``angles.principal_angles_deg``) and the membership
+    inference similarity distributions of forget pairs vs held-out non-members (``distributions.similarity``)."""
     verification = report.get("verification") or {}
     figures = verification.get("result") if isinstance(verification.get("result"), dict) else {}
     failure = verification.get("failure") if isinstance(verification.get("failure"), dict) else {}
@@ -205,7 +260,10 @@ def report_plots(report: dict[str, Any]) -> list[tuple[str, bytes]]:
     plots = []
     for title, make in (("Retrieval before and after the erasure", lambda: _recall_plot(figures)),
                         ("Verification gates", lambda: _gate_plot(gates)),
-                        ("Entanglement: principal angles", lambda: _angle_plot(angles))):
+                        ("Entanglement: principal angles", lambda: _angle_plot(angles)),
+                        ("Membership inference: similarity of forget pairs vs non-members",
+                         lambda: _similarity_plot(_as_dict(figures.get("distributions")).get("similarity"),
+                                                  figures.get("membership")))):
         png = make()
         if png:
             plots.append((title, png))

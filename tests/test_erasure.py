@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from ease_engine.benchmarks.measure import Bench
@@ -10,6 +11,7 @@ from ease_engine.erasure import content_hash, erase, file_digests
 from ease_engine.linalg.forget_lock import ForgetLock
 from ease_engine.models.version_io import load_version
 from ease_engine.unlearning import ErasureTarget, UnlearningContext, UnlearningError
+from ease_engine.verification.membership import MembershipScores, similarity_distribution
 from ease_engine.verification.report import GateConfig
 
 LOOSE = GateConfig(forget_margin=100, retain_drop=100, mia_margin=1)
@@ -49,6 +51,68 @@ def test_erased_version_is_complete_and_chained(learned_versions, client_erasure
     report = json.loads((out / "verification.json").read_text())
     assert {g["name"] for g in report["gates"]} >= {"forget_i2t_r1", "retain_t2i_r1", "mia_similarity_auc"}
     assert report["reference"]["kind"] == "retrain"
+    assert report["distributions"]["similarity"]["n_members"] == report["membership"]["n_members"]
+
+
+def test_report_carries_the_similarity_distribution_of_forget_vs_test_pairs(client_erasure, context):
+    """The histogram in the report is that of the erased model's scores on the forget and test splits."""
+    from ease_engine.verification.membership import pair_embeddings, similarity_scores
+
+    result, out = client_erasure
+    distribution = result.report.distributions["similarity"]
+    assert (distribution["members_split"], distribution["nonmembers_split"]) == ("forget", "test")
+    bench = Bench.build(context, ErasureTarget(0), LOOSE)
+    erased = load_version(out)[0]
+    members = similarity_scores(*pair_embeddings(erased, bench.splits["forget"]))
+    nonmembers = similarity_scores(*pair_embeddings(erased, bench.splits["test"]))
+    assert np.histogram(members, bins=distribution["edges"])[0].tolist() == distribution["members"]
+    assert np.histogram(nonmembers, bins=distribution["edges"])[0].tolist() == distribution["nonmembers"]
+    assert sum(distribution["members"]) == len(bench.splits["forget"]) == result.report.membership["n_members"]
+    assert sum(distribution["nonmembers"]) == len(bench.splits["test"])
+    assert distribution["members_mean"] == pytest.approx(members.mean(), abs=1e-5)
+
+
+def test_similarity_histogram_matches_numpy_on_constructed_scores():
+    rng = np.random.default_rng(3)
+    members, nonmembers = rng.normal(0.32, 0.05, 57), rng.normal(0.22, 0.07, 203)
+    d = similarity_distribution(members, nonmembers)
+    json.dumps(d)  # JSON-ready
+    edges = np.asarray(d["edges"])
+    assert len(edges) == 41 and len(d["members"]) == len(d["nonmembers"]) == 40
+    assert np.all(np.diff(edges) > 0) and np.allclose(np.diff(edges), (edges[-1] - edges[0]) / 40)
+    assert edges[0] <= min(members.min(), nonmembers.min()) and edges[-1] >= max(members.max(), nonmembers.max())
+    assert edges[0] > min(members.min(), nonmembers.min()) - 0.05  # rounded out to a multiple of 0.05, no more
+    assert round(edges[0] / 0.05, 6).is_integer() and round(edges[-1] / 0.05, 6).is_integer()
+    assert d["members"] == np.histogram(members, bins=edges)[0].tolist()
+    assert d["nonmembers"] == np.histogram(nonmembers, bins=edges)[0].tolist()
+    assert (sum(d["members"]), sum(d["nonmembers"]), d["n_members"], d["n_nonmembers"]) == (57, 203, 57, 203)
+    assert all(isinstance(c, int) for c in d["members"] + d["nonmembers"])
+    assert d["members_mean"] == pytest.approx(members.mean(), abs=1e-6)
+    assert d["nonmembers_median"] == pytest.approx(np.median(nonmembers), abs=1e-6)
+
+
+def test_similarity_histogram_edge_cases():
+    same = similarity_distribution(np.full(5, 0.3), np.full(3, 0.3), bins=4)
+    assert same["edges"][0] <= 0.3 <= same["edges"][-1] and same["edges"][-1] - same["edges"][0] == pytest.approx(0.05)
+    assert (sum(same["members"]), sum(same["nonmembers"])) == (5, 3)
+    # float noise past +-1 stays inside [-1, 1] bins; non-finite scores are dropped; an empty set has no mean
+    d = similarity_distribution(np.array([1.0000001, 0.5, np.nan]), np.array([-1.0000001, np.inf]))
+    assert (d["edges"][0], d["edges"][-1]) == (-1.0, 1.0)
+    assert (sum(d["members"]), sum(d["nonmembers"]), d["members"][-1], d["nonmembers"][0]) == (2, 1, 1, 1)
+    empty = similarity_distribution(np.array([]), np.array([0.1, 0.2]))
+    assert empty["members_mean"] is None and sum(empty["members"]) == 0 and sum(empty["nonmembers"]) == 2
+    with pytest.raises(ValueError):
+        similarity_distribution(np.array([]), np.array([np.nan]))
+
+
+def test_membership_scores_summary_and_distribution_share_the_scores():
+    scores = MembershipScores(np.array([0.4, 0.5, 0.45]), np.array([0.1, 0.2, 0.45, 0.3]),
+                              np.array([-1.0, -2.0, -1.5]), np.array([-3.0, -1.0]), 3, 4)
+    summary = scores.summary()
+    assert summary == {"similarity_auc": pytest.approx((4 + 3 + 3.5) / 12), "loss_auc": pytest.approx(3.5 / 6),
+                       "n_members": 3, "n_nonmembers": 4}
+    assert scores.similarity_distribution() == similarity_distribution(scores.similarity_members,
+                                                                       scores.similarity_nonmembers)
 
 
 def _mean_pair_similarity(bundle, dataset) -> float:

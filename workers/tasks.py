@@ -395,6 +395,7 @@ def _figures(job: _Job, method: str, result, gates, out_dir: Path | None) -> dic
         "probe": report.get("probe", {}),
         "membership": report["membership"],
         "reference": report["reference"],
+        "distributions": report.get("distributions", {}),
         **details,
         "cost": dict(vars(cost)) if cost is not None else None,
         "wall_seconds": getattr(result.outcome, "wall_seconds", None),

@@ -7,9 +7,17 @@ non-members (0.5 = indistinguishable, 1.0 = every member ranks above every non-m
   (averaged over its captions); members of a trained CLIP model score higher.
 - loss: the score is minus the pair's contrastive loss against a fixed gallery of
   non-member captions and images, in both directions (image to text and text to image).
+
+:func:`membership_scores` keeps the per-pair scores; besides the AUCs they give the
+similarity attack's distributions (:func:`similarity_distribution`), plotted in the audit
+report: a compact histogram of the members' and the non-members' scores on shared bins.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,15 +69,102 @@ def loss_scores(
     return (-loss).numpy()
 
 
-def membership_inference(
+SIMILARITY_BINS = 40
+SIMILARITY_RESOLUTION = 0.05  # the bins' outer edges are multiples of this
+
+
+def _summary(scores: np.ndarray) -> tuple[float | None, float | None]:
+    if len(scores) == 0:
+        return None, None
+    return round(float(np.mean(scores)), 6), round(float(np.median(scores)), 6)
+
+
+def similarity_distribution(
+    member_scores: np.ndarray,
+    nonmember_scores: np.ndarray,
+    bins: int = SIMILARITY_BINS,
+    resolution: float = SIMILARITY_RESOLUTION,
+) -> dict[str, Any]:
+    """Histograms of member and non-member scores on shared bins, JSON-ready (lists, floats, ints).
+
+    ``bins`` equal bins span the joint min..max of both score sets, widened to multiples of
+    ``resolution`` and kept within [-1, 1] (cosine similarities): a trained CLIP model's
+    pairs lie in a narrow band (often 0.0-0.5), where fixed [-1, 1] bins would be too coarse.
+    Non-finite scores are dropped; a score outside the edges by rounding falls in the outer bin.
+    Returns ``edges`` (``bins`` + 1), ``members`` and ``nonmembers`` (counts, summing to the
+    number of finite scores of each set), ``n_members``, ``n_nonmembers`` and the mean and
+    median of each set (None for an empty set).
+    """
+    if bins < 1 or not resolution > 0:
+        raise ValueError("need at least one bin and a positive resolution")
+    members = np.asarray(member_scores, dtype=np.float64).ravel()
+    nonmembers = np.asarray(nonmember_scores, dtype=np.float64).ravel()
+    members, nonmembers = members[np.isfinite(members)], nonmembers[np.isfinite(nonmembers)]
+    joint = np.concatenate([members, nonmembers])
+    if len(joint) == 0:
+        raise ValueError("a similarity distribution needs at least one finite score")
+    per_unit = 1.0 / resolution
+    low = max(-1.0, math.floor(float(joint.min()) * per_unit) / per_unit)
+    high = min(1.0, math.ceil(float(joint.max()) * per_unit) / per_unit)
+    if high <= low:  # every score equal, on a multiple of the resolution
+        low, high = (high - resolution, high) if high + resolution > 1.0 else (low, low + resolution)
+    edges = np.round(np.linspace(low, high, bins + 1), 6)
+
+    def counts(scores: np.ndarray) -> list[int]:
+        return [int(c) for c in np.histogram(np.clip(scores, edges[0], edges[-1]), bins=edges)[0]]
+
+    members_mean, members_median = _summary(members)
+    nonmembers_mean, nonmembers_median = _summary(nonmembers)
+    return {
+        "edges": [float(e) for e in edges],
+        "members": counts(members),
+        "nonmembers": counts(nonmembers),
+        "n_members": len(members),
+        "n_nonmembers": len(nonmembers),
+        "members_mean": members_mean,
+        "members_median": members_median,
+        "nonmembers_mean": nonmembers_mean,
+        "nonmembers_median": nonmembers_median,
+    }
+
+
+@dataclass(frozen=True)
+class MembershipScores:
+    """Per-pair attack scores: members (forget pairs) and held-out non-members.
+
+    ``similarity_nonmembers`` scores every non-member; ``loss_nonmembers`` only those not
+    drawn into the loss attack's gallery.
+    """
+
+    similarity_members: np.ndarray
+    similarity_nonmembers: np.ndarray
+    loss_members: np.ndarray
+    loss_nonmembers: np.ndarray
+    n_members: int
+    n_nonmembers: int
+
+    def summary(self) -> dict[str, float]:
+        """Both attacks' AUCs and the set sizes (what :func:`membership_inference` returns)."""
+        return {
+            "similarity_auc": auc(self.similarity_members, self.similarity_nonmembers),
+            "loss_auc": auc(self.loss_members, self.loss_nonmembers),
+            "n_members": self.n_members,
+            "n_nonmembers": self.n_nonmembers,
+        }
+
+    def similarity_distribution(self, bins: int = SIMILARITY_BINS) -> dict[str, Any]:
+        return similarity_distribution(self.similarity_members, self.similarity_nonmembers, bins)
+
+
+def membership_scores(
     bundle: ClipBundle,
     members: CaptionDataset,
     nonmembers: CaptionDataset,
     gallery_size: int = 256,
     seed: int = 0,
     device: str = "cpu",
-) -> dict[str, float]:
-    """AUC of both attacks, members against non-members.
+) -> MembershipScores:
+    """Both attacks' scores, members against non-members (one encoding pass over each set).
 
     The loss attack's gallery is drawn from the non-members (and those drawn are not
     scored), so no pair is compared against itself.
@@ -84,12 +179,23 @@ def membership_inference(
     gallery, scored = order[:size], order[size:]
     temperature = 1.0 / float(bundle.model.logit_scale.detach().exp().clamp(max=100.0))
     g_img, g_txt = n_img[gallery], n_txt[gallery]
-    return {
-        "similarity_auc": auc(similarity_scores(m_img, m_txt), similarity_scores(n_img, n_txt)),
-        "loss_auc": auc(
-            loss_scores(m_img, m_txt, g_img, g_txt, temperature),
-            loss_scores(n_img[scored], n_txt[scored], g_img, g_txt, temperature),
-        ),
-        "n_members": len(members),
-        "n_nonmembers": len(nonmembers),
-    }
+    return MembershipScores(
+        similarity_members=similarity_scores(m_img, m_txt),
+        similarity_nonmembers=similarity_scores(n_img, n_txt),
+        loss_members=loss_scores(m_img, m_txt, g_img, g_txt, temperature),
+        loss_nonmembers=loss_scores(n_img[scored], n_txt[scored], g_img, g_txt, temperature),
+        n_members=len(members),
+        n_nonmembers=len(nonmembers),
+    )
+
+
+def membership_inference(
+    bundle: ClipBundle,
+    members: CaptionDataset,
+    nonmembers: CaptionDataset,
+    gallery_size: int = 256,
+    seed: int = 0,
+    device: str = "cpu",
+) -> dict[str, float]:
+    """AUC of both attacks, members against non-members (see :func:`membership_scores`)."""
+    return membership_scores(bundle, members, nonmembers, gallery_size, seed, device).summary()

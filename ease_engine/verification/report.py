@@ -13,9 +13,16 @@ Gates (defaults in :class:`GateConfig`): forget R@1 <= reference + ``forget_marg
 both directions; retain R@1 >= before - ``retain_drop`` in both directions; MIA AUC <=
 reference AUC + ``mia_margin`` for both attacks (the reference AUC is the retrain
 model's, or 0.5 without one). A failed gate means no new version.
+
+The report also carries ``distributions["similarity"]``: the similarity attack's scores of
+the forget pairs (members) and of the held-out test pairs (non-members) as histograms on
+shared bins (:func:`~ease_engine.verification.membership.similarity_distribution`), from
+the same encoding pass as the AUCs.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,7 +31,7 @@ from ease_engine.data.dataset import CaptionDataset
 from ease_engine.evaluation.evaluate import concept_items, concept_probe, retrieval_metrics
 from ease_engine.evaluation.report import sample_gallery
 from ease_engine.models.factory import ClipBundle
-from ease_engine.verification.membership import membership_inference
+from ease_engine.verification.membership import membership_scores
 
 DIRECTIONS = ("i2t", "t2i")
 
@@ -61,6 +68,9 @@ class VerificationReport(BaseModel):
     membership: dict[str, float]
     reference: dict
     gates: list[Gate]
+    # "similarity" -> {"edges", "members", "nonmembers", "n_*", "*_mean", "*_median", "*_split"}:
+    # the similarity attack's score histograms, forget pairs (members) vs held-out test pairs
+    distributions: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -108,7 +118,11 @@ def verify(
     model, or None to use held-out non-member pairs.
     """
     metrics, probes = evaluate_splits(after, splits, probe, device)
-    membership = membership_inference(after, splits["forget"], splits["test"], seed=config.seed, device=device)
+    scores = membership_scores(after, splits["forget"], splits["test"], seed=config.seed, device=device)
+    membership = scores.summary()
+    distributions = {
+        "similarity": {**scores.similarity_distribution(), "members_split": "forget", "nonmembers_split": "test"}
+    }
     if reference is None:
         size = min(len(splits["forget"]), len(splits["test"]))
         forget_sample = sample_gallery(splits["forget"], size, config.seed + 2)
@@ -142,5 +156,11 @@ def verify(
             Gate.check(f"mia_{attack}", membership[attack], "<=", reference["membership"][attack] + config.mia_margin)
         )
     return VerificationReport(
-        metrics=metrics, before=before_metrics, probe=probes, membership=membership, reference=reference, gates=gates
+        metrics=metrics,
+        before=before_metrics,
+        probe=probes,
+        membership=membership,
+        reference=reference,
+        gates=gates,
+        distributions=distributions,
     )

@@ -14,7 +14,15 @@ FIGURES = {
     "gates": [{"name": "forget_i2t_r1", "value": 3.0, "threshold": 4.0, "comparison": "<=", "passed": True},
               {"name": "mia_loss_auc", "value": 0.61, "threshold": 0.55, "comparison": "<=", "passed": False}],
     "angles": {"principal_angles_deg": [12.5, 45.0, 88.0, 90.0, 90.0]},
+    "membership": {"similarity_auc": 0.62, "loss_auc": 0.58, "n_members": 12, "n_nonmembers": 20},
+    "distributions": {"similarity": {
+        "edges": [0.1, 0.2, 0.3, 0.4, 0.5], "members": [0, 2, 6, 4], "nonmembers": [5, 10, 5, 0],
+        "n_members": 12, "n_nonmembers": 20, "members_mean": 0.36, "members_median": 0.35,
+        "nonmembers_mean": 0.25, "nonmembers_median": 0.25, "members_split": "forget", "nonmembers_split": "test",
+    }},
 }
+TITLES = ["Retrieval before and after the erasure", "Verification gates", "Entanglement: principal angles",
+          "Membership inference: similarity of forget pairs vs non-members"]
 
 
 def report(status: str = "published", result=None, failure=None) -> dict:
@@ -29,14 +37,49 @@ def report(status: str = "published", result=None, failure=None) -> dict:
     }
 
 
-def test_all_three_plots_from_published_figures():
+def test_all_four_plots_from_published_figures():
     plots = report_plots(report(result=FIGURES))
-    assert [title for title, _ in plots] == ["Retrieval before and after the erasure", "Verification gates",
-                                             "Entanglement: principal angles"]
+    assert [title for title, _ in plots] == TITLES
     assert all(png.startswith(b"\x89PNG") for _, png in plots)
     with_plots, without = render_pdf(report(result=FIGURES)), render_pdf(report())
-    assert with_plots.startswith(b"%PDF") and with_plots.count(b"/Subtype /Image") == 3
+    assert with_plots.startswith(b"%PDF") and with_plots.count(b"/Subtype /Image") == 4
     assert without.count(b"/Subtype /Image") == 0
+
+
+def test_similarity_plot_needs_only_the_distribution():
+    """Without the AUC (no membership figures) the title loses it but the plot is drawn."""
+    figures = {"distributions": FIGURES["distributions"]}
+    assert [title for title, _ in report_plots(report(result=figures))] == TITLES[3:]
+    failed = {**FIGURES, "gates": []}
+    pdf = render_pdf(report("verification_failed", result=failed))
+    assert pdf.startswith(b"%PDF") and pdf.count(b"/Subtype /Image") == 3
+
+
+def similarity(**changes) -> dict:
+    return {**FIGURES, "distributions": {"similarity": {**FIGURES["distributions"]["similarity"], **changes}}}
+
+
+@pytest.mark.parametrize("result", [
+    {key: value for key, value in FIGURES.items() if key != "distributions"},
+    {**FIGURES, "distributions": {}},
+    {**FIGURES, "distributions": "odd"},
+    {**FIGURES, "distributions": {"similarity": []}},
+    similarity(edges=None),
+    similarity(edges=[0.1]),
+    similarity(edges=[0.1, 0.3, 0.2, 0.4, 0.5]),  # not increasing
+    similarity(edges=[0.1, 0.2, "x", 0.4, 0.5]),
+    similarity(edges=[0.1, 0.2, 0.3, 0.4, float("nan")]),
+    similarity(members=[0, 2, 6]),  # one count short of the bins
+    similarity(members=[0, 2, -6, 4]),
+    similarity(nonmembers=[5, 10, None, 0]),
+    similarity(nonmembers=None),
+    similarity(members=[0, 0, 0, 0]),  # an empty set: nothing to compare
+    similarity(nonmembers=[True, 1, 1, 1]),
+])
+def test_missing_or_malformed_distributions_omit_the_similarity_plot(result):
+    titles = [title for title, _ in report_plots(report(result=result))]
+    assert titles == TITLES[:3]
+    assert render_pdf(report(result=result)).count(b"/Subtype /Image") == 3
 
 
 def test_failed_gates_are_plotted_from_the_failure():

@@ -50,6 +50,7 @@ class FakeEngine:
             before={"forget": {"i2t_r1": 9.0, "t2i_r1": 9.0}, "retain": {"i2t_r1": 5.0, "t2i_r1": 5.0}},
             membership={"similarity_auc": 0.5, "loss_auc": 0.5}, reference={"kind": "nonmember"},
             gates=[Gate.check("forget_i2t_r1", value, "<=", 3.0), Gate.check("retain_i2t_r1", 5.0, ">=", 2.0)],
+            distributions={"similarity": {"edges": [0.0, 0.25, 0.5], "members": [1, 2], "nonmembers": [3, 1]}},
         )
         outcome = SimpleNamespace(details={"angles": {"principal_angles_deg": [10.0, 80.0, 90.0]},
                                            "displacement": {"steps": 2, "history": [1, 2]}},
@@ -105,6 +106,7 @@ def test_publishes_a_signed_chained_version(context, registered, submit, client,
     figures = request.result
     assert figures["method"] == "ease" and figures["parameters"] == {"steps": 2}
     assert figures["angles"]["principal_angles_deg"] == [10.0, 80.0, 90.0]
+    assert figures["distributions"]["similarity"]["members"] == [1, 2]
     assert "history" not in figures["displacement"]
     assert figures["version"]["number"] == 2 and figures["signature"]["file"] == SIGNATURE_NAME
     assert set(figures["stage_seconds"]) >= {"loading", "excising", "verifying", "signing"}
