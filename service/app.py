@@ -11,7 +11,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from service import crud
 from service.api.routes import audit, erasure_requests, health, keys, models
+from service.batching import BatchRunner
 from service.crud import Sender, dispatch_outbox
 from service.db import Database, upgrade_database
 from service.errors import install_error_handlers
@@ -96,6 +98,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         try:
             yield
         finally:
+            app.state.submissions.stop()  # serves what is queued first
+            app.state.reads.stop()
             if dispatcher is not None:
                 dispatcher.stop()
 
@@ -104,6 +108,24 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.state.db = database
     app.state.sender = sender
     app.state.metrics = ServiceMetrics(database)
+    app.state.dispatcher = None
+
+    def submit_batch(submissions):
+        with database.session() as session:
+            return crud.submit_erasure_requests(session, submissions)
+
+    def read_batch(lookups):
+        with database.session() as session:
+            return crud.read_request_views(session, lookups)
+
+    def wake_dispatcher(answers) -> None:
+        created = any(isinstance(answer, tuple) and answer[1] for answer in answers)
+        if created and settings.send_on_submit and app.state.dispatcher is not None:
+            app.state.dispatcher.wake()
+
+    # POST and GET-by-id are served in batches by one thread each (group commit; see service.batching)
+    app.state.submissions = BatchRunner("submissions", submit_batch, after_batch=wake_dispatcher)
+    app.state.reads = BatchRunner("reads", read_batch)
     install_error_handlers(app)
     for module in (erasure_requests, models, audit, keys, health):
         app.include_router(module.router)

@@ -224,19 +224,22 @@ _LATEST_VERSION = (
 _VERSION_CLIENTS = select(ModelVersion.clients)
 
 
-def validate_erasure_target(session: Session, body: ErasureRequestCreate) -> VersionKey:
-    """The model's latest version, after checking the client and pair ids against its clients.json.
-
-    One indexed query for the latest version; the client and pair-id index of a version is cached
-    by version id (a recorded version never changes), so a new version is seen at once."""
-    latest = session.execute(_LATEST_VERSION.where(Model.name == body.model)).one_or_none()
+def latest_version_key(session: Session, model_name: str) -> VersionKey:
+    """The model's latest (not withdrawn) version: one indexed query. 404 for an unknown model, 422 for a
+    model without versions."""
+    latest = session.execute(_LATEST_VERSION.where(Model.name == model_name)).one_or_none()
     if latest is None:
-        if session.execute(_MODEL_ID.where(Model.name == body.model)).first() is None:
-            require_model(session, body.model)  # raises model_not_found
+        if session.execute(_MODEL_ID.where(Model.name == model_name)).first() is None:
+            require_model(session, model_name)  # raises model_not_found
         raise ApiError(422, "model_has_no_versions",
-                       f"Model '{body.model}' has no registered version to erase from.",
-                       {"model": body.model})
-    version = VersionKey(latest.id, latest.version)
+                       f"Model '{model_name}' has no registered version to erase from.",
+                       {"model": model_name})
+    return VersionKey(latest.id, latest.version)
+
+
+def check_erasure_target(session: Session, version: VersionKey, body: ErasureRequestCreate) -> None:
+    """Check the client and pair ids against the version's clients.json (422 naming what is wrong). The
+    client and pair-id index of a version is cached by version id (a recorded version never changes)."""
     index = client_index_cache.get_by_id(
         version.id, lambda: session.scalar(_VERSION_CLIENTS.where(ModelVersion.id == version.id)))
     if body.client_id in index.get(_EXCLUDED_KEY, frozenset()):
@@ -265,6 +268,12 @@ def validate_erasure_target(session: Session, body: ErasureRequestCreate) -> Ver
                 {"client_id": body.client_id, "version": version.version, "count": len(foreign),
                  "examples": foreign[:10]},
             )
+
+
+def validate_erasure_target(session: Session, body: ErasureRequestCreate) -> VersionKey:
+    """The model's latest version, after checking the client and pair ids against its clients.json."""
+    version = latest_version_key(session, body.model)
+    check_erasure_target(session, version, body)
     return version
 
 
@@ -296,73 +305,123 @@ def erase_task_payload(request_id: uuid.UUID) -> dict[str, Any]:
     return {"args": [str(request_id)], "kwargs": {}, "task_id": f"erase-{request_id}"}
 
 
-def _insert_ignoring_duplicates(session: Session, table, values: dict[str, Any]):
-    """INSERT ... ON CONFLICT DO NOTHING RETURNING id (Postgres and SQLite): no row back on a duplicate."""
+def _insert_ignoring_duplicates(session: Session, table, rows: list[dict[str, Any]]) -> set:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id for many rows (Postgres and SQLite, one statement per
+    batch of rows): the ids of the rows inserted; a row that hit a unique key is left out."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as dialect_insert
     elif dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
     else:  # pragma: no cover - only Postgres and SQLite are supported
-        return session.execute(insert(table).values(**values).returning(table.c.id)).first()
-    statement = dialect_insert(table).values(**values).on_conflict_do_nothing().returning(table.c.id)
-    return session.execute(statement).first()
+        raise RuntimeError(f"unsupported database dialect {dialect!r}: use PostgreSQL or SQLite")
+    statement = dialect_insert(table).on_conflict_do_nothing().returning(table.c.id)
+    return set(session.execute(statement, rows).scalars())
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One ``POST /v1/erasure-requests``: who asks, the validated body, its Idempotency-Key."""
+
+    principal: Principal
+    body: ErasureRequestCreate
+    idempotency_key: str | None = None
+
+
+SubmissionOutcome = tuple[ErasureRequest, bool] | ApiError
+
+
+def _replay_or_error(session: Session, submission: Submission, fingerprint: str,
+                     error: ApiError | None) -> SubmissionOutcome:
+    """The request made earlier with this submission's key (a replay, or 409 for another body); else
+    ``error`` (the submission's own validation error)."""
+    key = submission.idempotency_key
+    existing = _find_by_idempotency_key(session, submission.principal.token_id, key) if key else None
+    if existing is None:
+        if error is None:  # pragma: no cover - only the idempotency key is a unique key of the insert
+            raise RuntimeError("erasure request insert conflicted without an idempotency key")
+        return error
+    try:
+        return _replay(existing, fingerprint, key), False
+    except ApiError as conflict:
+        return conflict
+
+
+def submit_erasure_requests(
+    session: Session, submissions: list[Submission], task_name: str = ERASE_TASK_NAME,
+) -> list[SubmissionOutcome]:
+    """Validate each submission, then commit every new request row, its outbox row and its
+    ``request.received`` event in one transaction (group commit). Returns one outcome per submission,
+    in order: ``(request, created)`` (``created`` is False for an idempotent replay) or the
+    ``ApiError`` that submission gets (404, 409, 422); one submission's error writes nothing and does
+    not affect the others.
+
+    Core statements, in this order: the latest version per model (validation; the pair-id index is
+    cached), the request rows (``ON CONFLICT DO NOTHING`` on the idempotency key: a duplicate, even
+    within the batch, is a replay), the outbox rows, then the audit events, last, because appending
+    locks the chain head until the commit. New requests come back as detached ``ErasureRequest``
+    objects holding the values written. A database error propagates and nothing is committed."""
+    outcomes: list[SubmissionOutcome | None] = [None] * len(submissions)
+    versions: dict[str, VersionKey] = {}
+    pending: list[tuple[int, str, dict[str, Any]]] = []
+    now = utcnow()
+    for position, submission in enumerate(submissions):
+        body, fingerprint = submission.body, body_fingerprint(submission.body)
+        try:
+            if body.model not in versions:
+                versions[body.model] = latest_version_key(session, body.model)
+            check_erasure_target(session, versions[body.model], body)
+        except ApiError as error:
+            # a replay answers with the request made earlier even if the target changed since
+            outcomes[position] = _replay_or_error(session, submission, fingerprint, error)
+            continue
+        pending.append((position, fingerprint, {
+            "id": uuid.uuid4(), "requester_token_id": submission.principal.token_id, "scope": body.scope,
+            "client_id": body.client_id, "pair_ids": body.pair_ids, "model_name": body.model,
+            "base_version_id": versions[body.model].id, "legal_basis": body.legal_basis.value,
+            "reason": body.reason, "idempotency_key": submission.idempotency_key, "body_sha256": fingerprint,
+            "status": RequestStatus.RECEIVED.value, "progress": 0.0, "created_at": now, "updated_at": now,
+        }))
+    inserted = _insert_ignoring_duplicates(session, _REQUESTS, [values for _, _, values in pending]) \
+        if pending else set()
+    received = []
+    for position, fingerprint, values in pending:
+        if values["id"] in inserted:
+            request = ErasureRequest(**values)
+            outcomes[position] = (request, True)
+            received.append((request, submissions[position].principal.as_actor()))
+        else:  # the idempotency key is taken (earlier, concurrently, or earlier in this batch)
+            outcomes[position] = _replay_or_error(session, submissions[position], fingerprint, None)
+    if received:
+        session.execute(_INSERT_OUTBOX, [
+            {"request_id": request.id, "task_name": task_name, "payload": erase_task_payload(request.id),
+             "created_at": now, "attempts": 0}
+            for request, _ in received
+        ])
+        lifecycle.mark_received_many(session, received)
+    session.commit()  # (expire_on_commit is off: the replayed requests stay readable)
+    return outcomes
 
 
 def submit_erasure_request(
     session: Session, principal: Principal, body: ErasureRequestCreate, idempotency_key: str | None = None,
     task_name: str = ERASE_TASK_NAME,
 ) -> tuple[ErasureRequest, bool]:
-    """Validate, then commit the request row, an outbox row and its ``request.received`` event in one
-    transaction. Returns ``(request, created)``; ``created`` is False for an idempotent replay.
-
-    Core statements, in this order: the latest version (validation; the pair-id index is cached),
-    the request row (``ON CONFLICT DO NOTHING`` on the idempotency key: a duplicate is a replay), the
-    outbox row, then the audit event, last, because it locks the chain head until the commit. A new
-    request returns a detached ``ErasureRequest`` holding the values written."""
-    fingerprint = body_fingerprint(body)
-    try:
-        version = validate_erasure_target(session, body)
-    except ApiError:
-        # a replay answers with the request made earlier even if the target changed since
-        existing = _find_by_idempotency_key(session, principal.token_id, idempotency_key) if idempotency_key \
-            else None
-        session.rollback()
-        if existing is None:
-            raise
-        return _replay(existing, fingerprint, idempotency_key), False
-    now = utcnow()
-    values = {
-        "id": uuid.uuid4(), "requester_token_id": principal.token_id, "scope": body.scope,
-        "client_id": body.client_id, "pair_ids": body.pair_ids, "model_name": body.model,
-        "base_version_id": version.id, "legal_basis": body.legal_basis.value, "reason": body.reason,
-        "idempotency_key": idempotency_key, "body_sha256": fingerprint,
-        "status": RequestStatus.RECEIVED.value, "progress": 0.0, "created_at": now, "updated_at": now,
-    }
-    try:
-        inserted = _insert_ignoring_duplicates(session, _REQUESTS, values)
-        if inserted is None:  # the idempotency key is taken (maybe by a concurrent submission)
+    """``submit_erasure_requests`` for one submission: returns ``(request, created)``, raises its
+    ``ApiError``. A lost race on the idempotency key (a concurrent submission with the same key
+    committed first) is answered as a replay."""
+    for attempt in range(2):
+        try:
+            outcome = submit_erasure_requests(session, [Submission(principal, body, idempotency_key)],
+                                              task_name)[0]
+            break
+        except IntegrityError:
             session.rollback()
-            existing = _find_by_idempotency_key(session, principal.token_id, idempotency_key) \
-                if idempotency_key else None
-            if existing is None:  # pragma: no cover - only that unique key can conflict
-                raise RuntimeError("erasure request insert conflicted without an idempotency key")
-            return _replay(existing, fingerprint, idempotency_key), False
-        request = ErasureRequest(**values)
-        session.execute(_INSERT_OUTBOX, {"request_id": request.id, "task_name": task_name,
-                                         "payload": erase_task_payload(request.id), "created_at": now,
-                                         "attempts": 0})
-        lifecycle.mark_received(session, request, principal.as_actor())
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        if not idempotency_key:
-            raise
-        existing = _find_by_idempotency_key(session, principal.token_id, idempotency_key)
-        if existing is None:
-            raise
-        return _replay(existing, fingerprint, idempotency_key), False
-    return request, True
+            if not idempotency_key or attempt:
+                raise
+    if isinstance(outcome, ApiError):
+        raise outcome
+    return outcome
 
 
 _REQUESTS = ErasureRequest.__table__
@@ -419,11 +478,32 @@ _READ_VIEW = _read_view_query()
 
 def read_request_view(session: Session, principal: Principal, request_id: uuid.UUID) -> dict[str, Any]:
     """The fields of ``ErasureRequestOut`` (all but links) in one Core query, for GET by id; the same
-    visibility rule as ``get_visible_request``."""
-    row = session.execute(_READ_VIEW.where(ErasureRequest.id == request_id)).one_or_none()
-    if row is None or (principal.role is Role.REQUESTER and row.requester_token_id != principal.token_id):
-        raise ApiError(404, "request_not_found", f"No erasure request {request_id} visible to this token.",
-                       {"id": str(request_id)})
+    visibility rule as ``get_visible_request`` (404 otherwise)."""
+    view = read_request_views(session, [(principal, request_id)])[0]
+    if isinstance(view, ApiError):
+        raise view
+    return view
+
+
+def read_request_views(
+    session: Session, lookups: list[tuple[Principal, uuid.UUID]],
+) -> list[dict[str, Any] | ApiError]:
+    """``read_request_view`` for many ``(principal, request_id)`` with one query: a view or the 404 each."""
+    ids = list({request_id for _, request_id in lookups})
+    rows = {row.id: row for row in session.execute(_READ_VIEW.where(ErasureRequest.id.in_(ids)))}
+    session.rollback()  # end the read transaction now (the session may serve the next batch)
+    views: list[dict[str, Any] | ApiError] = []
+    for principal, request_id in lookups:
+        row = rows.get(request_id)
+        if row is None or (principal.role is Role.REQUESTER and row.requester_token_id != principal.token_id):
+            views.append(ApiError(404, "request_not_found",
+                                  f"No erasure request {request_id} visible to this token.", {"id": str(request_id)}))
+        else:
+            views.append(_view_of(row))
+    return views
+
+
+def _view_of(row) -> dict[str, Any]:
     view = {name: getattr(row, name) for name in _VIEW_COLUMNS if name not in ("model_name", "requester_token_id")}
     view["model"] = row.model_name
     view["requester"] = row.requester_name

@@ -99,10 +99,13 @@ def _transition(
 
 def mark_received(session: Session, request: ErasureRequest, actor: Mapping[str, Any]) -> None:
     """The first event of a request (written by the API in the same transaction as the row)."""
-    append_event(
-        session,
-        "request.received",
-        {
+    mark_received_many(session, [(request, actor)])
+
+
+def mark_received_many(session: Session, requests: Sequence[tuple[ErasureRequest, Mapping[str, Any]]]) -> None:
+    """``request.received`` for each ``(request, actor)``, in this order, with one chain append."""
+    append_events(session, [
+        ("request.received", {
             "to": RequestStatus.RECEIVED.value,
             "actor": dict(actor),
             "scope": request.scope,
@@ -113,9 +116,9 @@ def mark_received(session: Session, request: ErasureRequest, actor: Mapping[str,
             "legal_basis": request.legal_basis,
             "reason": request.reason,
             "idempotency_key": request.idempotency_key,
-        },
-        request_id=request.id,
-    )
+        }, request.id)
+        for request, actor in requests
+    ])
 
 
 def mark_queued(session: Session, request: ErasureRequest, task_id: str | None = None) -> None:

@@ -52,27 +52,24 @@ def _dispatch_one(app_state, request_id: uuid.UUID) -> None:
                413: {"description": "Body over the size limit"},
                422: {"description": "Invalid body, unknown client or pair ids"}},
 )
-def submit(
+async def submit(
     body: ErasureRequestCreate, request: Request, settings: SettingsDep, metrics: MetricsDep,
     background: BackgroundTasks, idempotency_key: IdempotencyKey = None,
     principal: Principal = RequesterOrCompliance,
 ):
     """Accept an erasure request: it is committed (with its audit event and an outbox row) before
-    anything is enqueued, so an accepted request is never lost. The outbox dispatcher sends it to the
-    broker right after (it is woken; the answer does not wait for the broker)."""
+    anything is enqueued, so an accepted request is never lost. Requests arriving together are
+    committed together (``service.group_commit``). The outbox dispatcher sends it to the broker right
+    after (it is woken; the answer does not wait for the broker)."""
     state = request.app.state
-    with state.db.session() as session:
-        erasure, created = crud.submit_erasure_request(session, principal, body, idempotency_key)
+    erasure, created = await state.submissions.submit(crud.Submission(principal, body, idempotency_key))
     links = request_links(settings, erasure.id)
     content = {"id": str(erasure.id), "status": erasure.status, "links": links.model_dump()}
     if created:
         metrics.submitted.inc()
-        if settings.send_on_submit:
-            dispatcher = getattr(state, "dispatcher", None)
-            if dispatcher is not None:
-                dispatcher.wake()
-            else:  # no dispatcher thread (LETHE_OUTBOX_POLL_SECONDS=0): send after the answer
-                background.add_task(_dispatch_one, state, erasure.id)
+        if settings.send_on_submit and state.dispatcher is None:
+            # no dispatcher thread (LETHE_OUTBOX_POLL_SECONDS=0): send after the answer
+            background.add_task(_dispatch_one, state, erasure.id)
     return JSONResponse(content, status_code=202 if created else 200, headers={"Location": links.self},
                         background=background)
 
@@ -94,10 +91,11 @@ def list_requests(
 
 
 @router.get("/{request_id}", response_model=ErasureRequestOut)
-def read_request(request_id: uuid.UUID, request: Request, settings: SettingsDep,
-                 principal: Principal = RequesterOrCompliance):
-    with request.app.state.db.session() as session:
-        view = crud.read_request_view(session, principal, request_id)
+async def read_request(request_id: uuid.UUID, request: Request, settings: SettingsDep,
+                       principal: Principal = RequesterOrCompliance):
+    """Status, stage, progress, timestamps, the resulting version or the failed gate. Reads arriving
+    together are served by one query (``service.batching``)."""
+    view = await request.app.state.reads.submit((principal, request_id))
     view["links"] = request_links(settings, request_id)
     return Response(ErasureRequestOut.model_validate(view).model_dump_json(), media_type="application/json")
 
