@@ -6,7 +6,6 @@ This process never imports torch, ``ease_engine`` or ``workers``: tasks go to th
 from __future__ import annotations
 
 import logging
-import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -14,8 +13,9 @@ from fastapi import FastAPI
 from service import crud
 from service.api.routes import audit, erasure_requests, health, keys, models
 from service.batching import BatchRunner
-from service.crud import Sender, dispatch_outbox
+from service.crud import Sender
 from service.db import Database, upgrade_database
+from service.dispatcher import OutboxDispatcher
 from service.errors import install_error_handlers
 from service.metrics import BodySizeLimitMiddleware, MetricsMiddleware, ServiceMetrics
 from service.settings import Settings, get_settings
@@ -29,50 +29,6 @@ Errors always look like `{"error": {"code": "...", "message": "...", "details": 
 """
 
 
-class OutboxDispatcher:
-    """A background thread that runs ``dispatch_outbox`` every ``interval`` seconds, and at once when
-    woken (``wake()``: a POST committed a new request), so the POST need not wait for the broker."""
-
-    def __init__(self, app_state, interval: float):
-        self.state, self.interval = app_state, interval
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="lethe-outbox", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout=10)
-
-    def run_once(self):
-        with self.state.db.session() as session:
-            result = dispatch_outbox(session, self.state.sender, limit=PASS_LIMIT)
-        self.state.metrics.record_dispatch(result)
-        return result
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self.interval)
-            self._wake.clear()  # rows committed after this are seen by the pass below or wake it again
-            if self._stop.is_set():
-                break
-            try:
-                while True:
-                    result = self.run_once()
-                    if result.failed or result.sent + result.skipped < PASS_LIMIT or self._stop.is_set():
-                        break
-            except Exception:
-                logger.exception("outbox dispatcher pass failed; retrying in %.1f s", self.interval)
-                self._stop.wait(self.interval)
-
-
-PASS_LIMIT = 100
 
 
 def create_app(settings: Settings | None = None, *, database: Database | None = None,
@@ -91,8 +47,9 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         if settings.auto_migrate:
             upgrade_database(settings.database_url)
         dispatcher = None
-        if settings.outbox_poll_seconds > 0:
-            dispatcher = OutboxDispatcher(app.state, settings.outbox_poll_seconds)
+        if settings.dispatcher_in_api and settings.outbox_poll_seconds > 0:
+            dispatcher = OutboxDispatcher(database, sender, settings.outbox_poll_seconds,
+                                          on_result=app.state.metrics.record_dispatch)
             dispatcher.start()
         app.state.dispatcher = dispatcher
         try:

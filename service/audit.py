@@ -96,7 +96,8 @@ def append_events(
     if not events:
         return []
     session.flush()  # rows the events refer to must exist before the events (foreign key)
-    last_seq, prev_hash = session.execute(_ADVANCE_HEAD, {"count": len(events)}).one()
+    connection = session.connection()  # the session's transaction, without the ORM layer
+    last_seq, prev_hash = connection.execute(_ADVANCE_HEAD, {"count": len(events)}).one()
     rows = []
     for seq, (event_type, payload, request_id) in enumerate(events, start=last_seq - len(events) + 1):
         payload = jsonable(payload or {})
@@ -105,8 +106,8 @@ def append_events(
         rows.append({"seq": seq, "request_id": request_id, "event_type": event_type, "payload": payload,
                      "created_at": created_at, "prev_hash": prev_hash, "hash": digest})
         prev_hash = digest
-    session.execute(_INSERT_EVENT, rows)
-    session.execute(_SET_HEAD_HASH, {"digest": prev_hash})
+    connection.execute(_INSERT_EVENT, rows)
+    connection.execute(_SET_HEAD_HASH, {"digest": prev_hash})
     return [AuditEvent(**row) for row in rows]
 
 

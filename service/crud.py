@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import threading
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
@@ -214,10 +215,12 @@ class VersionKey:
 
 
 _MODEL_ID = select(Model.id)
+# Hot-path statements are built once, with bound parameters, and run on the session's Core connection:
+# building a statement per call and the ORM layer cost more CPU than the query itself.
 _LATEST_VERSION = (
     select(ModelVersion.id, ModelVersion.version)
     .join(Model, Model.id == ModelVersion.model_id)
-    .where(ModelVersion.status != VersionStatus.WITHDRAWN.value)
+    .where(ModelVersion.status != VersionStatus.WITHDRAWN.value, Model.name == bindparam("model"))
     .order_by(ModelVersion.version.desc())
     .limit(1)
 )
@@ -227,7 +230,7 @@ _VERSION_CLIENTS = select(ModelVersion.clients)
 def latest_version_key(session: Session, model_name: str) -> VersionKey:
     """The model's latest (not withdrawn) version: one indexed query. 404 for an unknown model, 422 for a
     model without versions."""
-    latest = session.execute(_LATEST_VERSION.where(Model.name == model_name)).one_or_none()
+    latest = session.connection().execute(_LATEST_VERSION, {"model": model_name}).one_or_none()
     if latest is None:
         if session.execute(_MODEL_ID.where(Model.name == model_name)).first() is None:
             require_model(session, model_name)  # raises model_not_found
@@ -305,18 +308,22 @@ def erase_task_payload(request_id: uuid.UUID) -> dict[str, Any]:
     return {"args": [str(request_id)], "kwargs": {}, "task_id": f"erase-{request_id}"}
 
 
-def _insert_ignoring_duplicates(session: Session, table, rows: list[dict[str, Any]]) -> set:
-    """INSERT ... ON CONFLICT DO NOTHING RETURNING id for many rows (Postgres and SQLite, one statement per
-    batch of rows): the ids of the rows inserted; a row that hit a unique key is left out."""
-    dialect = session.get_bind().dialect.name
+@functools.cache
+def _insert_ignoring_duplicates_statement(dialect: str, table):
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as dialect_insert
     elif dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
     else:  # pragma: no cover - only Postgres and SQLite are supported
         raise RuntimeError(f"unsupported database dialect {dialect!r}: use PostgreSQL or SQLite")
-    statement = dialect_insert(table).on_conflict_do_nothing().returning(table.c.id)
-    return set(session.execute(statement, rows).scalars())
+    return dialect_insert(table).on_conflict_do_nothing().returning(table.c.id)
+
+
+def _insert_ignoring_duplicates(session: Session, table, rows: list[dict[str, Any]]) -> set:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id for many rows (Postgres and SQLite, one statement per
+    batch of rows): the ids of the rows inserted; a row that hit a unique key is left out."""
+    statement = _insert_ignoring_duplicates_statement(session.get_bind().dialect.name, table)
+    return set(session.connection().execute(statement, rows).scalars())
 
 
 @dataclass(frozen=True)
@@ -393,12 +400,14 @@ def submit_erasure_requests(
         else:  # the idempotency key is taken (earlier, concurrently, or earlier in this batch)
             outcomes[position] = _replay_or_error(session, submissions[position], fingerprint, None)
     if received:
-        session.execute(_INSERT_OUTBOX, [
+        session.connection().execute(_INSERT_OUTBOX, [
             {"request_id": request.id, "task_name": task_name, "payload": erase_task_payload(request.id),
              "created_at": now, "attempts": 0}
             for request, _ in received
         ])
         lifecycle.mark_received_many(session, received)
+        if session.get_bind().dialect.name == "postgresql":
+            session.connection().execute(_NOTIFY_OUTBOX)  # delivered at commit: wakes a dispatcher in any process
     session.commit()  # (expire_on_commit is off: the replayed requests stay readable)
     return outcomes
 
@@ -426,6 +435,7 @@ def submit_erasure_request(
 
 _REQUESTS = ErasureRequest.__table__
 _INSERT_OUTBOX = insert(OutboxMessage.__table__)
+_NOTIFY_OUTBOX = text("NOTIFY lethe_outbox")  # service.dispatcher.OUTBOX_CHANNEL
 
 
 def _with_versions(query):
@@ -474,6 +484,7 @@ _VIEW_COLUMNS = ("id", "status", "stage", "progress", "scope", "client_id", "pai
                  "legal_basis", "reason", "created_at", "updated_at", "started_at", "finished_at", "result",
                  "failure", "requester_token_id")
 _READ_VIEW = _read_view_query()
+_READ_VIEWS_BY_ID = _READ_VIEW.where(ErasureRequest.id.in_(bindparam("ids", expanding=True)))
 
 
 def read_request_view(session: Session, principal: Principal, request_id: uuid.UUID) -> dict[str, Any]:
@@ -490,7 +501,7 @@ def read_request_views(
 ) -> list[dict[str, Any] | ApiError]:
     """``read_request_view`` for many ``(principal, request_id)`` with one query: a view or the 404 each."""
     ids = list({request_id for _, request_id in lookups})
-    rows = {row.id: row for row in session.execute(_READ_VIEW.where(ErasureRequest.id.in_(ids)))}
+    rows = {row.id: row for row in session.connection().execute(_READ_VIEWS_BY_ID, {"ids": ids})}
     session.rollback()  # end the read transaction now (the session may serve the next batch)
     views: list[dict[str, Any] | ApiError] = []
     for principal, request_id in lookups:

@@ -86,27 +86,34 @@ def _numeric_items(values: dict, prefix: str = ""):
             yield name, float(value)
 
 
-class ServiceMetrics:
-    def __init__(self, db=None):
-        self.registry = CollectorRegistry()
-        self.http_latency = Histogram(
-            "lethe_http_request_duration_seconds", "HTTP request latency by route template",
-            ["method", "route", "status"], buckets=LATENCY_BUCKETS, registry=self.registry,
-        )
-        self.submitted = Counter("lethe_erasure_requests_submitted", "Erasure requests accepted (new, not "
-                                 "replays)", registry=self.registry)
+class DispatchMetrics:
+    """The outbox dispatcher's counters (in the API's registry, or the dispatcher process's own)."""
+
+    def __init__(self, registry: CollectorRegistry):
         self.dispatched = Counter("lethe_outbox_dispatch", "Outbox messages by dispatch result", ["result"],
-                                  registry=self.registry)
+                                  registry=registry)
         self.dispatch_healthy = Gauge("lethe_outbox_last_dispatch_ok", "1 if the last dispatcher pass could "
-                                      "reach the broker", registry=self.registry)
-        if db is not None:
-            self.registry.register(_DatabaseCollector(db))
+                                      "reach the broker", registry=registry)
 
     def record_dispatch(self, result) -> None:
         for name in ("sent", "skipped", "failed"):
             if getattr(result, name):
                 self.dispatched.labels(name).inc(getattr(result, name))
         self.dispatch_healthy.set(0 if result.failed else 1)
+
+
+class ServiceMetrics(DispatchMetrics):
+    def __init__(self, db=None):
+        self.registry = CollectorRegistry()
+        super().__init__(self.registry)
+        self.http_latency = Histogram(
+            "lethe_http_request_duration_seconds", "HTTP request latency by route template",
+            ["method", "route", "status"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.submitted = Counter("lethe_erasure_requests_submitted", "Erasure requests accepted (new, not "
+                                 "replays)", registry=self.registry)
+        if db is not None:
+            self.registry.register(_DatabaseCollector(db))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

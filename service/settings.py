@@ -8,7 +8,11 @@
 - ``LETHE_SIGNING_KEY`` (unset): path of the private signing key (PEM), workers
 - ``LETHE_SIGNING_PUBLIC_KEY`` (unset): path of the public key served at /v1/keys
 - ``LETHE_MAX_BODY_BYTES`` (default 1048576): larger request bodies get 413
-- ``LETHE_OUTBOX_POLL_SECONDS`` (default 5): dispatcher period in the API; 0 disables it
+- ``LETHE_OUTBOX_POLL_SECONDS`` (default 5): outbox dispatcher period (a fallback: a POST wakes it, on
+  Postgres through ``NOTIFY``); 0 disables the API's dispatcher thread (then the POST route sends its
+  request after the answer)
+- ``LETHE_DISPATCHER_IN_API`` (default 1): run the outbox dispatcher as a thread of the API; 0 when it
+  runs as its own process (``lethe dispatcher``), so the API sends nothing itself
 - ``LETHE_SEND_ON_SUBMIT`` (default 1): send the task right after POST commits
 - ``LETHE_AUTH_CACHE_SECONDS`` (default 2): a valid token is remembered this long per process (a
   revocation reaches other processes within that time); 0 looks every token up
@@ -50,6 +54,7 @@ class Settings:
     signing_public_key: Path | None = None
     max_body_bytes: int = 1024 * 1024
     outbox_poll_seconds: float = 5.0
+    dispatcher_in_api: bool = True
     send_on_submit: bool = True
     auto_migrate: bool = False
     auth_cache_seconds: float = 2.0
@@ -68,6 +73,7 @@ class Settings:
             signing_public_key=_optional_path(env.get("LETHE_SIGNING_PUBLIC_KEY")),
             max_body_bytes=int(env.get("LETHE_MAX_BODY_BYTES") or 1024 * 1024),
             outbox_poll_seconds=float(env.get("LETHE_OUTBOX_POLL_SECONDS") or 5.0),
+            dispatcher_in_api=_flag(env.get("LETHE_DISPATCHER_IN_API"), True),
             send_on_submit=_flag(env.get("LETHE_SEND_ON_SUBMIT"), True),
             auto_migrate=_flag(env.get("LETHE_AUTO_MIGRATE"), False),
             auth_cache_seconds=float(env.get("LETHE_AUTH_CACHE_SECONDS") or 2.0),

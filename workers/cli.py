@@ -39,7 +39,9 @@ Settings (environment variables):
   LETHE_ARTIFACT_DIR      root of the model version directories (default ./artifacts)
   LETHE_SIGNING_KEY       EC private key (PEM) that signs new versions (default: generated in var/keys)
   LETHE_SIGNING_PUBLIC_KEY  public key served at /v1/keys (default: <key>.pub)
-  LETHE_OUTBOX_POLL_SECONDS  outbox dispatcher period in the API (default 5)
+  LETHE_OUTBOX_POLL_SECONDS  outbox dispatcher poll period, a fallback to wake-ups (default 5)
+  LETHE_DISPATCHER_IN_API  1: the API runs the outbox dispatcher as a thread (default); 0: `lethe dispatcher` does
+  LETHE_DISPATCHER_METRICS_PORT  Prometheus exporter port of `lethe dispatcher` (default 9809; 0: off)
   LETHE_AUTO_MIGRATE      run migrations when the API starts (serve migrates anyway unless --no-migrate)
   LETHE_ERASE_METHOD      unlearning method (default ease)
   LETHE_ERASE_PARAMS_JSON its parameters as a JSON object (default {})
@@ -63,12 +65,23 @@ def serve(
     pool: Annotated[str, typer.Option(help="Celery pool: solo (one job per process) or prefork")] = "solo",
     log_level: Annotated[str, typer.Option(help="log level of API and workers")] = "info",
     grace: Annotated[float, typer.Option(help="seconds a worker may take to finish its job on Ctrl-C")] = 30.0,
+    dispatcher: Annotated[str, typer.Option(
+        help="where the outbox dispatcher runs: api (a thread of the API), process (its own), or auto "
+             "(process on Postgres, api on SQLite)")] = "auto",
 ) -> None:
-    """Run the service: the API (uvicorn service.app:create_app --factory) and Celery worker(s) as child
-    processes, configured from LETHE_* environment variables. Ctrl-C stops them cleanly."""
+    """Run the service: the API (uvicorn service.app:create_app --factory), the outbox dispatcher and
+    Celery worker(s) as child processes, configured from LETHE_* environment variables. Ctrl-C stops
+    them cleanly."""
     from service.db import upgrade_database
     from service.settings import Settings
-    from workers.serve import Supervisor, api_command, child_environment, worker_command
+    from workers.serve import (
+        Supervisor,
+        api_command,
+        child_environment,
+        dispatcher_command,
+        dispatcher_placement,
+        worker_command,
+    )
 
     env, notes = child_environment()
     settings = Settings.from_env(env)
@@ -77,8 +90,15 @@ def serve(
     if migrate:
         upgrade_database(settings.database_url)
         typer.echo(f"database migrated: {settings.database_url}")
+    try:
+        placement = dispatcher_placement(dispatcher, settings.database_url)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     supervisor = Supervisor(grace_seconds=grace, echo=typer.echo)
     if api:
+        if placement == "process":
+            env["LETHE_DISPATCHER_IN_API"] = "0"
+            supervisor.start("dispatcher", dispatcher_command(), env)
         supervisor.start("api", api_command(host, port, log_level), env)
     for index in range(workers):
         worker_env = dict(env)
@@ -119,6 +139,17 @@ def worker(
     from workers.serve import worker_command
 
     command = worker_command(os.environ.get("LETHE_TASK_QUEUE") or None, pool, concurrency, log_level)
+    os.execv(command[0], command)
+
+
+@app.command(epilog=ENVIRONMENT_HELP)
+def dispatcher() -> None:
+    """Run the outbox dispatcher as its own process (what `serve` starts on Postgres; for containers):
+    it sends committed erasure requests to the broker, woken by Postgres NOTIFY. Run the API with
+    LETHE_DISPATCHER_IN_API=0 beside it."""
+    from workers.serve import dispatcher_command
+
+    command = dispatcher_command()
     os.execv(command[0], command)
 
 

@@ -67,6 +67,21 @@ def api_command(host: str, port: int, log_level: str = "info") -> list[str]:
             "--port", str(port), "--log-level", log_level]
 
 
+def dispatcher_command() -> list[str]:
+    return [sys.executable, "-m", "service.dispatcher"]
+
+
+def dispatcher_placement(choice: str, database_url: str) -> str:
+    """Where the outbox dispatcher runs: ``api`` (a thread of the API) or ``process`` (its own process);
+    ``auto`` is ``process`` on Postgres (notifications reach it from any API process) and ``api`` on
+    SQLite (the embedded default: one process fewer, nothing to notify)."""
+    if choice not in {"auto", "api", "process"}:
+        raise ValueError(f"--dispatcher must be auto, api or process, not {choice!r}")
+    if choice != "auto":
+        return choice
+    return "process" if make_url(database_url).get_backend_name() == "postgresql" else "api"
+
+
 def worker_command(queue: str | None, pool: str = "solo", concurrency: int = 1, log_level: str = "info",
                    name: str = "lethe-worker") -> list[str]:
     command = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--pool", pool,

@@ -59,7 +59,7 @@ async def submit(
 ):
     """Accept an erasure request: it is committed (with its audit event and an outbox row) before
     anything is enqueued, so an accepted request is never lost. Requests arriving together are
-    committed together (``service.group_commit``). The outbox dispatcher sends it to the broker right
+    committed together (``service.batching``). The outbox dispatcher sends it to the broker right
     after (it is woken; the answer does not wait for the broker)."""
     state = request.app.state
     erasure, created = await state.submissions.submit(crud.Submission(principal, body, idempotency_key))
@@ -67,7 +67,7 @@ async def submit(
     content = {"id": str(erasure.id), "status": erasure.status, "links": links.model_dump()}
     if created:
         metrics.submitted.inc()
-        if settings.send_on_submit and state.dispatcher is None:
+        if settings.send_on_submit and settings.dispatcher_in_api and state.dispatcher is None:
             # no dispatcher thread (LETHE_OUTBOX_POLL_SECONDS=0): send after the answer
             background.add_task(_dispatch_one, state, erasure.id)
     return JSONResponse(content, status_code=202 if created else 200, headers={"Location": links.self},
