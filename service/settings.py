@@ -13,6 +13,8 @@
   request after the answer)
 - ``LETHE_DISPATCHER_IN_API`` (default 1): run the outbox dispatcher as a thread of the API; 0 when it
   runs as its own process (``lethe dispatcher``), so the API sends nothing itself
+- ``LETHE_DISPATCHER_METRICS_PORT`` (default 9809; 0: off) and ``LETHE_DISPATCHER_METRICS_ADDR`` (default
+  127.0.0.1): the Prometheus exporter of the dispatcher process (``service.dispatcher``)
 - ``LETHE_SEND_ON_SUBMIT`` (default 1): send the task right after POST commits
 - ``LETHE_AUTH_CACHE_SECONDS`` (default 2): a valid token is remembered this long per process (a
   revocation reaches other processes within that time); 0 looks every token up

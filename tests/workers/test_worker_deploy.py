@@ -36,8 +36,9 @@ def defined_metrics() -> set[str]:
 
 def test_services_and_build_files(compose):
     services = compose["services"]
-    assert set(services) == {"postgres", "redis", "api", "worker", "prometheus", "grafana"}
-    for name, dockerfile in (("api", "deploy/Dockerfile.api"), ("worker", "deploy/Dockerfile.worker")):
+    assert set(services) == {"postgres", "redis", "api", "dispatcher", "worker", "prometheus", "grafana"}
+    for name, dockerfile in (("api", "deploy/Dockerfile.api"), ("dispatcher", "deploy/Dockerfile.api"),
+                             ("worker", "deploy/Dockerfile.worker")):
         assert services[name]["build"]["dockerfile"] == dockerfile
         assert (REPO / services[name]["build"]["context"] / dockerfile).is_file()
     api_image = "\n".join(line for line in (DEPLOY / "Dockerfile.api").read_text().splitlines()
@@ -49,10 +50,15 @@ def test_services_and_build_files(compose):
 def test_environment_names_and_values_are_consistent(compose):
     services = compose["services"]
     api_env, worker_env = services["api"]["environment"], services["worker"]["environment"]
-    unknown = {name for env in (api_env, worker_env) for name in env if name not in known_settings()}
+    dispatcher_env = services["dispatcher"]["environment"]
+    unknown = {name for env in (api_env, worker_env, dispatcher_env) for name in env if name not in known_settings()}
     assert not unknown, f"not read by any settings module: {unknown}"
     for name in ("LETHE_DATABASE_URL", "LETHE_BROKER_URL", "LETHE_TASK_QUEUE", "LETHE_ARTIFACT_DIR"):
-        assert api_env[name] == worker_env[name], name
+        assert api_env[name] == worker_env[name] == dispatcher_env[name], name
+    # exactly one place sends the outbox: the dispatcher service, not the API
+    assert api_env["LETHE_DISPATCHER_IN_API"] == "0"
+    assert services["dispatcher"]["command"] == ["python", "-m", "service.dispatcher"]
+    assert (REPO / "service" / "dispatcher.py").is_file()
     database = urlparse(api_env["LETHE_DATABASE_URL"])
     postgres = services["postgres"]["environment"]
     assert database.scheme == "postgresql+psycopg" and database.hostname == "postgres" and database.port == 5432
@@ -79,6 +85,10 @@ def test_ports_match_prometheus_targets(compose):
     discovery = jobs["lethe-worker"]["dns_sd_configs"][0]
     assert discovery["names"] == ["worker"] and str(discovery["port"]) == worker_port
     assert worker_port in services["worker"]["expose"]
+    dispatcher_port = services["dispatcher"]["environment"]["LETHE_DISPATCHER_METRICS_PORT"]
+    assert jobs["lethe-dispatcher"]["static_configs"][0]["targets"] == [f"dispatcher:{dispatcher_port}"]
+    assert dispatcher_port in services["dispatcher"]["expose"]
+    assert services["dispatcher"]["environment"]["LETHE_DISPATCHER_METRICS_ADDR"] == "0.0.0.0"
     mounted = {volume.split(":")[0] for volume in services["prometheus"]["volumes"]}
     assert "./deploy/prometheus.yml" in mounted
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from workers.serve import child_environment, worker_command
+from workers.serve import child_environment, dispatcher_command, dispatcher_placement, worker_command
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,6 +30,16 @@ def test_child_environment_fills_in_the_embedded_default(tmp_path):
     assert env["LETHE_BROKER_URL"] == "redis://h:6379/0" and env["LETHE_SIGNING_KEY"] == given["LETHE_SIGNING_KEY"]
     assert notes == []
     assert worker_command("q")[-2:] == ["-Q", "q"] and "--concurrency" not in worker_command("q")
+
+
+def test_the_dispatcher_runs_in_its_own_process_on_postgres_and_in_the_api_on_sqlite():
+    assert dispatcher_placement("auto", "postgresql+psycopg://u@h/db") == "process"
+    assert dispatcher_placement("auto", "sqlite:///var/lethe.db") == "api"
+    assert dispatcher_placement("api", "postgresql+psycopg://u@h/db") == "api"
+    assert dispatcher_placement("process", "sqlite:///x.db") == "process"
+    with pytest.raises(ValueError, match="auto, api or process"):
+        dispatcher_placement("thread", "sqlite:///x.db")
+    assert dispatcher_command()[1:] == ["-m", "service.dispatcher"]
 
 
 @pytest.mark.slow
