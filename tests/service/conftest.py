@@ -17,14 +17,12 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from service_test_helpers import DEFAULT_CLIENTS, MODEL, POSTGRES_URL, TABLES, bearer, schema_url
+from service_test_helpers import DEFAULT_CLIENTS, MODEL, POSTGRES_URL, bearer, reset_tables, schema_url
 from sqlalchemy import create_engine, text
 
 from service.app import create_app
-from service.auth import create_token, principal_cache
-from service.crud import client_index_cache
+from service.auth import create_token
 from service.db import Database, upgrade_database
-from service.models import GENESIS_HASH
 from service.settings import Settings
 
 
@@ -72,15 +70,6 @@ def database(pg_url):
     db = Database(pg_url)
     yield db
     db.dispose()
-
-
-def reset_tables(db: Database) -> None:
-    with db.engine.begin() as connection:
-        connection.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
-        connection.execute(text("UPDATE audit_chain_head SET seq = 0, hash = :genesis WHERE id = 1"),
-                           {"genesis": GENESIS_HASH})
-    client_index_cache.clear()
-    principal_cache.clear()
 
 
 @pytest.fixture

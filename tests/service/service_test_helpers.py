@@ -3,24 +3,12 @@ test directories' conftest modules)."""
 
 from __future__ import annotations
 
-import os
-
 from sqlalchemy import text
 
 from service.db import Database
+from tests.db_helpers import POSTGRES_URL, TABLES, bearer, reset_tables, schema_url  # noqa: F401  (re-exported)
 
-POSTGRES_URL = os.environ.get("LETHE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-TABLES = ("audit_events", "outbox", "erasure_requests", "model_versions", "models", "api_tokens")
 MODEL = "clip-test"
-
-
-def schema_url(base_url: str, schema: str) -> str:
-    separator = "&" if "?" in base_url else "?"
-    return f"{base_url}{separator}options=-csearch_path%3D{schema}"
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 DEFAULT_CLIENTS = {
