@@ -30,6 +30,13 @@ from typing import Any
 logger = logging.getLogger("lethe.service")
 
 DEFAULT_MAX_BATCH = 64
+# Calls waiting at most (about 2 s of work at the measured capacity): beyond it a call is refused at once
+# (``Overloaded``, answered 503 with Retry-After) instead of waiting ever longer behind the others.
+DEFAULT_MAX_PENDING = 1000
+
+
+class Overloaded(Exception):
+    """The runner already has ``max_pending`` calls waiting; nothing was done for this one."""
 
 
 @dataclass
@@ -49,10 +56,12 @@ class BatchRunner:
     ends the thread. ``after_batch(answers)`` runs in that thread after each batch."""
 
     def __init__(self, name: str, serve: Callable[[list[Any]], Sequence[Any]], max_batch: int = DEFAULT_MAX_BATCH,
-                 after_batch: Callable[[Sequence[Any]], None] | None = None):
-        if max_batch < 1:
-            raise ValueError("max_batch must be at least 1")
+                 after_batch: Callable[[Sequence[Any]], None] | None = None,
+                 max_pending: int = DEFAULT_MAX_PENDING):
+        if max_batch < 1 or max_pending < 1:
+            raise ValueError("max_batch and max_pending must be at least 1")
         self.name, self.serve, self.max_batch, self.after_batch = name, serve, max_batch, after_batch
+        self.max_pending = max_pending
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -60,6 +69,9 @@ class BatchRunner:
         self.largest_batch = 0
 
     async def submit(self, item: Any) -> Any:
+        """``item``'s answer; raises ``Overloaded`` at once when ``max_pending`` calls are already waiting."""
+        if self._queue.qsize() >= self.max_pending:
+            raise Overloaded(f"{self.name}: {self.max_pending} calls are already waiting")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._ensure_started()

@@ -9,7 +9,10 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.batching import Overloaded
 
 logger = logging.getLogger("lethe.service")
 
@@ -71,6 +74,19 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404 and message == "Not Found":
             message = "No such route. The API is described at /docs."
         return error_response(exc.status_code, code, message, None, getattr(exc, "headers", None))
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(_request: Request, exc: Overloaded):
+        return error_response(503, "overloaded", "The service has too many requests waiting; nothing was done "
+                              "for this one. Retry after a second (with the same Idempotency-Key for a POST).",
+                              None, {"Retry-After": "1"})
+
+    @app.exception_handler(OperationalError)
+    async def _database_unavailable(_request: Request, exc: OperationalError):
+        logger.warning("database unavailable: %s", str(exc.orig or exc).splitlines()[0])
+        return error_response(503, "database_unavailable", "The database is unreachable or could not complete the "
+                              "transaction; nothing was written. Retry later (with the same Idempotency-Key for a "
+                              "POST).", None, {"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception):

@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 
 from service import crud
 from service.audit import verify_chain
-from service.auth import Principal
-from service.batching import BatchRunner
+from service.auth import Principal, hash_token, principal_cache
+from service.batching import BatchRunner, Overloaded
 from service.crud import Submission
 from service.errors import ApiError
 from service.models import AuditEvent, ErasureRequest, OutboxMessage, Role
@@ -128,6 +128,63 @@ def test_stop_serves_what_is_queued_and_a_stopped_runner_restarts_on_use():
     runner.stop()
     with pytest.raises(ValueError):
         BatchRunner("bad", lambda items: items, max_batch=0)
+
+
+def test_a_full_queue_refuses_at_once_and_serves_what_it_took():
+    serve = GatedServe()
+    runner = BatchRunner("test", serve, max_pending=3)
+
+    async def scenario():
+        first = asyncio.ensure_future(runner.submit(0))
+        await asyncio.sleep(0)
+        while runner._queue.qsize() > 0:  # the runner holds the first call at the gate
+            await asyncio.sleep(0.001)
+        waiting = [asyncio.ensure_future(runner.submit(i)) for i in (1, 2, 3)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded, match="3 calls are already waiting"):
+            await runner.submit(4)
+        serve.release.set()
+        return await asyncio.gather(first, *waiting)
+
+    try:
+        assert asyncio.run(scenario()) == [0, 10, 20, 30]
+        assert asyncio.run(runner.submit(5)) == 50  # room again
+    finally:
+        runner.stop()
+    with pytest.raises(ValueError):
+        BatchRunner("bad", lambda items: items, max_pending=0)
+
+
+def test_an_overloaded_or_unreachable_service_answers_503_with_retry_after(app, client, auth, registered_model,
+                                                                          settings, sender):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.db import Database
+
+    app.state.submissions.max_pending = 0  # as if 1000 calls were waiting
+    refused = client.post("/v1/erasure-requests", json=erasure_body(), headers=auth("requester"))
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+    assert refused.json()["error"]["code"] == "overloaded"
+    app.state.submissions.max_pending = 1000
+    assert client.post("/v1/erasure-requests", json=erasure_body(), headers=auth("requester")).status_code == 202
+
+    dead = Database("postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=1")
+    requester = auth("requester")
+    try:
+        with TestClient(create_app(settings, database=dead, sender=sender)) as down:
+            for cached in (False, True):  # the token lookup fails first; with the token cached, the batch does
+                if cached:
+                    digest = hash_token(requester["Authorization"].removeprefix("Bearer "))
+                    principal_cache.put((dead.url, digest), Principal(1, "alice", Role.REQUESTER), 60)
+                for response in (down.post("/v1/erasure-requests", json=erasure_body(), headers=requester),
+                                 down.get(f"/v1/erasure-requests/{uuid.uuid4()}", headers=requester)):
+                    assert response.status_code == 503, response.text
+                    assert response.json()["error"]["code"] == "database_unavailable"
+                    assert response.headers["Retry-After"] == "5"
+            assert down.app.state.submissions.batches == 1 and down.app.state.reads.batches == 1
+    finally:
+        dead.dispose()
 
 
 # ------------------------------------------------------------------------- submissions in one batch
