@@ -112,7 +112,13 @@ class BatchRunner:
                     stop = True
                     break
                 batch.append(item)
-            self._serve(batch)
+            try:
+                self._serve(batch)
+            except BaseException as exc:  # the thread must outlive anything: answer the batch, go on
+                logger.critical("%s: serving a batch raised %s; answering it with the error", self.name,
+                                type(exc).__name__, exc_info=True)
+                error = exc if isinstance(exc, Exception) else RuntimeError(f"{self.name}: {exc!r}")
+                _answer(batch, [error] * len(batch))  # (a SystemExit must not reach the server's event loop)
             if stop:
                 return
 

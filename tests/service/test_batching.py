@@ -110,6 +110,21 @@ def test_a_serve_function_that_raises_fails_its_call_and_the_runner_keeps_going(
         runner.stop()
 
 
+def test_the_runner_thread_survives_a_base_exception_from_serve():
+    def serve(items):
+        if items == ["exit"]:
+            raise SystemExit("a library called sys.exit")
+        return items
+
+    runner = BatchRunner("test", serve)
+    try:
+        with pytest.raises(RuntimeError, match="SystemExit"):  # not a SystemExit inside the server
+            asyncio.run(runner.submit("exit"))
+        assert asyncio.run(runner.submit("still here")) == "still here"
+    finally:
+        runner.stop()
+
+
 def test_stop_serves_what_is_queued_and_a_stopped_runner_restarts_on_use():
     runner = BatchRunner("test", lambda items: items)
 
