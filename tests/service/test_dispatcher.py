@@ -55,8 +55,12 @@ def test_a_commit_anywhere_wakes_a_listening_dispatcher_long_before_its_poll(db,
         assert _wait(lambda: len(sender.sent) == 1, 10)
         assert time.monotonic() - started < 5  # not the 60 s poll
         assert sender.sent[0][1]["args"] == [str(request_id)]
-        with db.session() as session:
-            assert session.get(ErasureRequest, request_id).status == "queued"
+
+        def status() -> str:
+            with db.session() as session:
+                return session.get(ErasureRequest, request_id).status
+
+        assert _wait(lambda: status() == "queued", 5)  # committed right after the send
     finally:
         dispatcher.stop()
     assert not dispatcher._listener._thread.is_alive()
@@ -111,9 +115,13 @@ def test_the_dispatcher_process_sends_to_redis_and_stops_on_sigterm(pg_url, db, 
         assert _wait(lambda: broker.llen(queue) == 1, 30), "the dispatcher process sent nothing"
         second = _submit_directly(db)
         assert _wait(lambda: broker.llen(queue) == 2, 10)  # woken by NOTIFY, not the 30 s poll
-        with db.session() as session:
-            statuses = dict(session.execute(select(ErasureRequest.id, ErasureRequest.status)).all())
-        assert statuses == {first: "queued", second: "queued"}
+
+        def statuses() -> dict:
+            with db.session() as session:
+                return dict(session.execute(select(ErasureRequest.id, ErasureRequest.status)).all())
+
+        # the broker gets the task first, the `queued` status is committed right after it
+        assert _wait(lambda: statuses() == {first: "queued", second: "queued"}, 10), statuses()
     finally:
         process.send_signal(signal.SIGTERM)
         try:
