@@ -5,7 +5,6 @@ This process never imports torch, ``ease_engine`` or ``workers``: tasks go to th
 
 from __future__ import annotations
 
-import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -20,15 +19,11 @@ from service.errors import install_error_handlers
 from service.metrics import BodySizeLimitMiddleware, MetricsMiddleware, ServiceMetrics
 from service.settings import Settings, get_settings
 
-logger = logging.getLogger("lethe.service")
-
 DESCRIPTION = """GDPR erasure requests (Art. 17) for federated CLIP models.
 
 Authenticate with `Authorization: Bearer <token>` (`lethe token create --name NAME --role ROLE`).
 Errors always look like `{"error": {"code": "...", "message": "...", "details": ...}}`.
 """
-
-
 
 
 def create_app(settings: Settings | None = None, *, database: Database | None = None,

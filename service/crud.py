@@ -273,13 +273,6 @@ def check_erasure_target(session: Session, version: VersionKey, body: ErasureReq
             )
 
 
-def validate_erasure_target(session: Session, body: ErasureRequestCreate) -> VersionKey:
-    """The model's latest version, after checking the client and pair ids against its clients.json."""
-    version = latest_version_key(session, body.model)
-    check_erasure_target(session, version, body)
-    return version
-
-
 # --------------------------------------------------------------------------- erasure requests
 
 
@@ -487,19 +480,12 @@ _READ_VIEW = _read_view_query()
 _READ_VIEWS_BY_ID = _READ_VIEW.where(ErasureRequest.id.in_(bindparam("ids", expanding=True)))
 
 
-def read_request_view(session: Session, principal: Principal, request_id: uuid.UUID) -> dict[str, Any]:
-    """The fields of ``ErasureRequestOut`` (all but links) in one Core query, for GET by id; the same
-    visibility rule as ``get_visible_request`` (404 otherwise)."""
-    view = read_request_views(session, [(principal, request_id)])[0]
-    if isinstance(view, ApiError):
-        raise view
-    return view
-
-
 def read_request_views(
     session: Session, lookups: list[tuple[Principal, uuid.UUID]],
 ) -> list[dict[str, Any] | ApiError]:
-    """``read_request_view`` for many ``(principal, request_id)`` with one query: a view or the 404 each."""
+    """The fields of ``ErasureRequestOut`` (all but links) for each ``(principal, request_id)``, with one Core
+    query: a view, or a 404 ``ApiError`` where the request does not exist or is not visible to that principal
+    (the rule of ``get_visible_request``: requesters see only their own)."""
     ids = list({request_id for _, request_id in lookups})
     rows = {row.id: row for row in session.connection().execute(_READ_VIEWS_BY_ID, {"ids": ids})}
     session.rollback()  # end the read transaction now (the session may serve the next batch)

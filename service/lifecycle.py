@@ -97,13 +97,9 @@ def _transition(
     )
 
 
-def mark_received(session: Session, request: ErasureRequest, actor: Mapping[str, Any]) -> None:
-    """The first event of a request (written by the API in the same transaction as the row)."""
-    mark_received_many(session, [(request, actor)])
-
-
 def mark_received_many(session: Session, requests: Sequence[tuple[ErasureRequest, Mapping[str, Any]]]) -> None:
-    """``request.received`` for each ``(request, actor)``, in this order, with one chain append."""
+    """The first event of each request, ``request.received``, for each ``(request, actor)`` in this order, with
+    one chain append (written by the API in the same transaction as the rows)."""
     append_events(session, [
         ("request.received", {
             "to": RequestStatus.RECEIVED.value,
