@@ -4,12 +4,16 @@ bearer headers, and emptying the tables between tests."""
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
-from sqlalchemy import text
+import pytest
+from sqlalchemy import create_engine, text
 
 from service.auth import principal_cache
 from service.crud import client_index_cache
-from service.db import Database
+from service.db import Database, upgrade_database
 from service.models import GENESIS_HASH
 
 POSTGRES_URL = os.environ.get("LETHE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -34,3 +38,37 @@ def reset_tables(database: Database) -> None:
                            {"genesis": GENESIS_HASH})
     client_index_cache.clear()
     principal_cache.clear()
+
+
+@contextmanager
+def temporary_schemas(prefix: str) -> Iterator[Callable[..., str]]:
+    """``make(migrate=True)`` creates a uniquely named schema ``<prefix>_<random>`` in the test database
+    (migrated unless asked not to) and returns a URL whose connections use it; every schema made is
+    dropped on exit. Fails the test session with a clear message when Postgres cannot be reached."""
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:  # pragma: no cover - environment problem
+        admin.dispose()
+        pytest.fail(f"Postgres is not reachable at {POSTGRES_URL} ({exc}); start it (./run test does) or set "
+                    "LETHE_TEST_POSTGRES_URL.")
+    created: list[str] = []
+
+    def make(migrate: bool = True) -> str:
+        schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+        created.append(schema)
+        url = schema_url(POSTGRES_URL, schema)
+        if migrate:
+            upgrade_database(url)
+        return url
+
+    try:
+        yield make
+    finally:
+        with admin.connect() as connection:
+            for schema in created:
+                connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()

@@ -11,53 +11,25 @@ Override the server with LETHE_TEST_POSTGRES_URL (a postgresql+psycopg:// URL).
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from service_test_helpers import DEFAULT_CLIENTS, MODEL, POSTGRES_URL, bearer, reset_tables, schema_url
-from sqlalchemy import create_engine, text
+from service_test_helpers import DEFAULT_CLIENTS, MODEL, bearer, reset_tables
 
 from service.app import create_app
 from service.auth import create_token
-from service.db import Database, upgrade_database
+from service.db import Database
 from service.settings import Settings
+from tests.db_helpers import temporary_schemas
 
 
 @pytest.fixture(scope="session")
-def postgres_admin():
-    engine = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except Exception as exc:  # pragma: no cover - environment problem
-        pytest.fail(f"Postgres is not reachable at {POSTGRES_URL} ({exc}); start it (./run test does) or set "
-                    "LETHE_TEST_POSTGRES_URL.")
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture(scope="session")
-def make_schema(postgres_admin):
+def make_schema():
     """Create a migrated, uniquely named schema; all are dropped at the end of the session."""
-    created: list[str] = []
-
-    def make(migrate: bool = True) -> str:
-        schema = f"lethe_test_{uuid.uuid4().hex[:12]}"
-        with postgres_admin.connect() as connection:
-            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-        created.append(schema)
-        url = schema_url(POSTGRES_URL, schema)
-        if migrate:
-            upgrade_database(url)
-        return url
-
-    yield make
-    with postgres_admin.connect() as connection:
-        for schema in created:
-            connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    with temporary_schemas("lethe_test") as make:
+        yield make
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import text
 
 from service.db import Database
-from tests.db_helpers import POSTGRES_URL, TABLES, bearer, reset_tables, schema_url  # noqa: F401  (re-exported)
+from tests.db_helpers import TABLES, bearer, reset_tables  # noqa: F401  (bearer, reset_tables re-exported)
 
 MODEL = "clip-test"
 

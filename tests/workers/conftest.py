@@ -9,41 +9,25 @@ LETHE_TEST_REDIS_URL.
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
-from worker_helpers import MODEL, POSTGRES_URL, REDIS_URL, bearer, reset_tables, schema_url, write_fake_version
+from worker_helpers import MODEL, REDIS_URL, bearer, reset_tables, write_fake_version
 
 from service.app import create_app
 from service.auth import create_token
-from service.db import Database, upgrade_database
+from service.db import Database
 from service.settings import Settings
+from tests.db_helpers import temporary_schemas
 from workers.settings import WorkerSettings
 from workers.signing import ensure_key_pair
 
 
 @pytest.fixture(scope="session")
 def worker_pg_url():
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except Exception as exc:  # pragma: no cover - environment problem
-        pytest.fail(f"Postgres is not reachable at {POSTGRES_URL} ({exc}); ./run test starts it.")
-    schema = f"lethe_wtest_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = schema_url(POSTGRES_URL, schema)
-    try:
-        upgrade_database(url)
-        yield url
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
+    with temporary_schemas("lethe_wtest") as make:
+        yield make()
 
 
 @pytest.fixture(scope="session")

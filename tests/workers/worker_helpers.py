@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from tests.db_helpers import POSTGRES_URL, bearer, reset_tables, schema_url  # noqa: F401  (re-exported)
+from tests.db_helpers import bearer, reset_tables  # noqa: F401  (re-exported)
 
 REDIS_URL = os.environ.get("LETHE_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 MODEL = "clip-w"
