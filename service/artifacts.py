@@ -1,20 +1,20 @@
-"""Version directories under LETHE_ARTIFACT_DIR: safe path resolution, JSON metadata (no torch),
-content hashes and a streamed zip download."""
+"""Version directories under LETHE_ARTIFACT_DIR: safe path resolution, reading a version through the
+shared format (``lethe_format``: strict JSON, validated clients.json, THE content hash; no torch) and a
+streamed zip download. Error messages never show server paths."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lethe_format import FormatError, content_hash, directory_digests, read_clients, read_json_object
+from lethe_format.hashing import regular_files
+from lethe_format.layout import DESCRIPTOR_FILES
 from service.errors import ApiError
 
-MANIFEST_NAMES = ("manifest.json", "metadata.json")
-CLIENTS_NAME = "clients.json"
 CHUNK = 1024 * 1024
 
 
@@ -23,9 +23,14 @@ class VersionDirectory:
     path: Path  # resolved, inside the artifact dir
     relative: str  # POSIX path relative to the artifact dir
     manifest: dict[str, Any]
-    clients: dict[str, dict[str, Any]]
+    clients: dict[str, dict[str, Any]]  # the validated clients.json's "clients"
     files: list[dict[str, Any]]  # sorted [{"path", "size", "sha256"}]
     content_hash: str
+
+
+def format_error(exc: FormatError, **details: Any) -> ApiError:
+    """The API's answer to a version-format problem (422, or the target error's own status)."""
+    return ApiError(getattr(exc, "status", 422), exc.code, exc.message, {**exc.details, **details} or None)
 
 
 def resolve_inside(artifact_dir: Path, given: str) -> tuple[Path, str]:
@@ -36,12 +41,11 @@ def resolve_inside(artifact_dir: Path, given: str) -> tuple[Path, str]:
     if resolved != root and not resolved.is_relative_to(root):
         raise ApiError(
             422, "path_outside_artifact_dir",
-            f"'{given}' is outside the artifact directory {root}; copy the version there and pass its "
-            "path relative to LETHE_ARTIFACT_DIR.",
-            {"path": given, "artifact_dir": str(root)},
+            f"'{given}' is outside the artifact directory; copy the version there and pass its path relative "
+            "to LETHE_ARTIFACT_DIR.", {"path": given},
         )
     if not resolved.exists():
-        raise ApiError(422, "version_dir_missing", f"No directory at '{given}' under {root}.",
+        raise ApiError(422, "version_dir_missing", f"No directory at '{given}' in the artifact directory.",
                        {"path": given})
     if not resolved.is_dir():
         raise ApiError(422, "version_dir_not_a_directory", f"'{given}' is a file, not a version directory.",
@@ -49,69 +53,21 @@ def resolve_inside(artifact_dir: Path, given: str) -> tuple[Path, str]:
     return resolved, resolved.relative_to(root).as_posix()
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(422, "invalid_json_file", f"{path.name} could not be read as JSON: {exc}",
-                       {"file": path.name}) from exc
-
-
-def parse_clients(raw: Any) -> dict[str, dict[str, Any]]:
-    """``{"clients": {"0": {"n_samples": 123, "pair_ids": [...]}}}`` -> ``{"0": {...}}`` (ids as str)."""
-    clients = raw.get("clients") if isinstance(raw, dict) else None
-    if not isinstance(clients, dict):
-        raise ApiError(422, "invalid_clients_json",
-                       'clients.json must look like '
-                       '{"clients": {"<id>": {"n_samples": N, "pair_ids": [...]}}}.')
-    parsed: dict[str, dict[str, Any]] = {}
-    for client_id, entry in clients.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("pair_ids", []), list):
-            raise ApiError(422, "invalid_clients_json",
-                           f"clients.json: client {client_id!r} needs an object with a 'pair_ids' list.")
-        pair_ids = [str(pair_id) for pair_id in entry.get("pair_ids", [])]
-        n_samples = entry.get("n_samples", len(pair_ids))
-        parsed[str(client_id)] = {"n_samples": n_samples, "pair_ids": pair_ids,
-                                  "excluded": bool(entry.get("excluded", False))}
-    return parsed
-
-
-def hash_files(directory: Path) -> tuple[list[dict[str, Any]], str]:
-    """sha256 of every regular file, and a directory hash over the sorted (path, digest) lines."""
-    root = directory.resolve()
-    files = []
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        if not path.resolve().is_relative_to(root):
-            raise ApiError(422, "path_outside_artifact_dir",
-                           f"{path.relative_to(directory)} links outside the version directory.")
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            while chunk := handle.read(CHUNK):
-                digest.update(chunk)
-        files.append({"path": path.relative_to(directory).as_posix(), "size": path.stat().st_size,
-                      "sha256": digest.hexdigest()})
-    combined = hashlib.sha256()
-    for entry in files:
-        combined.update(f"{entry['path']}\0{entry['sha256']}\n".encode())
-    return files, "sha256:" + combined.hexdigest()
-
-
 def read_version_directory(artifact_dir: Path, given: str) -> VersionDirectory:
+    """Everything the service records of a version, validated before anything is written."""
     path, relative = resolve_inside(artifact_dir, given)
-    manifest_file = next((path / name for name in MANIFEST_NAMES if (path / name).is_file()), None)
-    if manifest_file is None:
-        raise ApiError(422, "manifest_missing",
-                       f"'{given}' has neither manifest.json nor metadata.json.", {"path": given})
-    clients_file = path / CLIENTS_NAME
-    if not clients_file.is_file():
-        raise ApiError(422, "clients_missing", f"'{given}' has no clients.json (the federation's ledger of "
-                       "clients and their pair ids).", {"path": given})
-    manifest = _read_json(manifest_file)
-    if not isinstance(manifest, dict):
-        raise ApiError(422, "invalid_manifest", f"{manifest_file.name} must hold a JSON object.")
-    clients = parse_clients(_read_json(clients_file))
-    files, content_hash = hash_files(path)
-    return VersionDirectory(path, relative, manifest, clients, files, content_hash)
+    descriptor = next((path / name for name in DESCRIPTOR_FILES if (path / name).is_file()), None)
+    try:
+        if descriptor is None:
+            raise FormatError("manifest_missing", f"'{given}' has neither manifest.json nor metadata.json.",
+                              {"path": given})
+        manifest = read_json_object(descriptor)
+        clients = read_clients(path)
+        digests = directory_digests(path)
+    except FormatError as exc:
+        raise format_error(exc) from None
+    return VersionDirectory(path, relative, manifest, clients.to_json()["clients"],
+                            [d.to_json() for d in digests], content_hash(digests))
 
 
 class _Sink:
@@ -137,13 +93,21 @@ class _Sink:
         return data
 
 
-def stream_zip(directory: Path, prefix: str) -> Iterator[bytes]:
-    """Zip (stored, zip64) the directory's files chunk by chunk, without a temporary file."""
+def version_files(directory: Path) -> list[tuple[str, Path]]:
+    """The regular files of a version directory (ApiError 409 if it holds a link or special file)."""
+    try:
+        return regular_files(directory)
+    except FormatError as exc:
+        raise ApiError(409, "version_tampered", "The version directory holds a link or special file and is not "
+                       "served; an operator must restore it from the signed artifact.", exc.details) from None
+
+
+def stream_zip(files: list[tuple[str, Path]], prefix: str) -> Iterator[bytes]:
+    """Zip (stored, zip64) the given files chunk by chunk, without a temporary file."""
     sink = _Sink()
     with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-            name = f"{prefix}/{path.relative_to(directory).as_posix()}"
-            with path.open("rb") as source, archive.open(name, mode="w", force_zip64=True) as target:
+        for relative, path in files:
+            with path.open("rb") as source, archive.open(f"{prefix}/{relative}", mode="w", force_zip64=True) as target:
                 while chunk := source.read(CHUNK):
                     target.write(chunk)
                     yield sink.drain()

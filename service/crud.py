@@ -17,8 +17,9 @@ from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
+from lethe_format import ClientsIndex, TargetError
 from service import lifecycle
-from service.artifacts import read_version_directory
+from service.artifacts import format_error, read_version_directory
 from service.audit import append_event, canonical_json
 from service.auth import Principal
 from service.errors import ApiError
@@ -161,32 +162,24 @@ def register_version(
     return version, True
 
 
-_EXCLUDED_KEY = "\0excluded"  # a key no client id has (ids are stripped, printable strings)
-
-
 class _ClientIndexCache:
-    """client id -> frozenset of pair ids, per version id (versions never change once recorded)."""
+    """The validated clients.json (``ClientsIndex``) per version id (a recorded version never changes)."""
 
     def __init__(self, capacity: int = 16):
         self.capacity = capacity
-        self._items: OrderedDict[int, dict[str, frozenset[str]]] = OrderedDict()
+        self._items: OrderedDict[int, ClientsIndex] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, version: ModelVersion) -> dict[str, frozenset[str]]:
+    def get(self, version: ModelVersion) -> ClientsIndex:
         return self.get_by_id(version.id, lambda: version.clients)
 
-    def get_by_id(self, version_id: int, load_clients: Callable[[], dict | None]) -> dict[str, frozenset[str]]:
-        """The index of version ``version_id``; ``load_clients()`` gives its clients.json on a miss."""
+    def get_by_id(self, version_id: int, load_clients: Callable[[], dict | None]) -> ClientsIndex:
+        """The index of version ``version_id``; ``load_clients()`` gives its recorded clients on a miss."""
         with self._lock:
             if version_id in self._items:
                 self._items.move_to_end(version_id)
                 return self._items[version_id]
-        clients = load_clients() or {}
-        index = {
-            client_id: frozenset(str(pair) for pair in entry.get("pair_ids", []))
-            for client_id, entry in clients.items()
-        }
-        index[_EXCLUDED_KEY] = frozenset(cid for cid, entry in clients.items() if entry.get("excluded"))
+        index = ClientsIndex.parse({"clients": load_clients() or {}})
         with self._lock:
             self._items[version_id] = index
             while len(self._items) > self.capacity:
@@ -199,11 +192,6 @@ class _ClientIndexCache:
 
 
 client_index_cache = _ClientIndexCache()
-
-
-def excluded_clients(version: ModelVersion) -> frozenset[str]:
-    """Clients marked ``"excluded": true`` in clients.json (cached with the pair-id index)."""
-    return client_index_cache.get(version).get(_EXCLUDED_KEY, frozenset())
 
 
 @dataclass(frozen=True)
@@ -241,36 +229,15 @@ def latest_version_key(session: Session, model_name: str) -> VersionKey:
 
 
 def check_erasure_target(session: Session, version: VersionKey, body: ErasureRequestCreate) -> None:
-    """Check the client and pair ids against the version's clients.json (422 naming what is wrong). The
-    client and pair-id index of a version is cached by version id (a recorded version never changes)."""
+    """The one target rule (``lethe_format``: known, not excluded, not erased; pair ids the client's) against
+    the version's clients.json, cached by version id. Errors name nothing the caller did not send."""
     index = client_index_cache.get_by_id(
         version.id, lambda: session.scalar(_VERSION_CLIENTS.where(ModelVersion.id == version.id)))
-    if body.client_id in index.get(_EXCLUDED_KEY, frozenset()):
-        raise ApiError(
-            422, "client_excluded",
-            f"Client '{body.client_id}' was excluded from training version {version.version} of "
-            f"'{body.model}': it contributed nothing to erase.",
-            {"model": body.model, "version": version.version, "client_id": body.client_id},
-        )
-    if body.client_id not in index or body.client_id == _EXCLUDED_KEY:
-        known = sorted(cid for cid in index if cid != _EXCLUDED_KEY)
-        raise ApiError(
-            422, "unknown_client",
-            f"Client '{body.client_id}' is not in version {version.version} of '{body.model}'.",
-            {"model": body.model, "version": version.version, "client_id": body.client_id,
-             "known_clients": known[:50], "known_clients_total": len(known)},
-        )
-    if body.scope == "samples":
-        owned = index[body.client_id]
-        foreign = [pair for pair in body.pair_ids or [] if pair not in owned]
-        if foreign:
-            raise ApiError(
-                422, "pair_ids_not_in_client",
-                f"{len(foreign)} of {len(body.pair_ids or [])} pair ids do not belong to client "
-                f"'{body.client_id}' in version {version.version} of '{body.model}'.",
-                {"client_id": body.client_id, "version": version.version, "count": len(foreign),
-                 "examples": foreign[:10]},
-            )
+    try:
+        index.check_target(body.scope, body.client_id, body.pair_ids,
+                           where=f"version {version.version} of '{body.model}'")
+    except TargetError as exc:
+        raise format_error(exc, model=body.model, version=version.version) from None
 
 
 # --------------------------------------------------------------------------- erasure requests

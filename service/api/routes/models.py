@@ -11,7 +11,7 @@ from sqlalchemy.orm import selectinload
 
 from service import crud
 from service.api.deps import AggregatorOnly, CurrentPrincipal, SessionDep, SettingsDep, link
-from service.artifacts import resolve_inside, stream_zip
+from service.artifacts import resolve_inside, stream_zip, version_files
 from service.auth import Principal
 from service.models import Model, ModelVersion
 from service.schemas import ClientSummary, ModelOut, ModelVersionOut, VersionRegister
@@ -92,9 +92,10 @@ def download_version(name: ModelName, version: int, session: SessionDep, setting
     """The version directory as a zip stream (stored, not compressed: weights do not compress)."""
     record = crud.require_version(session, name, version)
     directory, _ = resolve_inside(settings.artifact_dir, record.path)
+    files = version_files(directory)  # before the answer starts: a link is refused, never followed
     prefix = f"{name}-v{record.version}"
     return StreamingResponse(
-        stream_zip(directory, prefix), media_type="application/zip",
+        stream_zip(files, prefix), media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{prefix}.zip"',
                  "X-Content-Hash": record.content_hash},
     )
