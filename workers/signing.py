@@ -15,7 +15,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-SIGNATURE_NAME = "model.sig"
+from lethe_format import layout
+
+SIGNATURE_NAME = layout.SIGNATURE
 
 
 class SigningError(RuntimeError):

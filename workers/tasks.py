@@ -37,6 +37,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from lethe_format import FormatError
 from service import crud, lifecycle
 from service.audit import append_event, jsonable
 from service.db import Database
@@ -98,6 +99,14 @@ def _database(url: str) -> Database:
     return Database(url)
 
 
+@lru_cache(maxsize=1)
+def data_cache():
+    """The federation data and tokenised captions of recent jobs, kept for the life of the worker process."""
+    from ease_engine.federation.data_cache import FederationDataCache
+
+    return FederationDataCache(capacity=2)
+
+
 def default_context() -> WorkerContext:
     settings = get_settings()
     return WorkerContext(settings, WorkerSettings.from_env(), _database(settings.database_url))
@@ -139,12 +148,14 @@ def process_request(request_id: str | uuid.UUID, context: WorkerContext | None =
         try:
             request = lifecycle.load_for_update(session, request_id)
         except lifecycle.RequestNotFound:
+            outcome = _count("skipped", began)  # counted before the log line (observers wait for the line)
             logger.warning("erasure request %s does not exist; task ignored", request_id)
-            return _count("skipped", began)
+            return outcome
         status, model_name = request.status, request.model_name
     if status not in (RequestStatus.QUEUED.value, RequestStatus.RUNNING.value):
+        outcome = _count("skipped", began)  # counted before the log line (observers wait for the line)
         logger.info("erasure request %s is %s; task ignored", request_id, status)
-        return _count("skipped", began)
+        return outcome
     metrics.IN_PROGRESS.inc()
     try:
         with model_lock(context.db, context.artifact_dir, model_name, context.worker_settings.lock_wait_seconds):
@@ -188,7 +199,7 @@ def _start(request_id: uuid.UUID, context: WorkerContext) -> _Job | str:
         resumed = request.status == RequestStatus.RUNNING.value
         model = crud.get_model(session, request.model_name)
         base = crud.latest_version(session, model) if model is not None else None
-        problem = "the model has no version" if base is None else _target_problem(context, base, request)
+        problem = "the model has no version" if base is None else _target_problem(base, request)
         if problem:
             if resumed:
                 lifecycle.mark_failed(session, request, {"error_type": "RejectedError", "message": problem})
@@ -206,26 +217,14 @@ def _start(request_id: uuid.UUID, context: WorkerContext) -> _Job | str:
                     list(request.pair_ids) if request.pair_ids else None, base.path, base.version, resumed)
 
 
-def _target_problem(context: WorkerContext, base: ModelVersion, request) -> str | None:
-    """Why the request cannot run on ``base`` (None if it can): the client must be in its clients.json,
-    not erased already; pairs must still be there."""
-    clients_file = context.artifact_dir / base.path / "clients.json"
+def _target_problem(base: ModelVersion, request) -> str | None:
+    """Why the request cannot run on ``base`` (None if it can): the format's one target rule against the
+    clients the version was registered with."""
     try:
-        clients = json.loads(clients_file.read_text())["clients"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return f"version {base.version} has no readable clients.json ({exc})"
-    entry = clients.get(str(request.client_id))
-    if entry is None:
-        return f"client {request.client_id} is not in version {base.version}"
-    if entry.get("erased"):
-        return f"client {request.client_id} was already erased from version {base.version}"
-    if entry.get("excluded"):
-        return f"client {request.client_id} did not take part in training version {base.version}"
-    if request.scope == "samples":
-        remaining = set(map(str, entry.get("pair_ids", [])))
-        gone = [pair for pair in request.pair_ids or [] if str(pair) not in remaining]
-        if gone:
-            return f"{len(gone)} pair id(s) are no longer in version {base.version}, e.g. {gone[:3]}"
+        crud.client_index_cache.get(base).check_target(
+            request.scope, request.client_id, request.pair_ids, where=f"version {base.version}")
+    except FormatError as exc:
+        return exc.message
     return None
 
 
@@ -315,7 +314,7 @@ def _erase_and_publish(job: _Job, context: WorkerContext) -> str:
 
     clock.enter(Stage.LOADING.value)
     result = erase_fn(context.artifact_dir / job.base_path, target, ws.method, dict(ws.params), out_dir, gates,
-                      on_stage=on_stage, device=ws.device)
+                      on_stage=on_stage, device=ws.device, data_cache=data_cache())
     figures = _figures(job, ws.method, result, gates, out_dir if result.version_dir is not None else None)
 
     if result.version_dir is None:

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from workers.cli import app
-from workers.demo import DemoError, federation_identity, prepare_workdir
+from lethe_cli.demo import DemoError, federation_identity, prepare_workdir
+from lethe_cli.main import app
 from workers.signing import verify_directory
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,7 +31,7 @@ def run_demo(cwd: Path, federation: Path, workdir: Path, gates: dict) -> subproc
     env = {key: value for key, value in os.environ.items() if not key.startswith("LETHE_")}
     env.update({"PYTHONPATH": str(REPO), "LETHE_GATES_JSON": json.dumps(gates),
                 "LETHE_ERASE_PARAMS_JSON": json.dumps(ERASE_PARAMS), "NO_COLOR": "1"})
-    return subprocess.run([sys.executable, "-m", "workers.cli", "demo", "--federation", str(federation),
+    return subprocess.run([sys.executable, "-m", "lethe_cli.main", "demo", "--federation", str(federation),
                            "--workdir", str(workdir), "--timeout", "180"],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 

@@ -180,6 +180,9 @@ def test_full_life_cycle_through_rest_with_a_real_worker(live):
                  SIGNATURE_NAME):
         assert (directory / name).is_file(), name
     assert json.loads((directory / "clients.json").read_text())["clients"]["0"]["erased"] is True
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert v2.content_hash == manifest["content_hash"], "one content hash: the database's is the manifest's"
+    assert v1.content_hash == manifest["parent"]["content_hash"]
     assert not any((live.settings.artifact_dir / MODEL / ".staging").iterdir())
 
     public = live.settings.signing_key.with_name(live.settings.signing_key.name + ".pub")

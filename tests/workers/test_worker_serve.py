@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from workers.serve import child_environment, dispatcher_command, dispatcher_placement, worker_command
+from lethe_cli.serve import child_environment, dispatcher_command, dispatcher_placement, worker_command
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,8 +53,8 @@ def test_serve_starts_api_and_worker_and_stops_on_ctrl_c(tmp_path):
                 "PYTHONPATH": str(REPO)})
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "workers.cli", "serve", "--port", str(port), "--grace", "10"],
-                                   cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([sys.executable, "-m", "lethe_cli.main", "serve", "--port", str(port),
+                                    "--grace", "10"], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 90
         while True:

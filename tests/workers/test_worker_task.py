@@ -20,6 +20,7 @@ from worker_helpers import MODEL, bearer
 from ease_engine.erasure import ErasureResult
 from ease_engine.unlearning.base import Cost, UnlearningError
 from ease_engine.verification.report import Gate, VerificationReport
+from lethe_format import read_clients
 from service import lifecycle
 from service.models import AuditEvent, ErasureRequest, ModelVersion
 from workers import metrics
@@ -60,9 +61,8 @@ class FakeEngine:
             return ErasureResult(report, outcome, None)
         on_stage("signing", 0.9)
         shutil.copytree(version_dir, out_dir)
-        clients = json.loads((out_dir / "clients.json").read_text())
-        clients["clients"][str(target.client)]["erased"] = True
-        (out_dir / "clients.json").write_text(json.dumps(clients))
+        clients = read_clients(out_dir).after_erasure(target.scope, str(target.client), target.pair_ids)
+        (out_dir / "clients.json").write_text(json.dumps(clients.to_json()))
         (out_dir / "open_clip_model.safetensors").write_bytes(os.urandom(256))
         (out_dir / "manifest.json").write_text(json.dumps(
             {"parent": {"path": str(version_dir)}, "erasure": {"method": method, "parameters": {"steps": 2}}}))
@@ -215,9 +215,9 @@ def test_transient_error_propagates_and_the_retry_resumes(context, registered, s
 
 def test_already_erased_client_is_rejected(context, registered, submit, db):
     first = submit("0")
+    second = submit("0")  # accepted on v1, before the first erasure is published
     assert process_request(first, context) == "published"
-    second = submit("0")  # clients.json of v2 marks client 0 erased
-    assert process_request(second, context) == "rejected"
+    assert process_request(second, context) == "rejected"  # clients.json of v2 marks client 0 erased
     assert "already erased" in request_row(db, second).failure["message"]
     assert len(versions(db)) == 2
 
