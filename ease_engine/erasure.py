@@ -5,31 +5,31 @@ benchmark's ablations); a bad target or unknown parameters fail before any work 
 The new version is a directory written in one rename:
 
     open_clip_config.json, open_clip_model.safetensors, lethe_model.json, metadata.json
-    clients.json        the erased client marked "erased" (client scope) or its pairs removed
+    clients.json        the erased pairs removed, only their hashes kept; client scope marks the client erased
     ledger/             the parent's ledger without the erased client (client scope)
     forget_lock/        the Forget Lock (EASE), for aggregators continuing the federation
     verification.json   figures, reference and every gate with its threshold
-    manifest.json       parent (path and content hash), the erasure, and every file's sha256
+    manifest.json       parent (name and content hash), the erasure, file digests and THE content hash
+                        (``lethe_format``: the same value the service records)
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from ease_engine.atomic import new_directory, write_json
+from ease_engine.federation.data_cache import FederationDataCache
 from ease_engine.models.version_io import write_model_files
 from ease_engine.unlearning import ErasureTarget, UnlearningContext, UnlearningError, UnlearningOutcome, get_method
 from ease_engine.verification.report import GateConfig, VerificationReport, evaluate_splits, verification_splits, verify
+from lethe_format import build_manifest, content_hash, directory_digests, layout
 
-MANIFEST_FORMAT = "lethe-version/1"
 StageCallback = Callable[[str, float], None]
 
 
@@ -38,32 +38,6 @@ class ErasureResult:
     report: VerificationReport
     outcome: UnlearningOutcome
     version_dir: Path | None
-
-
-SIGNATURE_SUFFIXES = (".sig", ".sigstore")
-
-
-def file_digests(directory: Path) -> dict[str, str]:
-    """sha256 of every file under ``directory`` (relative POSIX paths); the manifest and signatures excluded."""
-    out = {}
-    for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
-        rel = path.relative_to(directory).as_posix()
-        if rel == "manifest.json" or rel.endswith(SIGNATURE_SUFFIXES):
-            continue
-        h = hashlib.sha256()
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        out[rel] = h.hexdigest()
-    return out
-
-
-def content_hash(digests: dict[str, str]) -> str:
-    """``sha256:`` over the sorted ``path NUL digest`` lines (the service's directory-hash line format)."""
-    combined = hashlib.sha256()
-    for path in sorted(digests):
-        combined.update(f"{path}\0{digests[path]}\n".encode())
-    return "sha256:" + combined.hexdigest()
 
 
 def probe_for(context: UnlearningContext, target: ErasureTarget) -> tuple[str, str] | None:
@@ -94,7 +68,11 @@ def erase(
     on_stage: StageCallback | None = None,
     publish_on_failure: bool = False,
     device: str = "cpu",
+    data_cache: FederationDataCache | None = None,
 ) -> ErasureResult:
+    """Erase ``target`` from the version at ``version_dir`` with ``method``; write ``out_dir`` only if
+    every gate passes. ``context``: an already loaded version (else it is loaded on ``device``, with
+    ``data_cache``); from then on the context's device is the one used."""
     version_dir = Path(version_dir)
     stage = on_stage or (lambda name, progress: None)
     gates = gates or GateConfig()
@@ -104,7 +82,8 @@ def erase(
     if out_dir is not None and Path(out_dir).exists():
         raise UnlearningError(f"{out_dir} already exists; choose a new directory for the erased version")
     stage("loading", 0.0)
-    context = context or UnlearningContext.load(version_dir, device)
+    context = context or UnlearningContext.load(version_dir, device, data_cache)
+    device = context.device
     context.check_target(target)
     context.on_stage = stage
     stage("excising", 0.1)
@@ -149,8 +128,8 @@ def write_erased_version(
     outcome: UnlearningOutcome,
     report: VerificationReport,
 ) -> Path:
-    parent_digests = file_digests(parent_dir)
-    parent_meta = json.loads((parent_dir / "metadata.json").read_text())
+    parent_hash = content_hash(directory_digests(parent_dir))
+    parent_meta = json.loads((parent_dir / layout.METADATA).read_text())
     with new_directory(out_dir) as tmp:
         metadata = {
             **{k: v for k, v in parent_meta.items() if k in ("config", "model_fingerprint", "trainable_parameters")},
@@ -158,45 +137,29 @@ def write_erased_version(
             "parent": parent_dir.name,
         }
         write_model_files(outcome.bundle, tmp, metadata)
-        clients = json.loads((parent_dir / "clients.json").read_text())
-        entry = clients["clients"][str(target.client)]
-        if target.scope == "client":
-            entry["erased"] = True
-        else:
-            gone = set(target.pair_ids)
-            entry["pair_ids"] = [p for p in entry["pair_ids"] if p not in gone]
-            entry["n_samples"] = len(entry["pair_ids"])
-            entry["erased_pairs"] = sorted(set(entry.get("erased_pairs", [])) | gone)
-        write_json(tmp / "clients.json", clients)
+        clients = context.clients.after_erasure(target.scope, str(target.client), target.pair_ids)
+        write_json(tmp / layout.CLIENTS, clients.to_json())
         if context.ledger is not None:
             ledger = context.ledger
             if target.scope == "client":
                 ledger = copy.copy(ledger)
                 ledger.records = {k: v for k, v in context.ledger.records.items() if k != target.client}
-            ledger.save(tmp / "ledger")
+            ledger.save(tmp / layout.LEDGER_DIR)
         if outcome.lock is not None:
-            outcome.lock.save(tmp / "forget_lock")
-        write_json(tmp / "verification.json", report.model_dump(mode="json"))
-        write_json(tmp / "metrics.json", report.metrics)
-        digests = file_digests(tmp)
-        write_json(
-            tmp / "manifest.json",
-            {
-                "format": MANIFEST_FORMAT,
-                "created_at": datetime.now(UTC).isoformat(),
-                "parent": {"name": parent_dir.name, "content_hash": content_hash(parent_digests)},
-                "erasure": {
-                    "scope": target.scope,
-                    "client": target.client,
-                    "pair_ids": list(target.pair_ids) if target.pair_ids else None,
-                    "method": method,
-                    "parameters": params,
-                    "wall_seconds": outcome.wall_seconds,
-                    "cost": outcome.cost.__dict__,
-                    "gates_passed": report.passed,
-                },
-                "files": digests,
-                "content_hash": content_hash(digests),
-            },
-        )
+            outcome.lock.save(tmp / layout.FORGET_LOCK_DIR)
+        write_json(tmp / layout.VERIFICATION, report.model_dump(mode="json"))
+        write_json(tmp / layout.METRICS, report.metrics)
+        erasure = {
+            "scope": target.scope,
+            "client": target.client,
+            "pair_count": len(target.pair_ids) if target.pair_ids else None,
+            "method": method,
+            "parameters": params,
+            "wall_seconds": outcome.wall_seconds,
+            "cost": outcome.cost.__dict__,
+            "gates_passed": report.passed,
+        }
+        manifest = build_manifest(directory_digests(tmp), {"name": parent_dir.name, "content_hash": parent_hash},
+                                  erasure)
+        write_json(tmp / layout.MANIFEST, manifest)
     return out_dir

@@ -1,6 +1,6 @@
 """Benchmark of the foundation: the default federation, its retrain reference, the ledger.
 
-    python -m ease_engine.benchmarks.federation [--quick] [--out runs/bench-federation]
+    python -m lethe_bench.federation [--quick] [--out runs/bench-federation]
 
 Trains the default federation and the same schedule without the exclusive client, each in
 its own process (wall time and peak resident memory per run), evaluates both on the
@@ -22,11 +22,11 @@ import time
 from datetime import date
 from pathlib import Path
 
-from ease_engine.benchmarks.markdown import replace_section, table
-from ease_engine.evaluation.report import evaluate_version
+from ease_engine.configs import DEFAULT_CONFIG
 from ease_engine.federation.config import FederationConfig, load_config
+from ease_engine.federation.version_eval import evaluate_version
+from lethe_bench.markdown import replace_section, table
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
 QUICK_OVERRIDES = {
     "data": {"scenes": {"n_train": 300, "n_test": 80}},
     "partition": {"n_clients": 3, "n_shared_per_owner": 20},
@@ -47,7 +47,7 @@ def _run_federation_process(config_path: Path, out: Path, exclude: list[int]) ->
     cmd = [
         sys.executable,
         "-m",
-        "ease_engine.cli",
+        "lethe_cli.main",
         "federate",
         "--config",
         str(config_path),
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     config = load_config(args.config)
     if args.quick:
         config = FederationConfig.model_validate(_merge(config.model_dump(), QUICK_OVERRIDES))
-    command = "python -m ease_engine.benchmarks.federation" + (" --quick" if args.quick else "")
+    command = "python -m lethe_bench.federation" + (" --quick" if args.quick else "")
     result = run(config, args.out, None if args.quick else args.docs, command, reuse=args.reuse)
     ev = result["evaluation"]
     for name in ("original", "retrain"):

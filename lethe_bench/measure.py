@@ -52,7 +52,7 @@ class Bench:
         splits = verification_splits(
             setup.train, setup.test, context.forget_items(target), context.retain_items(target), gates
         )
-        return cls(context, target, splits, probe_for(context, target), setup.config.training.device)
+        return cls(context, target, splits, probe_for(context, target), setup.device)
 
     def measure(self, bundle: ClipBundle) -> Measurement:
         recall, probe = evaluate_splits(bundle, self.splits, self.probe, self.device)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ease_engine.benchmarks.measure import Bench
 from ease_engine.federation.fedavg import fedavg_round, round_participants
 from ease_engine.linalg.forget_lock import ForgetLock
 from ease_engine.models.factory import ClipBundle
 from ease_engine.verification.membership import membership_inference
 from ease_engine.verification.report import evaluate_splits
+from lethe_bench.measure import Bench
 
 
 def continue_training(

@@ -1,7 +1,7 @@
 """The unlearning benchmark: every method against the retrain reference, in one run.
 
     lethe bench [--quick] [--base runs/bench-federation] [--skip-samples]
-    python -m ease_engine.benchmarks.unlearning ...
+    python -m lethe_bench.unlearning ...
 
 Client scope: erase the exclusive client of the default federation. The reference is the
 federation trained without it (``<base>/retrain``, made by the federation benchmark, or
@@ -27,14 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ease_engine.benchmarks.markdown import replace_section, table
-from ease_engine.benchmarks.measure import DIRECTIONS, SPLITS, Bench, Measurement, gaps
-from ease_engine.benchmarks.reactivation import continue_training
 from ease_engine.federation.config import FederationConfig
 from ease_engine.federation.fedavg import run_federation
 from ease_engine.models.version_io import load_version
 from ease_engine.unlearning import METHODS, ErasureTarget, UnlearningContext
 from ease_engine.unlearning.base import BYTES_PER_NUMBER
+from lethe_bench.markdown import replace_section, table
+from lethe_bench.measure import DIRECTIONS, SPLITS, Bench, Measurement, gaps
+from lethe_bench.reactivation import continue_training
 
 # (row label, method, parameters): EASE's ablations are rows of their own
 ROWS: list[tuple[str, str, dict]] = [
@@ -350,9 +350,9 @@ def main(argv: list[str] | None = None) -> None:
 
     base = args.base
     if args.quick:
-        from ease_engine.benchmarks.federation import QUICK_OVERRIDES, _merge
-        from ease_engine.cli import DEFAULT_CONFIG
+        from ease_engine.configs import DEFAULT_CONFIG
         from ease_engine.federation.config import load_config
+        from lethe_bench.federation import QUICK_OVERRIDES, _merge
 
         base = base.with_name(base.name + "-quick")
         config = FederationConfig.model_validate(_merge(load_config(DEFAULT_CONFIG).model_dump(), QUICK_OVERRIDES))
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
         args.rounds = min(args.rounds, 1)
     for needed in ("original", "retrain"):
         if not (base / needed / "metrics.json").is_file():
-            raise SystemExit(f"{base / needed} is missing: run `python -m ease_engine.benchmarks.federation` first")
+            raise SystemExit(f"{base / needed} is missing: run `python -m lethe_bench.federation` first")
     context = UnlearningContext.load(base / "original")
     config = context.config
     owner = next(iter(config.partition.owners))

@@ -1,4 +1,4 @@
-"""``lethe token ...`` and ``lethe db ...``: typer sub-apps mounted into the ``lethe`` command::
+"""``lethe token ...`` and ``lethe db ...``: typer sub-apps mounted into the ``lethe`` command (torch-free)::
 
     app.add_typer(token_app, name="token")
     app.add_typer(db_app, name="db")

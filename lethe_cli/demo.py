@@ -39,7 +39,7 @@ from typing import Any
 import httpx
 import typer
 
-from workers.serve import Child, Supervisor, api_command, child_environment, worker_command
+from lethe_cli.serve import Child, Supervisor, api_command, child_environment, worker_command
 
 HOST = "127.0.0.1"
 MARKER = ".lethe-demo"
@@ -172,8 +172,9 @@ def obtain_federation(federation: Path | None, config: Path) -> Path:
             raise DemoError(f"--federation {federation}: no such directory")
         _say(f"federation: {_show(federation)} (given)")
         return federation.resolve()
-    from ease_engine.cli import DEFAULT_RUN_DIR, _setup_logging
     from ease_engine.federation.config import ConfigError, load_config
+    from lethe_cli.engine import DEFAULT_RUN_DIR
+    from lethe_cli.logs import setup_logging
 
     try:
         cfg = load_config(config)
@@ -185,7 +186,7 @@ def obtain_federation(federation: Path | None, config: Path) -> Path:
         return out.resolve()
     from ease_engine.federation.fedavg import run_federation
 
-    _setup_logging()
+    setup_logging()
     _say(f"federation: training {cfg.name!r} ({cfg.partition.n_clients} clients, {cfg.training.rounds} rounds, "
          f"{cfg.data.scenes.n_train} scenes) into {_show(out)}; a few minutes on CPU, resumable if interrupted")
     began = time.monotonic()

@@ -1,32 +1,21 @@
-"""The ``lethe`` command line (engine commands; the service adds its own sub-commands)."""
+"""The engine's commands of ``lethe``: federate, evaluate, federation-demo, erase, methods, bench."""
 
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from ease_engine.configs import DEFAULT_CONFIG
 from ease_engine.data.errors import DataError
+from lethe_cli.logs import setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Lethe: verified erasure for federated CLIP.")
+HELP = app.info.help
 
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.toml"
 DEFAULT_RUN_DIR = Path("runs")
-
-
-class _QuietOpenClip(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "No pretrained weights loaded" not in record.getMessage()
-
-
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_QuietOpenClip())
 
 
 def _fail(message: str) -> None:
@@ -51,7 +40,7 @@ def federate(
     from ease_engine.federation.config import ConfigError, load_config
     from ease_engine.federation.fedavg import FederationError, run_federation
 
-    _setup_logging()
+    setup_logging()
     try:
         cfg = load_config(config)
         if exclude:
@@ -79,10 +68,10 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Recall@1/5/10 (both directions) of a version on data splits, and the concept probe."""
-    from ease_engine.evaluation.report import evaluate_version
+    from ease_engine.federation.version_eval import evaluate_version
     from ease_engine.models.factory import ModelError
 
-    _setup_logging()
+    setup_logging()
     try:
         result = evaluate_version(version, split or ["test"], probe, gallery=gallery)
     except (DataError, ModelError, ValueError, FileNotFoundError) as exc:
@@ -96,17 +85,17 @@ def evaluate(
         typer.echo(f"probe {name:<16} accuracy={p['accuracy']:.1f}%  chance={p['chance']:.1f}%  (n={p['n_images']})")
 
 
-@app.command()
-def demo(
+@app.command("federation-demo")
+def federation_demo(
     out: Annotated[Path, typer.Option(help="where the default federation is written")] = DEFAULT_RUN_DIR / "default",
     config: Annotated[Path, typer.Option("--config", "-c")] = DEFAULT_CONFIG,
 ) -> None:
-    """The main job on the embedded default: train (or reuse) the default federation, evaluate it."""
-    from ease_engine.evaluation.report import evaluate_version
+    """Train (or reuse) the default federation and evaluate it (no service; `lethe demo` runs the whole service)."""
     from ease_engine.federation.config import load_config
     from ease_engine.federation.fedavg import run_federation
+    from ease_engine.federation.version_eval import evaluate_version
 
-    _setup_logging()
+    setup_logging()
     cfg = load_config(config)
     if (out / "metrics.json").is_file():
         typer.echo(f"reusing the federation in {out} (delete it to retrain)")
@@ -139,7 +128,7 @@ def erase(
     from ease_engine.erasure import erase as run_erasure
     from ease_engine.unlearning import ErasureTarget, UnlearningError
 
-    _setup_logging()
+    setup_logging()
     try:
         pair_ids = None
         if pairs is not None:
@@ -169,11 +158,11 @@ def erase(
 def bench(ctx: typer.Context) -> None:
     """Run every unlearning method against the retrain reference and write docs/benchmarks.md.
 
-    Options are those of `python -m ease_engine.benchmarks.unlearning --help` (--quick, --base, --skip-samples).
+    Options are those of `python -m lethe_bench.unlearning --help` (--quick, --base, --skip-samples).
     """
-    from ease_engine.benchmarks.unlearning import main as bench_main
+    from lethe_bench.unlearning import main as bench_main
 
-    _setup_logging()
+    setup_logging()
     bench_main(list(ctx.args))
 
 
@@ -185,11 +174,3 @@ def methods() -> None:
     for name, spec in METHODS.items():
         fields = ", ".join(f"{k}={v.default!r}" for k, v in spec.params.model_fields.items())
         typer.echo(f"{name:<12} {spec.summary}\n{'':<12} {fields or '(no parameters)'}")
-
-
-def main() -> None:  # pragma: no cover - console entry
-    sys.exit(app())
-
-
-if __name__ == "__main__":
-    main()

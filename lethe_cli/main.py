@@ -1,9 +1,5 @@
-"""The ``lethe`` command: the engine's commands plus the service's sub-commands.
-
-It lives in ``workers`` because this is the layer allowed to import both ``ease_engine``
-(the science, which must not import the service) and ``service`` (which must not import
-torch).
-"""
+"""The ``lethe`` command: the engine's commands (``lethe_cli.engine``), the service's (serve, worker,
+dispatcher, demo, signing-key, here) and the admin sub-apps (``lethe token``, ``lethe db``)."""
 
 from __future__ import annotations
 
@@ -14,17 +10,13 @@ from typing import Annotated
 
 import typer
 
-from ease_engine.cli import DEFAULT_CONFIG
-from ease_engine.cli import app as engine_app
-from ease_engine.cli import demo as federation_demo
-from service.cli import db_app, token_app
+from ease_engine.configs import DEFAULT_CONFIG
+from lethe_cli.admin import db_app, token_app
+from lethe_cli.engine import HELP
+from lethe_cli.engine import app as engine_app
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=engine_app.info.help)
-# the engine's commands, except its `demo` (federation only): here `demo` is the whole service's
-app.registered_commands.extend(command for command in engine_app.registered_commands
-                               if command.callback is not federation_demo)
-app.command("federation-demo", help="Train (or reuse) the default federation and evaluate it (no service; "
-            "`lethe demo` runs the whole service).")(federation_demo)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP)
+app.registered_commands.extend(engine_app.registered_commands)
 app.add_typer(token_app, name="token", help="API tokens (stored hashed; the plaintext is shown once)")
 app.add_typer(db_app, name="db", help="database schema (Alembic migrations)")
 
@@ -72,9 +64,7 @@ def serve(
     """Run the service: the API (uvicorn service.app:create_app --factory), the outbox dispatcher and
     Celery worker(s) as child processes, configured from LETHE_* environment variables. Ctrl-C stops
     them cleanly."""
-    from service.db import upgrade_database
-    from service.settings import Settings
-    from workers.serve import (
+    from lethe_cli.serve import (
         Supervisor,
         api_command,
         child_environment,
@@ -82,6 +72,8 @@ def serve(
         dispatcher_placement,
         worker_command,
     )
+    from service.db import upgrade_database
+    from service.settings import Settings
 
     env, notes = child_environment()
     settings = Settings.from_env(env)
@@ -136,7 +128,7 @@ def worker(
     log_level: Annotated[str, typer.Option(help="log level")] = "info",
 ) -> None:
     """Run one Celery worker for the erasure task (what `serve` starts; for containers and GPU hosts)."""
-    from workers.serve import worker_command
+    from lethe_cli.serve import worker_command
 
     command = worker_command(os.environ.get("LETHE_TASK_QUEUE") or None, pool, concurrency, log_level)
     os.execv(command[0], command)
@@ -147,7 +139,7 @@ def dispatcher() -> None:
     """Run the outbox dispatcher as its own process (what `serve` starts on Postgres; for containers):
     it sends committed erasure requests to the broker, woken by Postgres NOTIFY. Run the API with
     LETHE_DISPATCHER_IN_API=0 beside it."""
-    from workers.serve import dispatcher_command
+    from lethe_cli.serve import dispatcher_command
 
     command = dispatcher_command()
     os.execv(command[0], command)
@@ -171,7 +163,7 @@ def demo(
     exclusive client over REST, poll it, download the JSON and PDF reports, verify the new version's
     signature and the audit chain, print where everything is and the gates, then stop. Exit code 1 if a
     gate or a check failed."""
-    from workers.demo import run_demo
+    from lethe_cli.demo import run_demo
 
     raise typer.Exit(run_demo(federation, config, workdir, keep_running=keep_running, port=port, timeout=timeout))
 

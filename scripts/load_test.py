@@ -508,7 +508,7 @@ def main() -> int:
         print(json.dumps({"results": results, "checks": checks, "targets": verdict}, indent=2))
     print(f"targets ({TARGETS}):", ", ".join(f"{name} {'met' if ok else 'NOT met'}" for name, ok in verdict.items()))
     if args.write_docs:
-        from ease_engine.benchmarks.markdown import replace_section
+        from lethe_bench.markdown import replace_section
 
         replace_section(REPO / "docs" / "benchmarks.md", "service-load",
                         report_markdown(args, command, results, checks, verdict))

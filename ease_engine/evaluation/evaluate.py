@@ -10,7 +10,6 @@ from ease_engine.data.dataset import CaptionDataset
 from ease_engine.data.scenes import probe_captions
 from ease_engine.evaluation.probe import probe_accuracy
 from ease_engine.evaluation.retrieval import recall_at_k
-from ease_engine.federation.training import image_batch
 from ease_engine.models.factory import ClipBundle
 
 
@@ -24,7 +23,7 @@ def encode_images(
     model.eval()
     items = np.arange(len(dataset)) if items is None else np.asarray(items, dtype=np.int64)
     out = [
-        F.normalize(model.encode_image(image_batch(bundle, dataset, items[i : i + batch_size], device)), dim=-1)
+        F.normalize(model.encode_image(bundle.image_batch(dataset, items[i : i + batch_size], device)), dim=-1)
         for i in range(0, len(items), batch_size)
     ]
     model.train(was_training)

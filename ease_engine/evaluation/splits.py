@@ -1,16 +1,11 @@
-"""Evaluate a saved version on named splits of the data it was trained on."""
+"""Named splits of a federation's data, galleries of one size, and Recall@K / probe on them."""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import numpy as np
 
 from ease_engine.data.dataset import CaptionDataset
 from ease_engine.evaluation.evaluate import concept_items, concept_probe, retrieval_metrics
-from ease_engine.federation.config import FederationConfig, load_federation_data
-from ease_engine.models.version_io import load_version
 
 
 def sample_gallery(dataset: CaptionDataset, size: int | None, seed: int = 0) -> CaptionDataset:
@@ -40,14 +35,6 @@ def select_split(train: CaptionDataset, test: CaptionDataset, split: str) -> Cap
     raise ValueError(f"unknown split {split!r}; use test, train, client:K or retain:K")
 
 
-def version_config(version: str | Path) -> FederationConfig:
-    """The federation config recorded in a version (it names the data the version saw)."""
-    metadata = json.loads((Path(version) / "metadata.json").read_text())
-    if "config" not in metadata:
-        raise ValueError(f"{version}: metadata.json records no federation config")
-    return FederationConfig.model_validate(metadata["config"])
-
-
 def evaluate_bundle(
     bundle, train, test, splits: list[str], probe: str | None, device: str = "cpu", gallery: int | None = None
 ) -> dict:
@@ -63,15 +50,3 @@ def evaluate_bundle(
             if len(concept_items(data, attribute, value)):
                 result["probe"][split] = concept_probe(bundle, data, attribute, value, device)
     return result
-
-
-def evaluate_version(
-    version: str | Path, splits: list[str], probe: str | None = None, device: str = "cpu", gallery: int | None = None
-) -> dict:
-    version = Path(version)
-    if not version.is_dir():
-        raise FileNotFoundError(f"version directory not found: {version}")
-    config = version_config(version)
-    bundle, _ = load_version(version, device)
-    train, test = load_federation_data(config)
-    return evaluate_bundle(bundle, train, test, splits, probe, device, gallery)

@@ -22,6 +22,7 @@ from ease_engine.data import (
 )
 from ease_engine.federation.ledger import LedgerConfig
 from ease_engine.models.config import ModelConfig
+from lethe_format import layout
 
 
 class ConfigError(ValueError):
@@ -130,3 +131,12 @@ def load_federation_data(config: FederationConfig) -> tuple[CaptionDataset, Capt
     if not held_out.any():
         raise DataError(f"{data.manifest}: no held-out lines (client_id null); the test split would be empty")
     return dataset.subset(np.flatnonzero(~held_out)), dataset.subset(np.flatnonzero(held_out))
+
+
+def version_config(version: str | Path) -> FederationConfig:
+    """The federation config recorded in a version's metadata.json (it names the data the version saw)."""
+    path = Path(version) / layout.METADATA
+    metadata = json.loads(path.read_text()) if path.is_file() else {}
+    if "config" not in metadata:
+        raise ConfigError(f"{version}: metadata.json records no federation config; it was not made by `lethe federate`")
+    return FederationConfig.model_validate(metadata["config"])

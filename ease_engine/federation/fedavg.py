@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 from ease_engine.atomic import new_directory, write_json
 from ease_engine.data.dataset import CaptionDataset
 from ease_engine.evaluation.evaluate import retrieval_metrics
-from ease_engine.federation.config import FederationConfig, load_federation_data
+from ease_engine.federation.config import FederationConfig
+from ease_engine.federation.data_cache import FederationDataCache
 from ease_engine.federation.ledger import Ledger
 from ease_engine.federation.training import EncodedCaptions, derive_seed, train_local
 from ease_engine.federation.update_store import StoredRound, save_round, store_nbytes
@@ -44,6 +45,7 @@ from ease_engine.models.blocks import (
 )
 from ease_engine.models.factory import ClipBundle, build_model
 from ease_engine.models.version_io import write_model_files
+from lethe_format import ClientsIndex, layout
 
 CHECKPOINT = "checkpoint"
 
@@ -63,6 +65,7 @@ class FederationSetup:
     captions: EncodedCaptions
     blocks: list[ParameterBlock]
     fingerprint: str
+    device: str = "cpu"  # where the model and every batch live (the config's training.device unless overridden)
 
     @property
     def clients(self) -> list[int]:
@@ -85,19 +88,33 @@ def model_fingerprint(bundle: ClipBundle, blocks: list[ParameterBlock]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def prepare_federation(config: FederationConfig) -> FederationSetup:
+def prepare_federation(
+    config: FederationConfig,
+    *,
+    bundle: ClipBundle | None = None,
+    device: str | None = None,
+    data_cache: FederationDataCache | None = None,
+) -> FederationSetup:
+    """Data, model, tokenised captions and trainable blocks of a federation.
+
+    ``bundle``: a model already loaded (a saved version), else one is built from ``config.model``
+    (the federation's initialisation). ``device``: overrides ``config.training.device`` without
+    changing the config. ``data_cache``: reuse data and tokenised captions across calls (a worker).
+    """
     if config.training.threads:
         torch.set_num_threads(config.training.threads)
-    train, test = load_federation_data(config)
-    bundle = build_model(config.model)
-    bundle.model.to(config.training.device)
-    captions = EncodedCaptions.build(bundle, train)
+    device = device or config.training.device
+    if bundle is None:
+        bundle = build_model(config.model)
+    bundle.model.to(device)
+    cache = data_cache or FederationDataCache(capacity=0)
+    train, test, captions = cache.get(config, bundle)
     rows = captions.token_ids().tolist() if config.model.mode == "full" else None
     blocks = trainable_blocks(bundle.model, rows)
     unknown = set(config.training.exclude_clients) - set(train.clients)
     if unknown:
         raise FederationError(f"exclude_clients names unknown clients {sorted(unknown)} (clients: {train.clients})")
-    return FederationSetup(config, bundle, train, test, captions, blocks, model_fingerprint(bundle, blocks))
+    return FederationSetup(config, bundle, train, test, captions, blocks, model_fingerprint(bundle, blocks), device)
 
 
 def learning_rate(config: FederationConfig, round_index: int) -> float:
@@ -158,7 +175,7 @@ def fedavg_round(
             lr=lr,
             weight_decay=tc.weight_decay,
             seed=derive_seed(tc.seed, round_index, k),
-            device=tc.device,
+            device=setup.device,
         )
         weight = sizes[k] / total
         local = read_blocks(model, setup.blocks)
@@ -210,17 +227,12 @@ def _load_checkpoint(work: Path, setup: FederationSetup) -> tuple[dict, Ledger |
     return progress, ledger
 
 
-def clients_index(train: CaptionDataset, excluded: list[int]) -> dict:
-    return {
-        "clients": {
-            str(k): {
-                "n_samples": int(len(train.client_indices(k))),
-                "pair_ids": [train.pair_ids[i] for i in train.client_indices(k)],
-                "excluded": k in excluded,
-            }
-            for k in train.clients
-        }
-    }
+def clients_index(train: CaptionDataset, excluded: list[int]) -> ClientsIndex:
+    """``clients.json`` of a trained federation: each client's pair ids; excluded clients marked."""
+    return ClientsIndex.from_pairs(
+        {str(k): [train.pair_ids[i] for i in train.client_indices(k)] for k in train.clients},
+        excluded=[str(k) for k in excluded],
+    )
 
 
 def run_federation(
@@ -286,7 +298,7 @@ def run_federation(
             "ledger_bytes": ledger.nbytes() if ledger else 0,
         }
         if tc.eval_every and (t + 1) % tc.eval_every == 0:
-            entry["test"] = retrieval_metrics(setup.bundle, setup.test, tc.device)
+            entry["test"] = retrieval_metrics(setup.bundle, setup.test, setup.device)
         history.append(entry)
         bar.set_postfix(loss=f"{loss:.3f}")
         _save_checkpoint(
@@ -303,7 +315,7 @@ def run_federation(
             return None
 
     train_seconds = sum(h["seconds"] for h in history)
-    metrics = {"test": retrieval_metrics(setup.bundle, setup.test, tc.device)} if len(setup.test) else {}
+    metrics = {"test": retrieval_metrics(setup.bundle, setup.test, setup.device)} if len(setup.test) else {}
     metadata = {
         "kind": "federation",
         "name": config.name,
@@ -320,7 +332,7 @@ def run_federation(
         write_model_files(setup.bundle, tmp, metadata)
         if ledger is not None:
             ledger.save(tmp / "ledger")
-        write_json(tmp / "clients.json", clients_index(setup.train, list(tc.exclude_clients)))
+        write_json(tmp / layout.CLIENTS, clients_index(setup.train, list(tc.exclude_clients)).to_json())
         write_json(tmp / "history.json", history)
         write_json(tmp / "metrics.json", metrics)
         if (work / "updates").is_dir():

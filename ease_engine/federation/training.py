@@ -51,13 +51,6 @@ class EncodedCaptions:
         return self.tokens[torch.from_numpy(self.offsets[items]) + choice]
 
 
-def image_batch(bundle: ClipBundle, dataset: CaptionDataset, items: np.ndarray, device: str) -> torch.Tensor:
-    if dataset.pixels is not None:
-        return bundle.pixels_to_tensor(dataset.pixels[items], device)
-    transform = bundle.image_transform()
-    return torch.stack([transform(dataset.load_image(int(i))) for i in items]).to(device)
-
-
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE over the batch (the CLIP objective)."""
     image_features = F.normalize(image_features, dim=-1)
@@ -111,7 +104,7 @@ def train_local(
     total, steps = 0.0, 0
     for _ in range(epochs):
         for batch in batches(items, batch_size, generator):
-            images = image_batch(bundle, dataset, batch, device)
+            images = bundle.image_batch(dataset, batch, device)
             texts = captions.pick(batch, generator).to(device)
             image_features, text_features, logit_scale = model(images, texts)[:3]
             loss = clip_loss(image_features, text_features, logit_scale)

@@ -68,6 +68,14 @@ class ClipBundle:
         std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
         return (x - mean) / std
 
+    def image_batch(self, dataset, items: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
+        """The model's input for ``items`` of a caption data set: its pixels, or its image files through
+        open_clip's evaluation transform."""
+        if dataset.pixels is not None:
+            return self.pixels_to_tensor(dataset.pixels[items], device)
+        transform = self.image_transform()
+        return torch.stack([transform(dataset.load_image(int(i))) for i in items]).to(device)
+
     def image_transform(self):
         """open_clip's evaluation transform for PIL images (real data sets)."""
         return open_clip.image_transform(self.image_size, is_train=False, mean=self.mean, std=self.std)

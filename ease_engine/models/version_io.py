@@ -21,10 +21,9 @@ from ease_engine.atomic import new_directory, write_json
 from ease_engine.models.config import ModelConfig
 from ease_engine.models.factory import ClipBundle, ModelError, build_model
 from ease_engine.models.lora import merged_state_dict
+from lethe_format import layout
 
 FORMAT = "lethe-model/1"
-WEIGHTS_FILE = "open_clip_model.safetensors"
-LORA_STATE_FILE = "lethe_state.safetensors"
 
 
 def _contiguous(state: dict) -> dict:
@@ -35,12 +34,12 @@ def write_model_files(bundle: ClipBundle, directory: Path, metadata: dict | None
     """Write the model files into an existing (temporary) directory."""
     directory = Path(directory)
     preprocess = {"size": bundle.image_size, "mean": list(bundle.mean), "std": list(bundle.std)}
-    write_json(directory / "open_clip_config.json", {"model_cfg": bundle.model_cfg, "preprocess_cfg": preprocess})
-    save_file(_contiguous(merged_state_dict(bundle.model)), str(directory / WEIGHTS_FILE))
+    write_json(directory / layout.OPEN_CLIP_CONFIG, {"model_cfg": bundle.model_cfg, "preprocess_cfg": preprocess})
+    save_file(_contiguous(merged_state_dict(bundle.model)), str(directory / layout.WEIGHTS))
     if bundle.config.mode == "lora":
-        save_file(_contiguous(bundle.model.state_dict()), str(directory / LORA_STATE_FILE))
-    write_json(directory / "lethe_model.json", {"format": FORMAT, "model": bundle.config.model_dump()})
-    write_json(directory / "metadata.json", metadata or {})
+        save_file(_contiguous(bundle.model.state_dict()), str(directory / layout.LORA_STATE))
+    write_json(directory / layout.MODEL_CONFIG, {"format": FORMAT, "model": bundle.config.model_dump()})
+    write_json(directory / layout.METADATA, metadata or {})
 
 
 def save_version(
@@ -53,7 +52,7 @@ def save_version(
 
 def read_model_config(directory: str | Path) -> ModelConfig:
     directory = Path(directory)
-    path = directory / "lethe_model.json"
+    path = directory / layout.MODEL_CONFIG
     if not path.is_file():
         raise ModelError(f"{directory} is not a Lethe model version: {path.name} is missing")
     data = json.loads(path.read_text())
@@ -67,7 +66,7 @@ def load_version(directory: str | Path, device: str = "cpu") -> tuple[ClipBundle
     directory = Path(directory)
     config = read_model_config(directory)
     bundle = build_model(config, version_dir=directory)
-    state_file = directory / (LORA_STATE_FILE if config.mode == "lora" else WEIGHTS_FILE)
+    state_file = directory / (layout.LORA_STATE if config.mode == "lora" else layout.WEIGHTS)
     if not state_file.is_file():
         raise ModelError(f"{directory}: weights file {state_file.name} is missing")
     state = load_file(str(state_file))
@@ -78,5 +77,6 @@ def load_version(directory: str | Path, device: str = "cpu") -> tuple[ClipBundle
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     bundle.model.to(device)
-    metadata = json.loads((directory / "metadata.json").read_text()) if (directory / "metadata.json").exists() else {}
+    metadata_file = directory / layout.METADATA
+    metadata = json.loads(metadata_file.read_text()) if metadata_file.exists() else {}
     return bundle, metadata

@@ -13,7 +13,6 @@ stored per-round updates. A method must not modify ``context.original`` (it work
 from __future__ import annotations
 
 import copy
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,13 +22,15 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 
-from ease_engine.federation.config import FederationConfig
+from ease_engine.federation.config import ConfigError, FederationConfig, version_config
+from ease_engine.federation.data_cache import FederationDataCache
 from ease_engine.federation.fedavg import FederationSetup, prepare_federation
 from ease_engine.federation.ledger import Ledger
 from ease_engine.linalg.forget_lock import ForgetLock
 from ease_engine.models.blocks import blocks_numel, read_blocks, write_blocks
 from ease_engine.models.factory import ClipBundle
 from ease_engine.models.version_io import load_version
+from lethe_format import ClientsIndex, FormatError, TargetError, layout, read_clients
 
 BYTES_PER_NUMBER = 4  # float32 parameters on the wire
 
@@ -80,59 +81,71 @@ class UnlearningContext:
     version_dir: Path
     ledger: Ledger | None
     original_values: dict[str, torch.Tensor]
-    erased_clients: frozenset[int] = frozenset()
+    clients: ClientsIndex  # the version's clients.json: who is still in it, which pairs remain
     on_stage: Callable[[str, float], None] = field(default=lambda stage, progress: None)
+    _live: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     def report_stage(self, stage: str, progress: float) -> None:
         """Methods call this as they move on (``excising``, ``displacing``): the worker shows it."""
         self.on_stage(stage, progress)
 
     @classmethod
-    def load(cls, version_dir: str | Path, device: str = "cpu") -> UnlearningContext:
+    def load(
+        cls, version_dir: str | Path, device: str = "cpu", data_cache: FederationDataCache | None = None
+    ) -> UnlearningContext:
+        """Load a version once: its model (built once, on ``device``), the federation's data (from
+        ``data_cache`` when given), the ledger and clients.json."""
         version_dir = Path(version_dir)
-        metadata = json.loads((version_dir / "metadata.json").read_text())
-        if "config" not in metadata:
-            raise UnlearningError(f"{version_dir} records no federation config; it was not made by `lethe federate`")
-        config = FederationConfig.model_validate(metadata["config"])
-        config.training.device = device
-        setup = prepare_federation(config)
+        try:
+            config = version_config(version_dir)
+            clients = read_clients(version_dir)
+        except (ConfigError, FormatError) as exc:
+            raise UnlearningError(f"{version_dir}: {getattr(exc, 'message', exc)}") from None
         bundle, _ = load_version(version_dir, device)
-        setup.bundle = bundle
+        setup = prepare_federation(config, bundle=bundle, device=device, data_cache=data_cache)
         ledger = None
-        if (version_dir / "ledger" / "ledger.json").is_file():
-            ledger = Ledger.load(version_dir / "ledger", setup.fingerprint)
-        erased = frozenset()
-        if (version_dir / "clients.json").is_file():
-            clients = json.loads((version_dir / "clients.json").read_text())["clients"]
-            erased = frozenset(int(k) for k, v in clients.items() if v.get("erased"))
-        return cls(setup, version_dir, ledger, read_blocks(bundle.model, setup.blocks), erased)
+        if (version_dir / layout.LEDGER_DIR / "ledger.json").is_file():
+            ledger = Ledger.load(version_dir / layout.LEDGER_DIR, setup.fingerprint)
+        return cls(setup, version_dir, ledger, read_blocks(bundle.model, setup.blocks), clients)
 
     # ----------------------------------------------------------------- targets
     @property
     def config(self) -> FederationConfig:
         return self.setup.config
 
+    @property
+    def device(self) -> str:
+        return self.setup.device
+
+    @property
+    def erased_clients(self) -> frozenset[int]:
+        return frozenset(int(k) for k in self.clients.erased_clients())
+
     def check_target(self, target: ErasureTarget) -> None:
-        clients = self.setup.clients
-        if target.client not in clients:
-            raise UnlearningError(f"unknown client {target.client}; this federation's clients are {clients}")
-        if target.client in self.erased_clients:
-            raise UnlearningError(f"client {target.client} was already erased from {self.version_dir}")
-        if target.pair_ids is not None:
-            if not target.pair_ids:
-                raise UnlearningError("a samples erasure needs at least one pair id")
-            own = set(self.setup.train.pair_ids[i] for i in self.setup.train.client_indices(target.client))
-            foreign = [p for p in target.pair_ids if p not in own]
-            if foreign:
-                raise UnlearningError(
-                    f"{len(foreign)} pair id(s) do not belong to client {target.client}, e.g. {foreign[:3]}"
-                )
-            if len(set(target.pair_ids)) == len(own):
-                raise UnlearningError("the pair ids cover the whole client; erase the client instead (scope client)")
+        """The format's one target rule (``lethe_format``), plus: the client's data is in the federation."""
+        try:
+            self.clients.check_target(target.scope, str(target.client), target.pair_ids, where=self.version_dir.name)
+        except TargetError as exc:
+            raise UnlearningError(exc.message) from None
+        if target.client not in self.setup.clients:
+            raise UnlearningError(f"client {target.client} has no data in this federation ({self.setup.clients})")
+
+    def live_items(self, client: int) -> np.ndarray:
+        """The client's pairs still in the version (none once erased; without those a samples erasure took)."""
+        if client not in self._live:
+            entry = self.clients.entry(str(client))
+            items = self.setup.train.client_indices(client)
+            if entry is None or not entry.live:
+                items = np.zeros(0, dtype=np.int64)
+            elif entry.pair_ids or entry.erased_pair_hashes:
+                keep = self.clients.pair_set(str(client))
+                items = np.asarray([i for i in items if self.setup.train.pair_ids[i] in keep], dtype=np.int64)
+            self._live[client] = items
+        return self._live[client]
 
     def forget_items(self, target: ErasureTarget) -> np.ndarray:
         if target.pair_ids is None:
-            return self.setup.client_items(target.client)
+            return self.live_items(target.client)
         return np.sort(np.asarray([self.setup.train.index_of(p) for p in target.pair_ids], dtype=np.int64))
 
     def retained_items_of(self, target: ErasureTarget) -> Callable[[int], np.ndarray]:
@@ -140,15 +153,15 @@ class UnlearningContext:
         forget = set(self.forget_items(target).tolist())
 
         def items_of(client: int) -> np.ndarray:
-            items = self.setup.client_items(client)
+            items = self.live_items(client)
             return items if client != target.client else np.asarray([i for i in items if i not in forget], np.int64)
 
         return items_of
 
     def retained_clients(self, target: ErasureTarget) -> list[int]:
-        if target.scope == "samples":
-            return list(self.setup.clients)
-        return [k for k in self.setup.clients if k != target.client]
+        """The clients that keep training after the erasure (erased and excluded clients are gone)."""
+        live = [k for k in self.setup.clients if len(self.live_items(k))]
+        return live if target.scope == "samples" else [k for k in live if k != target.client]
 
     def retain_items(self, target: ErasureTarget) -> np.ndarray:
         items_of = self.retained_items_of(target)

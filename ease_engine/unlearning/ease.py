@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.stats import ks_2samp
 
-from ease_engine.federation.training import EncodedCaptions, derive_seed, image_batch
+from ease_engine.federation.training import EncodedCaptions, derive_seed
 from ease_engine.linalg.forget_lock import ForgetLock
 from ease_engine.linalg.subspace import exclusive_basis, orthonormal_basis
 from ease_engine.models.blocks import ParameterBlock, read_blocks, write_blocks
@@ -186,7 +186,7 @@ def similarities(
     out = [
         pair_similarity(
             bundle,
-            image_batch(bundle, dataset, items[i : i + batch], device),
+            bundle.image_batch(dataset, items[i : i + batch], device),
             captions.pick(items[i : i + batch], generator).to(device),
         )
         for i in range(0, len(items), batch)
@@ -218,7 +218,7 @@ def matched_nonmembers(
     """For (a sample of) the forget pairs, the nearest held-out pair by caption in the original model's
     text space: non-members of the same distribution, so the decoupling target drops with the concept."""
     setup = context.setup
-    device = setup.config.training.device
+    device = setup.device
     items = forget_items if len(forget_items) <= sample else rng.choice(forget_items, sample, replace=False)
     model = setup.bundle.model
     model.eval()
@@ -245,7 +245,7 @@ def bilateral_displacement(
 ) -> dict:
     setup = context.setup
     forget_items = context.forget_items(target)
-    device = setup.config.training.device
+    device = setup.device
     model = bundle.model
     generator = torch.Generator().manual_seed(derive_seed(params.seed, 0xEA5E))
     rng = np.random.default_rng(derive_seed(params.seed, 0xD15))
@@ -290,11 +290,11 @@ def bilateral_displacement(
         r_items = rng.choice(proxy, size=min(params.batch_size, len(proxy)), replace=False)
         f_sims = pair_similarity(
             bundle,
-            image_batch(bundle, setup.train, f_items, device),
+            bundle.image_batch(setup.train, f_items, device),
             setup.captions.pick(f_items, generator).to(device),
         )
         decouple = quantile_matching_loss(f_sims, nonmember_sims, one_sided=params.decouple == "hinge")
-        r_images = image_batch(bundle, setup.train, r_items, device)
+        r_images = bundle.image_batch(setup.train, r_items, device)
         r_tokens = setup.captions.pick(r_items, generator).to(device)
         ref_img, ref_txt = _embed(anchor, r_images, r_tokens)
         retain = F.mse_loss(model.encode_image(r_images), ref_img) + F.mse_loss(model.encode_text(r_tokens), ref_txt)
@@ -340,7 +340,7 @@ def per_sample_gradient_bases(
 ) -> dict[str, torch.Tensor]:
     """U_f per block from the gradients of each forget pair's contrastive loss (SVD, rank <= sample_rank)."""
     setup = context.setup
-    device = setup.config.training.device
+    device = setup.device
     generator = torch.Generator().manual_seed(derive_seed(params.seed, 0x5A3))
     rng = np.random.default_rng(derive_seed(params.seed, 0x5A4))
     items = context.forget_items(target)
@@ -349,12 +349,12 @@ def per_sample_gradient_bases(
     model = bundle.model
     model.eval()
     columns: dict[str, list[torch.Tensor]] = {b.name: [] for b in setup.blocks}
-    g_images = image_batch(bundle, setup.train, gallery, device)
+    g_images = bundle.image_batch(setup.train, gallery, device)
     g_tokens = setup.captions.pick(gallery, generator).to(device)
     with torch.no_grad():
         g_img, g_txt = (F.normalize(t, dim=-1) for t in _embed(bundle, g_images, g_tokens))
     for i in items:
-        img = F.normalize(model.encode_image(image_batch(bundle, setup.train, np.array([i]), device)), dim=-1)
+        img = F.normalize(model.encode_image(bundle.image_batch(setup.train, np.array([i]), device)), dim=-1)
         txt = F.normalize(model.encode_text(setup.captions.pick(np.array([i]), generator).to(device)), dim=-1)
         scale = model.logit_scale.exp().clamp(max=100.0)
         i2t = scale * torch.cat([img @ txt.T, img @ g_txt.T], dim=1)

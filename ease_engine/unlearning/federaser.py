@@ -178,7 +178,7 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: FedEraser
                     lr=lr,
                     weight_decay=tc.weight_decay,
                     seed=derive_seed(params.seed, t, k, 0xFE6),
-                    device=tc.device,
+                    device=setup.device,
                 )
                 cost.client_samples += int(result["samples"])
                 local = read_blocks(model, blocks)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from ease_engine.federation.training import derive_seed, image_batch
+from ease_engine.federation.training import derive_seed
 from ease_engine.models.factory import ClipBundle
 from ease_engine.unlearning.base import Cost, ErasureTarget, Timer, UnlearningContext, UnlearningOutcome
 
@@ -89,7 +89,7 @@ def multidelete_losses(
 def unlearn(context: UnlearningContext, target: ErasureTarget, params: MultiDeleteParams) -> UnlearningOutcome:
     context.check_target(target)
     setup = context.setup
-    device = setup.config.training.device
+    device = setup.device
     cost = Cost()
     with Timer() as timer:
         bundle = context.fresh_bundle()
@@ -110,8 +110,8 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: MultiDele
             f_items = rng.choice(forget, size=min(params.batch_size, len(forget)), replace=False)
             r_items = rng.choice(proxy, size=min(params.batch_size, len(proxy)), replace=False)
             mismatched = rng.choice(proxy, size=len(f_items), replace=True)  # retained: never an f pair
-            forget_images = image_batch(bundle, setup.train, f_items, device)
-            retain_images = image_batch(bundle, setup.train, r_items, device)
+            forget_images = bundle.image_batch(setup.train, f_items, device)
+            retain_images = bundle.image_batch(setup.train, r_items, device)
             losses = multidelete_losses(
                 bundle,
                 original,

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from ease_engine.federation.training import derive_seed, image_batch
+from ease_engine.federation.training import derive_seed
 from ease_engine.models.blocks import read_blocks, write_blocks
 from ease_engine.models.factory import ClipBundle
 from ease_engine.unlearning.base import (
@@ -157,9 +157,9 @@ def forget_loss(
     Without negatives it is the plain CLIP loss of the forget batch.
     """
     setup = context.setup
-    device = setup.config.training.device
+    device = setup.device
     items = np.concatenate([forget, negatives]).astype(np.int64)
-    images = image_batch(bundle, setup.train, items, device)
+    images = bundle.image_batch(setup.train, items, device)
     texts = setup.captions.pick(items, generator).to(device)
     image_features, text_features, logit_scale = bundle.model(images, texts)[:3]
     image_features = F.normalize(image_features, dim=-1)

@@ -18,7 +18,7 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: RetrainPa
     cost = Cost()
     with Timer() as timer:
         bundle = build_model(context.config.model)  # the same init_seed / pretrained weights
-        bundle.model.to(context.config.training.device)
+        bundle.model.to(context.device)
         config = context.config
         history = retained_rounds(
             context, bundle, target, range(config.training.rounds), lambda t: learning_rate(config, t), cost

@@ -96,7 +96,7 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: SfuParams
         bundle = context.fresh_bundle()
         blocks = context.setup.blocks
         bases = retained_subspaces(context, context.retained_clients(target), params.retained_energy)
-        device = context.config.training.device
+        device = context.device
         bases = {name: u.to(device) for name, u in bases.items()}
         details["subspace"] = {
             "blocks_with_retained_directions": len(bases),

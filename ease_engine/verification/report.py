@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ease_engine.data.dataset import CaptionDataset
 from ease_engine.evaluation.evaluate import concept_items, concept_probe, retrieval_metrics
-from ease_engine.evaluation.report import sample_gallery
+from ease_engine.evaluation.splits import sample_gallery
 from ease_engine.models.factory import ClipBundle
 from ease_engine.verification.membership import membership_scores
 

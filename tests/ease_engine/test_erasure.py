@@ -6,13 +6,14 @@ import shutil
 import numpy as np
 import pytest
 
-from ease_engine.benchmarks.measure import Bench
-from ease_engine.erasure import content_hash, erase, file_digests
+from ease_engine.erasure import erase
 from ease_engine.linalg.forget_lock import ForgetLock
 from ease_engine.models.version_io import load_version
 from ease_engine.unlearning import ErasureTarget, UnlearningContext, UnlearningError
 from ease_engine.verification.membership import MembershipScores, similarity_distribution
 from ease_engine.verification.report import GateConfig
+from lethe_bench.measure import Bench
+from lethe_format import content_hash, directory_digests, hashed_files, pair_id_hash
 
 LOOSE = GateConfig(forget_margin=100, retain_drop=100, mia_margin=1)
 
@@ -39,8 +40,9 @@ def test_erased_version_is_complete_and_chained(learned_versions, client_erasure
                  "forget_lock/forget_lock.json", "ledger/ledger.json"]:
         assert (out / name).is_file(), name
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["parent"]["content_hash"] == content_hash(file_digests(original))
-    assert manifest["files"] == file_digests(out)
+    assert manifest["parent"]["content_hash"] == content_hash(directory_digests(original))
+    assert manifest["files"] == hashed_files(directory_digests(out))
+    assert manifest["content_hash"] == content_hash(directory_digests(out))
     assert manifest["erasure"]["method"] == "ease" and manifest["erasure"]["client"] == 0
     clients = json.loads((out / "clients.json").read_text())["clients"]
     assert clients["0"]["erased"] is True
@@ -169,9 +171,9 @@ def test_the_erased_client_cannot_be_erased_again(client_erasure, tmp_path):
 @pytest.mark.parametrize(
     ("target", "message"),
     [
-        (ErasureTarget(7), "unknown client"),
+        (ErasureTarget(7), "Client '7' is not in"),
         (ErasureTarget(0, ()), "at least one pair id"),
-        (ErasureTarget(0, ("scenes-train-999999",)), "do not belong to client 0"),
+        (ErasureTarget(0, ("scenes-train-999999",)), "are not pairs of client '0'"),
     ],
 )
 def test_bad_targets_write_nothing(learned_versions, context, tmp_path, target, message):
@@ -219,6 +221,6 @@ def test_sample_scope_erasure(learned_versions, context, tmp_path):
     result = erase(original, ErasureTarget(1, pairs), "ease", {"steps": 10}, tmp_path / "v", gates=LOOSE,
                    context=context)
     clients = json.loads((tmp_path / "v" / "clients.json").read_text())["clients"]
-    assert clients["1"]["erased_pairs"] == sorted(pairs)
+    assert clients["1"]["erased_pair_hashes"] == sorted(pair_id_hash(p) for p in pairs)
     assert not set(pairs) & set(clients["1"]["pair_ids"])
     assert result.outcome.cost.client_samples >= len(pairs)

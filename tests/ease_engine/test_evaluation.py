@@ -5,12 +5,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ease_engine.cli import app
 from ease_engine.data import ScenesConfig, make_scenes
 from ease_engine.evaluation.evaluate import concept_probe, encode_images, retrieval_metrics
-from ease_engine.evaluation.report import evaluate_version, select_split
+from ease_engine.evaluation.splits import select_split
+from ease_engine.federation.version_eval import evaluate_version
 from ease_engine.models.config import ModelConfig
 from ease_engine.models.factory import build_model
+from lethe_cli.engine import app
 
 
 @pytest.fixture(scope="module")

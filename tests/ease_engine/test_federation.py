@@ -183,7 +183,7 @@ def test_config_rejects_unknown_keys_by_name(tmp_path):
 
 
 def test_default_config_file_is_valid():
-    from ease_engine.cli import DEFAULT_CONFIG
+    from ease_engine.configs import DEFAULT_CONFIG
 
     config = load_config(DEFAULT_CONFIG)
     assert config.partition.kind == "exclusive" and config.partition.n_clients == 6

@@ -9,8 +9,8 @@ from service_test_helpers import bearer, erasure_body
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from lethe_cli.admin import token_app
 from service.auth import create_token, revoke_token
-from service.cli import token_app
 from service.models import ApiToken
 
 
