@@ -220,6 +220,10 @@ def test_full_life_cycle_through_rest_with_a_real_worker(live):
     assert 'lethe_worker_jobs_total{outcome="skipped"} 1.0' in scrape
     assert 'lethe_worker_stage_duration_seconds_count{stage="excising"} 1.0' in scrape
     assert f'lethe_worker_broker_queue_depth{{queue="{live.settings.task_queue}"}}' in scrape
+    heartbeat = next(line for line in scrape.splitlines()
+                     if line.startswith("lethe_worker_heartbeat_timestamp_seconds "))
+    assert abs(float(heartbeat.split()[1]) - time.time()) < 120  # the heartbeat thread runs in the worker
+    assert any(line.startswith("lethe_build_info{") and 'component="worker"' in line for line in scrape.splitlines())
 
 
 def test_killed_worker_job_completes_after_restart_with_one_version(live):
