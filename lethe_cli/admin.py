@@ -3,7 +3,10 @@
     app.add_typer(token_app, name="token")
     app.add_typer(db_app, name="db")
 
-They use LETHE_DATABASE_URL (or --database-url).
+They use LETHE_DATABASE_URL (or --database-url). ``lethe-admin`` (``admin_app``) offers the same two without
+the engine: it never imports torch, so it runs in the API image, e.g. the first token of a deployment::
+
+    docker compose run --rm api lethe-admin token create --role admin --name ops
 """
 
 from __future__ import annotations
@@ -73,3 +76,9 @@ def db_upgrade(revision: str = "head", database_url: DatabaseUrl = None) -> None
     url = database_url or get_settings().database_url
     upgrade_database(url, revision)
     typer.echo(f"database at {url.split('@')[-1]} is at {revision}")
+
+
+admin_app = typer.Typer(help="Administer Lethe without the engine (no torch): API tokens and the database schema.",
+                        no_args_is_help=True)
+admin_app.add_typer(token_app, name="token", help="API tokens (stored hashed; the plaintext is shown once)")
+admin_app.add_typer(db_app, name="db", help="database schema (Alembic migrations)")

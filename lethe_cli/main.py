@@ -110,15 +110,19 @@ def serve(
 @app.command("signing-key")
 def signing_key(
     path: Annotated[str, typer.Argument(help="private key file (PEM); the public key goes to <path>.pub")],
+    public_out: Annotated[Path | None, typer.Option(
+        help="also write the public key here (e.g. a volume the API mounts, which must not see the private "
+             "key)")] = None,
 ) -> None:
-    """Create an EC P-256 signing key pair if PATH does not exist (an existing key is kept)."""
-    from pathlib import Path
-
-    from workers.signing import ensure_key_pair
+    """Create an EC P-256 signing key pair if PATH does not exist (an existing key is kept). Safe to run
+    again and from several processes at once (docker-compose's one-shot `keygen` service runs it)."""
+    from workers.signing import ensure_key_pair, write_public_key
 
     existed = Path(path).exists()
     private, public = ensure_key_pair(Path(path))
     typer.echo(f"{'kept' if existed else 'created'} {private}; public key {public}")
+    if public_out is not None:
+        typer.echo(f"public key also at {write_public_key(private, public_out)}")
 
 
 @app.command(epilog=ENVIRONMENT_HELP)

@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.state.settings = settings
     app.state.db = database
     app.state.sender = sender
-    app.state.metrics = ServiceMetrics(database)
+    app.state.metrics = ServiceMetrics(database, dispatches=settings.dispatcher_in_api)
     app.state.dispatcher = None
 
     def submit_batch(submissions):

@@ -158,7 +158,7 @@ def main() -> int:
 
     from prometheus_client import CollectorRegistry, start_http_server
 
-    from service.metrics import DispatchMetrics
+    from service.metrics import DispatchMetrics, build_info_gauge
     from service.queue import celery_sender, make_celery_client
     from service.settings import get_settings
 
@@ -166,6 +166,7 @@ def main() -> int:
     settings = get_settings()
     registry = CollectorRegistry()
     metrics = DispatchMetrics(registry)
+    build_info_gauge(registry, "dispatcher")
     port = int(os.environ.get("LETHE_DISPATCHER_METRICS_PORT") or 9809)
     if port:
         start_http_server(port, addr=os.environ.get("LETHE_DISPATCHER_METRICS_ADDR", "127.0.0.1"), registry=registry)

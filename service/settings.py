@@ -20,6 +20,8 @@
   revocation reaches other processes within that time); 0 looks every token up
 - ``LETHE_AUTO_MIGRATE`` (default 0): run Alembic migrations when the API starts
 - ``LETHE_PUBLIC_BASE_URL`` (unset): prefix for absolute links; relative otherwise
+- ``LETHE_GIT_COMMIT`` (unset): the commit ``lethe_build_info`` reports (``service.buildinfo``; the images set
+  it from their build argument ``GIT_COMMIT``); unset, the git checkout's ``HEAD`` if there is one
 """
 
 from __future__ import annotations

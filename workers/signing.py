@@ -12,6 +12,7 @@ pair (``<key>`` and ``<key>.pub``) for the embedded default when the file does n
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -34,34 +35,48 @@ def public_key_path(private_key: Path) -> Path:
 
 def ensure_key_pair(private_key: Path) -> tuple[Path, Path]:
     """Create an EC P-256 key pair at ``private_key`` (mode 0600) and ``<private_key>.pub`` if the
-    private key is missing; write the public half if only it is missing. Returns both paths."""
+    private key is missing; write the public half if only it is missing. Returns both paths.
+
+    Safe when several processes call it at once (workers scaled out on one key volume): the private key is
+    written to a temporary file and linked into place, which fails if another process got there first; the
+    loser then uses the winner's key. No process ever reads a half-written key."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
     private_key = Path(private_key)
     public = public_key_path(private_key)
-    if private_key.exists():
-        key = serialization.load_pem_private_key(private_key.read_bytes(), password=None)
-    else:
+    if not private_key.exists():
         private_key.parent.mkdir(parents=True, exist_ok=True)
         key = ec.generate_private_key(ec.SECP256R1())
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-        fd = os.open(private_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(pem)
+        temporary = private_key.with_name(f".{private_key.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(pem)
+                handle.flush()
+                os.fsync(handle.fileno())
+            with contextlib.suppress(FileExistsError):  # another process created it meanwhile: use that one
+                os.link(temporary, private_key)
+        finally:
+            temporary.unlink(missing_ok=True)
     if not public.exists():
-        public.write_bytes(key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        write_public_key(private_key, public)
     return private_key, public
 
 
 def write_public_key(private_key: Path, out: Path) -> Path:
+    """Write the public half of ``private_key`` to ``out`` (atomically: a temporary file, then a rename)."""
     from cryptography.hazmat.primitives import serialization
 
     key = serialization.load_pem_private_key(Path(private_key).read_bytes(), password=None)
-    out.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(f".{out.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    temporary.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                        serialization.PublicFormat.SubjectPublicKeyInfo))
+    os.replace(temporary, out)
     return out
 
 

@@ -165,6 +165,19 @@ def process_request(request_id: str | uuid.UUID, context: WorkerContext | None =
     return _count(outcome, began)
 
 
+def failure_reason(exc: BaseException) -> str:
+    """The ``lethe_worker_failures_total`` reason of a permanent error (``metrics.FAILURE_REASONS``)."""
+    from ease_engine.unlearning.base import UnlearningError
+
+    if isinstance(exc, SigningError):
+        return "signing_error"
+    if isinstance(exc, RejectedError):
+        return "rejected"
+    if isinstance(exc, UnlearningError):
+        return "engine_error"
+    return "internal_error"
+
+
 def _count(outcome: str, began: float) -> str:
     metrics.JOBS.labels(outcome).inc()
     if outcome != "skipped":
@@ -231,6 +244,8 @@ def _target_problem(base: ModelVersion, request) -> str | None:
 def _run_locked(request_id: uuid.UUID, context: WorkerContext) -> str:
     started = _start(request_id, context)
     if isinstance(started, str):
+        if started in ("rejected", "failed"):  # _start ends a request only when its target is not there
+            metrics.record_failure("rejected")
         return started
     job = started
     if job.resumed:
@@ -246,6 +261,7 @@ def _run_locked(request_id: uuid.UUID, context: WorkerContext) -> str:
             if request.status in (RequestStatus.QUEUED.value, RequestStatus.RUNNING.value):
                 lifecycle.mark_failed(session, request, exc)
         _cleanup_staging(context, job)
+        metrics.record_failure(failure_reason(exc))
         return "failed"
 
 
@@ -326,8 +342,10 @@ def _erase_and_publish(job: _Job, context: WorkerContext) -> str:
             gate_list = [gate.model_dump(mode="json") for gate in result.report.gates]
             lifecycle.mark_verification_failed(session, request, gate_list)
         _cleanup_staging(context, job)
+        failed_gates = [gate.name for gate in result.report.failed()]
+        metrics.record_failure("verification_failed", failed_gates)
         logger.info("erasure request %s: a gate failed (%s); nothing published", job.request_id,
-                    ", ".join(g.name for g in result.report.failed()))
+                    ", ".join(failed_gates))
         return "verification_failed"
 
     on_stage(Stage.SIGNING.value, 0.95)
@@ -435,11 +453,13 @@ def erase_request(self, request_id: str) -> str:
             logger.exception("erasure task for %s raised", request_id)
             fail_request(request_id, exc, context)
             metrics.JOBS.labels("failed").inc()
+            metrics.record_failure(failure_reason(exc))
             return "failed"
         if self.request.retries >= context.worker_settings.max_retries:
             logger.error("erasure request %s: giving up after %d retries: %s", request_id, self.request.retries, exc)
             fail_request(request_id, exc, context)
             metrics.JOBS.labels("failed").inc()
+            metrics.record_failure("retries_exhausted")
             return "failed"
         metrics.JOBS.labels("retried").inc()
         logger.warning("erasure request %s: transient error, retry %d: %s", request_id, self.request.retries + 1, exc)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from ease_engine.data import (
     CaptionDataset,
@@ -74,6 +74,21 @@ class TrainingConfig(BaseModel):
     device: str = "cpu"
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None keeps torch's default")
     eval_every: int = Field(0, ge=0, description="evaluate on the test split every N rounds (0: only at the end)")
+    amp: bool = Field(
+        False,
+        description="bfloat16 autocast for the local training steps' forward pass (mixed precision: CUDA, or a "
+        "CPU with bfloat16 kernels); the loss, the gradients and the weights stay float32. Off: plain float32, "
+        "deterministic on CPU",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_amp_when_off(self, handler):
+        """``amp`` is written only when on, so every config written before it existed serialises (and hashes,
+        for checkpoints and benchmark reuse) exactly as before."""
+        data = handler(self)
+        if not self.amp:
+            data.pop("amp", None)
+        return data
 
 
 class FederationConfig(BaseModel):

@@ -176,6 +176,7 @@ def fedavg_round(
             weight_decay=tc.weight_decay,
             seed=derive_seed(tc.seed, round_index, k),
             device=setup.device,
+            amp=tc.amp,
         )
         weight = sizes[k] / total
         local = read_blocks(model, setup.blocks)
@@ -294,6 +295,8 @@ def run_federation(
             "loss": loss,
             "participants": participants,
             "samples": sum(s["samples"] for s in stats.values()),
+            "steps": sum(s["steps"] for s in stats.values()),
+            "train_seconds": sum(s["train_seconds"] for s in stats.values()),
             "seconds": time.perf_counter() - t0,
             "ledger_bytes": ledger.nbytes() if ledger else 0,
         }

@@ -148,14 +148,16 @@ def exclusive_bases(
 def excise_contribution(
     values: dict[str, torch.Tensor], contributions: dict[str, torch.Tensor], exclusive: dict[str, torch.Tensor]
 ) -> tuple[dict[str, torch.Tensor], float]:
-    """theta <- theta - E E^T C_f per block; returns the new values and the share of |C_f|^2 removed."""
+    """theta <- theta - E E^T C_f per block; returns the new values and the share of |C_f|^2 removed.
+
+    The ledger's contributions and the bases live on the CPU; the values on the model's device (a GPU)."""
     out, removed, total = dict(values), 0.0, 0.0
     for name, c in contributions.items():
         total += float(c.double().pow(2).sum())
         e = exclusive.get(name)
         if e is None:
             continue
-        part = e @ (e.T @ c)
+        part = (e @ (e.T @ c)).to(device=values[name].device, dtype=values[name].dtype)
         out[name] = values[name] - part
         removed += float(part.double().pow(2).sum())
     return out, removed / max(total, 1e-30)
@@ -324,7 +326,7 @@ def _project_gradients(model, blocks: list[ParameterBlock], exclusive: dict[str,
             continue
         grad = params[b.param].grad
         g = grad[list(b.rows)] if b.rows is not None else grad
-        e = exclusive[b.name].to(g.dtype)
+        e = exclusive[b.name].to(device=g.device, dtype=g.dtype)
         p = (e @ (e.T @ g.reshape(-1))).reshape(g.shape)
         if b.rows is None:
             projected[b.param] = p
@@ -383,7 +385,7 @@ def _block_grads(model, blocks: list[ParameterBlock]) -> dict[str, torch.Tensor]
             continue
         g = grad[list(b.rows)] if b.rows is not None else grad
         if float(g.abs().max()) > 0:
-            out[b.name] = g.reshape(-1).detach().clone()
+            out[b.name] = g.reshape(-1).detach().to("cpu", copy=True)  # bases are computed on the CPU
     return out
 
 
@@ -429,8 +431,8 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
         if params.lock and exclusive:
             after = read_blocks(bundle.model, blocks)
             lock = ForgetLock(metadata={"method": "ease", "client": str(target.client), "scope": target.scope})
-            for name, e in exclusive.items():
-                lock.add_block(name, e, before[name], after[name], epsilon=params.lock_epsilon)
+            for name, e in exclusive.items():  # the lock is kept on the CPU (it is saved, then applied anywhere)
+                lock.add_block(name, e, before[name].cpu(), after[name].cpu(), epsilon=params.lock_epsilon)
     return UnlearningOutcome(bundle, cost, timer.seconds, lock=lock, details=details)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
+
 from fastapi.testclient import TestClient
-from service_test_helpers import erasure_body
+from service_test_helpers import MODEL, erasure_body
 
 from service.app import create_app
 from service.db import Database
@@ -77,3 +79,85 @@ def test_openapi_documents_the_api(client):
     schema = spec["components"]["schemas"]["ErasureRequestCreate"]
     assert schema["additionalProperties"] is False
     assert client.get("/docs").status_code == 200
+
+
+def sample(text: str, name: str, **labels) -> float | None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for item in family.samples:
+            if item.name == name and all(item.labels.get(k) == v for k, v in labels.items()):
+                return item.value
+    return None
+
+
+def test_oldest_outbox_row_and_oldest_queued_and_running_request(client, auth, registered_model, db, sender):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from service.models import ErasureRequest, OutboxMessage, utcnow
+
+    text = client.get("/metrics").text
+    assert sample(text, "lethe_outbox_oldest_unsent_age_seconds") == 0.0  # none: 0, not absent
+    assert sample(text, "lethe_erasure_request_oldest_age_seconds", status="queued") == 0.0
+    assert sample(text, "lethe_erasure_request_oldest_age_seconds", status="running") == 0.0
+    queued, running = (client.post("/v1/erasure-requests", json=erasure_body(client_id=c),
+                                   headers=auth("requester")).json()["id"] for c in ("1", "2"))
+    sender.fail_with = ConnectionError("broker down")
+    unsent = client.post("/v1/erasure-requests", json=erasure_body(client_id="0"), headers=auth("requester"))
+    assert unsent.status_code == 202, unsent.text
+    now = utcnow()
+    with db.transaction() as session:
+        session.execute(update(OutboxMessage).where(OutboxMessage.sent_at.is_(None))
+                        .values(created_at=now - timedelta(seconds=600)))
+        session.execute(update(ErasureRequest).where(ErasureRequest.id == uuid.UUID(queued))
+                        .values(updated_at=now - timedelta(seconds=900)))
+        session.execute(update(ErasureRequest).where(ErasureRequest.id == uuid.UUID(running))
+                        .values(status="running", stage="excising", started_at=now - timedelta(seconds=3600)))
+    text = client.get("/metrics").text
+    assert 600 <= sample(text, "lethe_outbox_oldest_unsent_age_seconds") < 700
+    assert 900 <= sample(text, "lethe_erasure_request_oldest_age_seconds", status="queued") < 1000
+    assert 3600 <= sample(text, "lethe_erasure_request_oldest_age_seconds", status="running") < 3700
+    assert sample(text, "lethe_outbox_last_dispatch_ok") == 0.0  # this API dispatches, and its last try failed
+
+
+def test_dispatch_metrics_only_from_the_process_that_dispatches(settings, db, sender):
+    with TestClient(create_app(settings.with_overrides(dispatcher_in_api=False), database=db,
+                               sender=sender)) as test_client:
+        text = test_client.get("/metrics").text
+    assert "lethe_outbox_last_dispatch_ok" not in text and "lethe_outbox_dispatch_total" not in text
+    assert sample(text, "lethe_outbox_oldest_unsent_age_seconds") == 0.0  # outbox health comes from the database
+    with TestClient(create_app(settings, database=db, sender=sender)) as test_client:
+        text = test_client.get("/metrics").text
+    assert sample(text, "lethe_outbox_dispatch_total", result="failed") == 0.0
+
+
+def test_build_info_and_integrity_counters(client, monkeypatch):
+    monkeypatch.setenv("LETHE_GIT_COMMIT", "abc123def456")
+    from service.metrics import ServiceMetrics
+
+    text = ServiceMetrics().render().decode()
+    assert sample(text, "lethe_build_info", component="api", commit="abc123def456", torch="") == 1.0
+    text = client.get("/metrics").text
+    assert sample(text, "lethe_build_info", component="api") == 1.0
+    for check in ("signature", "content_hash", "link"):
+        assert sample(text, "lethe_artifact_integrity_failures_total", check=check) == 0.0
+
+
+def test_last_published_figures_include_gates_by_name(client, auth, db, registered_model):
+    from sqlalchemy import update
+
+    from service.models import ErasureRequest, utcnow
+
+    request_id = client.post("/v1/erasure-requests", json=erasure_body(), headers=auth("requester")).json()["id"]
+    gates = [{"name": "forget_i2t_r1", "value": 1.5, "threshold": 3.0, "comparison": "<=", "passed": True},
+             {"name": "mia_loss_auc", "value": 0.52, "threshold": 0.55, "comparison": "<=", "passed": True}]
+    with db.transaction() as session:
+        session.execute(update(ErasureRequest).where(ErasureRequest.id == uuid.UUID(request_id)).values(
+            status="published", finished_at=utcnow(), result={"gates": gates, "membership": {"loss_auc": 0.52}}))
+    text = client.get("/metrics").text
+    figure = "lethe_last_published_figure"
+    assert sample(text, figure, model=MODEL, figure="gates.forget_i2t_r1.value") == 1.5
+    assert sample(text, figure, model=MODEL, figure="gates.mia_loss_auc.threshold") == 0.55
+    assert sample(text, figure, model=MODEL, figure="membership.loss_auc") == 0.52

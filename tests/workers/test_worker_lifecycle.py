@@ -218,11 +218,20 @@ def test_full_life_cycle_through_rest_with_a_real_worker(live):
     assert len(live.versions()) == 2
 
     # the worker's Prometheus exporter
-    scrape = httpx.get(f"http://127.0.0.1:{live.metrics_ports[0]}/metrics", timeout=5).text
+    def scrape_worker() -> str:
+        return httpx.get(f"http://127.0.0.1:{live.metrics_ports[0]}/metrics", timeout=5).text
+
+    deadline = time.monotonic() + 30  # the worker logs "task ignored" just before it counts the skip
+    while 'lethe_worker_jobs_total{outcome="skipped"} 1.0' not in (scrape := scrape_worker()):
+        assert time.monotonic() < deadline, scrape[-3000:]
+        time.sleep(0.3)
     assert 'lethe_worker_jobs_total{outcome="published"} 1.0' in scrape
-    assert 'lethe_worker_jobs_total{outcome="skipped"} 1.0' in scrape
     assert 'lethe_worker_stage_duration_seconds_count{stage="excising"} 1.0' in scrape
     assert f'lethe_worker_broker_queue_depth{{queue="{live.settings.task_queue}"}}' in scrape
+    heartbeat = next(line for line in scrape.splitlines()
+                     if line.startswith("lethe_worker_heartbeat_timestamp_seconds "))
+    assert abs(float(heartbeat.split()[1]) - time.time()) < 120  # the heartbeat thread runs in the worker
+    assert any(line.startswith("lethe_build_info{") and 'component="worker"' in line for line in scrape.splitlines())
 
 
 def test_killed_worker_job_completes_after_restart_with_one_version(live):
