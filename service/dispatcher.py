@@ -1,4 +1,4 @@
-"""The outbox dispatcher: sends committed erasure requests to the broker (``crud.dispatch_outbox``).
+"""The outbox dispatcher: sends committed erasure requests to the broker (``service.outbox.dispatch_outbox``).
 
 It runs in one of two places:
 
@@ -25,12 +25,11 @@ from collections.abc import Callable
 
 from sqlalchemy.engine import make_url
 
-from service.crud import DispatchResult, Sender, dispatch_outbox
 from service.db import Database
+from service.outbox import OUTBOX_CHANNEL, DispatchResult, Sender, dispatch_outbox
 
 logger = logging.getLogger("lethe.service")
 
-OUTBOX_CHANNEL = "lethe_outbox"
 PASS_LIMIT = 100
 # After a wake-up, wait this long before the pass: under load one pass then sends several requests (one
 # transaction, one chain append) instead of one each. A task waits at most this much longer for its worker.
