@@ -153,8 +153,6 @@ def main() -> int:
     (``LETHE_DATABASE_URL``, ``LETHE_BROKER_URL``, ``LETHE_TASK_QUEUE``, ``LETHE_OUTBOX_POLL_SECONDS``);
     its dispatch counters are exported on ``LETHE_DISPATCHER_METRICS_PORT`` (default 9809; 0: off).
     SIGTERM or Ctrl-C ends it after the current pass."""
-    import os
-
     from prometheus_client import CollectorRegistry, start_http_server
 
     from service.metrics import DispatchMetrics
@@ -165,9 +163,8 @@ def main() -> int:
     settings = get_settings()
     registry = CollectorRegistry()
     metrics = DispatchMetrics(registry)
-    port = int(os.environ.get("LETHE_DISPATCHER_METRICS_PORT") or 9809)
-    if port:
-        start_http_server(port, addr=os.environ.get("LETHE_DISPATCHER_METRICS_ADDR", "127.0.0.1"), registry=registry)
+    if settings.dispatcher_metrics_port:
+        start_http_server(settings.dispatcher_metrics_port, addr=settings.dispatcher_metrics_addr, registry=registry)
     interval = settings.outbox_poll_seconds if settings.outbox_poll_seconds > 0 else 5.0
     dispatcher = OutboxDispatcher(Database(settings.database_url),
                                   celery_sender(make_celery_client(settings), settings.task_queue), interval,

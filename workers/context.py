@@ -9,7 +9,6 @@ from typing import Any
 
 from service.db import Database
 from service.settings import Settings, get_settings
-from workers.settings import WorkerSettings
 from workers.signing import ensure_key_pair
 
 DEFAULT_KEY_NAME = "lethe-signing-key.pem"
@@ -17,8 +16,7 @@ DEFAULT_KEY_NAME = "lethe-signing-key.pem"
 
 @dataclass
 class WorkerContext:
-    settings: Settings
-    worker_settings: WorkerSettings
+    settings: Settings  # every LETHE_* setting, the worker's included
     db: Database
     erase_fn: Any = None  # ease_engine.erasure.erase unless a test injects another
 
@@ -49,4 +47,4 @@ def data_cache():
 
 def default_context() -> WorkerContext:
     settings = get_settings()
-    return WorkerContext(settings, WorkerSettings.from_env(), _database(settings.database_url))
+    return WorkerContext(settings, _database(settings.database_url))

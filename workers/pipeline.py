@@ -78,7 +78,7 @@ def process_request(request_id: str | uuid.UUID, context: WorkerContext | None =
         return outcome
     metrics.IN_PROGRESS.inc()
     try:
-        with model_lock(context.db, context.artifact_dir, model_name, context.worker_settings.lock_wait_seconds):
+        with model_lock(context.db, context.artifact_dir, model_name, context.settings.lock_wait_seconds):
             outcome = _run_locked(request_id, context)
     finally:
         metrics.IN_PROGRESS.dec()
@@ -213,7 +213,7 @@ def _erase_and_publish(job: _Job, context: WorkerContext) -> str:
     erase_fn = context.erase_fn
     if erase_fn is None:
         from ease_engine.erasure import erase as erase_fn
-    ws = context.worker_settings
+    settings = context.settings
     staging, journal = _staging(context, job)
     if journal.exists():
         with context.db.session() as session:
@@ -223,7 +223,7 @@ def _erase_and_publish(job: _Job, context: WorkerContext) -> str:
     out_dir = staging / "version"
 
     try:
-        gates = GateConfig.model_validate(ws.gates)
+        gates = GateConfig.model_validate(settings.gates)
     except ValueError as exc:
         raise UnlearningError(f"LETHE_GATES_JSON: {exc}") from None
     try:
@@ -243,9 +243,10 @@ def _erase_and_publish(job: _Job, context: WorkerContext) -> str:
             lifecycle.mark_running(session, request, stage, progress)
 
     clock.enter(Stage.LOADING.value)
-    result = erase_fn(context.artifact_dir / job.base_path, target, ws.method, dict(ws.params), out_dir, gates,
-                      on_stage=on_stage, device=ws.device, data_cache=data_cache())
-    figures = job_figures(job.base_number, ws.method, result, gates,
+    result = erase_fn(context.artifact_dir / job.base_path, target, settings.erase_method,
+                      dict(settings.erase_params), out_dir, gates, on_stage=on_stage, device=settings.device,
+                      data_cache=data_cache())
+    figures = job_figures(job.base_number, settings.erase_method, result, gates,
                           out_dir if result.version_dir is not None else None)
 
     if result.version_dir is None:

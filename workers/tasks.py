@@ -54,7 +54,7 @@ def erase_request(self, request_id: str) -> str:
             fail_request(request_id, exc, context)
             metrics.JOBS.labels("failed").inc()
             return "failed"
-        if self.request.retries >= context.worker_settings.max_retries:
+        if self.request.retries >= context.settings.task_max_retries:
             logger.error("erasure request %s: giving up after %d retries: %s", request_id, self.request.retries, exc)
             fail_request(request_id, exc, context)
             metrics.JOBS.labels("failed").inc()

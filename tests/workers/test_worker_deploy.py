@@ -21,10 +21,9 @@ def compose() -> dict:
 
 
 def known_settings() -> set[str]:
-    names = set()
-    for path in ("service/settings.py", "workers/settings.py"):
-        names |= set(re.findall(r"LETHE_[A-Z_]+", (REPO / path).read_text()))
-    return names
+    from service.settings import Settings
+
+    return {Settings.env_name(field) for field in Settings.model_fields}
 
 
 def defined_metrics() -> set[str]:
@@ -109,3 +108,19 @@ def test_grafana_dashboard_uses_existing_metrics(compose):
     dashboards_dir = provider["providers"][0]["options"]["path"]
     mounts = dict(volume.rsplit(":", 2)[:2] for volume in compose["services"]["grafana"]["volumes"])
     assert mounts["./deploy/grafana/dashboards"] == dashboards_dir
+
+
+def _copied(dockerfile: str) -> set[str]:
+    return set(re.findall(r"^COPY (\w+) ", (DEPLOY / dockerfile).read_text(), flags=re.M))
+
+
+def test_images_hold_the_packages_their_code_imports():
+    """The API image runs service/ (which imports lethe_format); the worker image installs every package of
+    pyproject.toml and runs `lethe` (lethe_cli). A package missing from COPY breaks the image at start."""
+    import tomllib
+
+    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {pattern.rstrip("*") for pattern in include}
+    assert packages <= _copied("Dockerfile.worker"), packages - _copied("Dockerfile.worker")
+    assert {"service", "lethe_format", "migrations"} <= _copied("Dockerfile.api")
+    assert not {"ease_engine", "workers", "lethe_cli"} & _copied("Dockerfile.api")

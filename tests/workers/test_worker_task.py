@@ -72,8 +72,8 @@ class FakeEngine:
 
 
 @pytest.fixture
-def context(settings, worker_settings, db):
-    return WorkerContext(settings, worker_settings, db, erase_fn=FakeEngine())
+def context(settings, db):
+    return WorkerContext(settings, db, erase_fn=FakeEngine())
 
 
 def versions(db) -> list[ModelVersion]:
@@ -176,7 +176,7 @@ def test_engine_error_fails_the_request(context, registered, submit, db):
 
 
 def test_bad_gate_settings_fail_the_request(context, registered, submit, db):
-    context.worker_settings = context.worker_settings.__class__(gates={"no_such_gate": 1}, metrics_port=0)
+    context.settings = context.settings.with_overrides(gates={"no_such_gate": 1})
     request_id = submit("0")
     assert process_request(request_id, context) == "failed"
     assert "LETHE_GATES_JSON" in request_row(db, request_id).failure["message"]
