@@ -22,6 +22,8 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from lethe_format import strict_json_loads
+
 ENV_PREFIX = "LETHE_"
 DEFAULT_DATABASE_URL = "sqlite:///./var/lethe.db"
 DEFAULT_BROKER_URL = "memory://"
@@ -34,6 +36,14 @@ JsonObject = Annotated[dict[str, Any], NoDecode]  # parsed by the validator belo
 
 class SettingsError(ValueError):
     """A ``LETHE_*`` variable has a value the settings refuse (the message names it)."""
+
+
+def _strict_json(text: str) -> Any:
+    """JSON as the version format reads it (no NaN or Infinity: the values end up in JSON columns)."""
+    try:
+        return strict_json_loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not valid JSON ({exc})") from None
 
 
 def _setting(default: Any = None, description: str = "", section: str = _API, **constraints: Any) -> Any:
@@ -110,11 +120,7 @@ class Settings(BaseSettings):
     @field_validator("erase_params", "gates", mode="before")
     @classmethod
     def _json_object(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"not valid JSON ({exc.msg} at character {exc.pos})") from None
+        value = _strict_json(value) if isinstance(value, str) else value
         if not isinstance(value, dict):
             raise ValueError(f"must be a JSON object, got {type(value).__name__}")
         return value

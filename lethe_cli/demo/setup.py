@@ -25,35 +25,27 @@ class DemoError(Exception):
     """A set-up problem (bad arguments, unusable work directory): exit code 2."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Layout:
+    """The demo folder: ``var/`` (database, local broker, keys), ``artifacts/``, ``reports/``, ``logs/``."""
+
     workdir: Path
+    var: Path
+    database: Path
+    artifacts: Path
+    reports: Path
+    logs: Path
 
-    @property
-    def var(self) -> Path:
-        return self.workdir / "var"
-
-    @property
-    def database(self) -> Path:
-        return self.var / "lethe.db"
-
-    @property
-    def artifacts(self) -> Path:
-        return self.workdir / "artifacts"
-
-    @property
-    def reports(self) -> Path:
-        return self.workdir / "reports"
-
-    @property
-    def logs(self) -> Path:
-        return self.workdir / "logs"
+    @classmethod
+    def at(cls, workdir: Path) -> Layout:
+        var = workdir / "var"
+        return cls(workdir, var, var / "lethe.db", workdir / "artifacts", workdir / "reports", workdir / "logs")
 
 
 def prepare_workdir(workdir: Path) -> Layout:
     """Create or reset the demo folder. Only a folder the demo made itself (``.lethe-demo`` inside) or an
     empty one is used; its signing key is kept, everything else the demo wrote is removed."""
-    layout = Layout(workdir.resolve())
+    layout = Layout.at(workdir.resolve())
     root = layout.workdir
     if root.exists() and not root.is_dir():
         raise DemoError(f"--workdir {workdir} is not a directory")
