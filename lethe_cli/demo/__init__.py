@@ -44,7 +44,7 @@ from lethe_cli.demo.setup import (
     prepare_workdir,
 )
 from lethe_cli.serve import api_command, worker_command
-from service.settings import Settings
+from service.settings import Settings, SettingsError
 
 __all__ = ["DemoError", "DemoFailure", "federation_identity", "prepare_workdir", "run_demo"]
 
@@ -143,10 +143,10 @@ def run_demo(federation: Path | None, config: Path, workdir: Path, keep_running:
         layout = prepare_workdir(workdir)
         source = obtain_federation(federation, config)
         model, client = federation_identity(source)
-    except DemoError as exc:
+        env, settings, tokens = _start_service_state(layout)
+    except (DemoError, SettingsError) as exc:
         say(f"error: {exc}", fg=typer.colors.RED, err=True)
         return 2
-    env, settings, tokens = _start_service_state(layout)
 
     port = port or free_port()
     base_url = f"http://{HOST}:{port}"
