@@ -14,37 +14,22 @@ from ease_engine.configs import DEFAULT_CONFIG
 from lethe_cli.admin import db_app, token_app
 from lethe_cli.engine import HELP
 from lethe_cli.engine import app as engine_app
+from service.settings import Settings, SettingsError, environment_help, get_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP)
 app.registered_commands.extend(engine_app.registered_commands)
 app.add_typer(token_app, name="token", help="API tokens (stored hashed; the plaintext is shown once)")
 app.add_typer(db_app, name="db", help="database schema (Alembic migrations)")
 
-ENVIRONMENT_HELP = """
-Settings (environment variables):
+ENVIRONMENT_HELP = environment_help()  # generated from service.settings.Settings
 
-\b
-  LETHE_DATABASE_URL      SQLAlchemy URL (default sqlite:///./var/lethe.db; Postgres: postgresql+psycopg://...)
-  LETHE_BROKER_URL        Celery broker (default: a local SQLite transport; production: redis://host:6379/0)
-  LETHE_RESULT_BACKEND    Celery result backend (optional; results are not needed)
-  LETHE_TASK_QUEUE        queue of the erasure task (default: celery)
-  LETHE_ARTIFACT_DIR      root of the model version directories (default ./artifacts)
-  LETHE_SIGNING_KEY       EC private key (PEM) that signs new versions (default: generated in var/keys)
-  LETHE_SIGNING_PUBLIC_KEY  public key served at /v1/keys (default: <key>.pub)
-  LETHE_OUTBOX_POLL_SECONDS  outbox dispatcher poll period, a fallback to wake-ups (default 5)
-  LETHE_DISPATCHER_IN_API  1: the API runs the outbox dispatcher as a thread (default); 0: `lethe dispatcher` does
-  LETHE_DISPATCHER_METRICS_PORT  Prometheus exporter port of `lethe dispatcher` (default 9809; 0: off)
-  LETHE_AUTO_MIGRATE      run migrations when the API starts (serve migrates anyway unless --no-migrate)
-  LETHE_ERASE_METHOD      unlearning method (default ease)
-  LETHE_ERASE_PARAMS_JSON its parameters as a JSON object (default {})
-  LETHE_GATES_JSON        verification gates as a JSON object (default {}: the engine's defaults)
-  LETHE_DEVICE            torch device of the worker (default cpu)
-  LETHE_VISIBILITY_TIMEOUT  Redis visibility timeout, above the longest job (default 21600 s)
-  LETHE_UNACKED_RESTORE_INTERVAL  seconds between re-delivery sweeps for dead workers (default 60)
-  LETHE_LOCK_WAIT_SECONDS wait for the per-model lock before retrying later (default 60)
-  LETHE_TASK_MAX_RETRIES  retries of transient errors (default 8)
-  LETHE_WORKER_METRICS_PORT  worker Prometheus exporter port (default 9808; 0: off)
-"""
+
+def _settings() -> Settings:
+    """The process's settings; a bad LETHE_* value is a usage error that names the variable."""
+    try:
+        return get_settings()
+    except SettingsError as exc:
+        raise typer.BadParameter(str(exc)) from exc
 
 
 @app.command(epilog=ENVIRONMENT_HELP)
@@ -73,10 +58,12 @@ def serve(
         worker_command,
     )
     from service.db import upgrade_database
-    from service.settings import Settings
 
-    env, notes = child_environment()
-    settings = Settings.from_env(env)
+    try:
+        env, notes = child_environment()
+        settings = Settings.from_env(env)
+    except SettingsError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     for note in notes:
         typer.echo(note)
     if migrate:
@@ -89,14 +76,14 @@ def serve(
     supervisor = Supervisor(grace_seconds=grace, echo=typer.echo)
     if api:
         if placement == "process":
-            env["LETHE_DISPATCHER_IN_API"] = "0"
+            env[Settings.env_name("dispatcher_in_api")] = "0"
             supervisor.start("dispatcher", dispatcher_command(), env)
         supervisor.start("api", api_command(host, port, log_level), env)
     for index in range(workers):
         worker_env = dict(env)
         if index:  # one metrics port per worker process
-            base = int(env.get("LETHE_WORKER_METRICS_PORT") or 9808)
-            worker_env["LETHE_WORKER_METRICS_PORT"] = str(base + index) if base else "0"
+            base = settings.worker_metrics_port
+            worker_env[Settings.env_name("worker_metrics_port")] = str(base + index) if base else "0"
         supervisor.start(f"worker-{index}", worker_command(settings.task_queue, pool, 1, log_level,
                                                            f"lethe-worker-{index}-{os.getpid()}"), worker_env)
     if not supervisor.children:
@@ -134,7 +121,7 @@ def worker(
     """Run one Celery worker for the erasure task (what `serve` starts; for containers and GPU hosts)."""
     from lethe_cli.serve import worker_command
 
-    command = worker_command(os.environ.get("LETHE_TASK_QUEUE") or None, pool, concurrency, log_level)
+    command = worker_command(_settings().task_queue, pool, concurrency, log_level)
     os.execv(command[0], command)
 
 
@@ -145,6 +132,7 @@ def dispatcher() -> None:
     LETHE_DISPATCHER_IN_API=0 beside it."""
     from lethe_cli.serve import dispatcher_command
 
+    _settings()  # refuse bad settings here, with the variable named, rather than in the child
     command = dispatcher_command()
     os.execv(command[0], command)
 

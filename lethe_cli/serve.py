@@ -46,19 +46,22 @@ def child_environment(env: Mapping[str, str] | None = None) -> tuple[dict[str, s
 
     env = dict(os.environ if env is None else env)
     settings = Settings.from_env(env)
+    broker, key, public_key = (Settings.env_name(field) for field in ("broker_url", "signing_key",
+                                                                       "signing_public_key"))
     notes = []
     state = var_dir(settings.database_url)
     if settings.broker_url.startswith("memory://"):
         state.mkdir(parents=True, exist_ok=True)
-        env["LETHE_BROKER_URL"] = f"sqla+sqlite:///{state / LOCAL_BROKER_NAME}"
-        notes.append(f"broker: local SQLite transport {env['LETHE_BROKER_URL']} (set LETHE_BROKER_URL for Redis)")
+        env[broker] = f"sqla+sqlite:///{state / LOCAL_BROKER_NAME}"
+        notes.append(f"broker: local SQLite transport {env[broker]} (set {broker} for Redis)")
     if settings.signing_key is None:
         private, public = ensure_key_pair(state / "keys" / KEY_NAME)
-        env["LETHE_SIGNING_KEY"] = str(private)
-        env.setdefault("LETHE_SIGNING_PUBLIC_KEY", str(public))
+        env[key] = str(private)
+        if settings.signing_public_key is None:
+            env[public_key] = str(public)
         notes.append(f"signing key: {private} (public: {public})")
-    elif not env.get("LETHE_SIGNING_PUBLIC_KEY") and public_key_path(settings.signing_key).is_file():
-        env["LETHE_SIGNING_PUBLIC_KEY"] = str(public_key_path(settings.signing_key))
+    elif settings.signing_public_key is None and public_key_path(settings.signing_key).is_file():
+        env[public_key] = str(public_key_path(settings.signing_key))
     return env, notes
 
 

@@ -9,14 +9,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service import crud
+from service import requests
 from service.api.routes import audit, erasure_requests, health, keys, models
 from service.batching import BatchRunner
-from service.crud import Sender
 from service.db import Database, upgrade_database
 from service.dispatcher import OutboxDispatcher
 from service.errors import install_error_handlers
 from service.metrics import BodySizeLimitMiddleware, MetricsMiddleware, ServiceMetrics
+from service.outbox import Sender
 from service.settings import Settings, get_settings
 
 DESCRIPTION = """GDPR erasure requests (Art. 17) for federated CLIP models.
@@ -64,11 +64,11 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
 
     def submit_batch(submissions):
         with database.session() as session:
-            return crud.submit_erasure_requests(session, submissions)
+            return requests.submit_erasure_requests(session, submissions)
 
     def read_batch(lookups):
         with database.session() as session:
-            return crud.read_request_views(session, lookups)
+            return requests.read_request_views(session, lookups)
 
     def wake_dispatcher(answers) -> None:
         created = any(isinstance(answer, tuple) and answer[1] for answer in answers)

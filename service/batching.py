@@ -6,8 +6,8 @@ and one lock hand-over per request, and many threads queueing on the head lock a
 by id is one small query, but a thread hop, a session and a statement execution per request cost
 more CPU than the query itself. So both routes hand their call to a ``BatchRunner``: its thread
 takes whatever is waiting (at most ``max_batch``), serves it with one function call (for POST
-``crud.submit_erasure_requests``: one transaction, N rows, N outbox rows, one chain append of N
-events, one commit; for GET ``crud.read_request_views``: one query for N ids), and answers each
+``requests.submit_erasure_requests``: one transaction, N rows, N outbox rows, one chain append of N
+events, one commit; for GET ``requests.read_request_views``: one query for N ids), and answers each
 waiting route. Alone, a call is a batch of one and waits for nothing; under load batches grow by
 themselves, so throughput rises instead of latency (group commit).
 

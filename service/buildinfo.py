@@ -12,12 +12,13 @@ Nothing here imports torch: versions come from the installed distributions' meta
 
 from __future__ import annotations
 
-import os
 import platform
 import subprocess
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
+
+from service.settings import get_settings
 
 UNKNOWN = "unknown"
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +49,7 @@ def build_labels(component: str, *, with_torch: bool = False) -> dict[str, str]:
     return {
         "component": component,
         "version": _distribution_version("lethe") or UNKNOWN,
-        "commit": os.environ.get("LETHE_GIT_COMMIT", "").strip() or _git_commit(),
+        "commit": (get_settings().git_commit or "").strip() or _git_commit(),
         "python": platform.python_version(),
         "torch": (_distribution_version("torch") or "") if with_torch else "",
     }

@@ -1,4 +1,4 @@
-"""The outbox dispatcher: sends committed erasure requests to the broker (``crud.dispatch_outbox``).
+"""The outbox dispatcher: sends committed erasure requests to the broker (``service.outbox.dispatch_outbox``).
 
 It runs in one of two places:
 
@@ -25,12 +25,11 @@ from collections.abc import Callable
 
 from sqlalchemy.engine import make_url
 
-from service.crud import DispatchResult, Sender, dispatch_outbox
 from service.db import Database
+from service.outbox import OUTBOX_CHANNEL, DispatchResult, Sender, dispatch_outbox
 
 logger = logging.getLogger("lethe.service")
 
-OUTBOX_CHANNEL = "lethe_outbox"
 PASS_LIMIT = 100
 # After a wake-up, wait this long before the pass: under load one pass then sends several requests (one
 # transaction, one chain append) instead of one each. A task waits at most this much longer for its worker.
@@ -154,8 +153,6 @@ def main() -> int:
     (``LETHE_DATABASE_URL``, ``LETHE_BROKER_URL``, ``LETHE_TASK_QUEUE``, ``LETHE_OUTBOX_POLL_SECONDS``);
     its dispatch counters are exported on ``LETHE_DISPATCHER_METRICS_PORT`` (default 9809; 0: off).
     SIGTERM or Ctrl-C ends it after the current pass."""
-    import os
-
     from prometheus_client import CollectorRegistry, start_http_server
 
     from service.metrics import DispatchMetrics, build_info_gauge
@@ -167,9 +164,8 @@ def main() -> int:
     registry = CollectorRegistry()
     metrics = DispatchMetrics(registry)
     build_info_gauge(registry, "dispatcher")
-    port = int(os.environ.get("LETHE_DISPATCHER_METRICS_PORT") or 9809)
-    if port:
-        start_http_server(port, addr=os.environ.get("LETHE_DISPATCHER_METRICS_ADDR", "127.0.0.1"), registry=registry)
+    if settings.dispatcher_metrics_port:
+        start_http_server(settings.dispatcher_metrics_port, addr=settings.dispatcher_metrics_addr, registry=registry)
     interval = settings.outbox_poll_seconds if settings.outbox_poll_seconds > 0 else 5.0
     dispatcher = OutboxDispatcher(Database(settings.database_url),
                                   celery_sender(make_celery_client(settings), settings.task_queue), interval,

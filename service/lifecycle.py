@@ -164,7 +164,7 @@ def mark_published(
     session: Session, request: ErasureRequest, version: ModelVersion,
     figures: Mapping[str, Any] | None = None,
 ) -> None:
-    """The new version passed its gates and is signed. Register it first (``crud.register_version``)."""
+    """The new version passed its gates and is signed. Register it first (``versions.register_staged_version``)."""
     session.flush()
     result = jsonable(dict(figures or {}))
     request.result_version_id = version.id

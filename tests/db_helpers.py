@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from service.auth import principal_cache
-from service.crud import client_index_cache
 from service.db import Database, upgrade_database
 from service.models import GENESIS_HASH
+from service.versions import client_index_cache
 
 POSTGRES_URL = os.environ.get("LETHE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TABLES = ("audit_events", "outbox", "erasure_requests", "model_versions", "models", "api_tokens")

@@ -18,15 +18,14 @@ from typing import Any
 from celery import Celery, signals
 
 from service.settings import Settings, get_settings
-from workers.settings import WorkerSettings
 
 
-def celery_config(settings: Settings, worker_settings: WorkerSettings) -> dict[str, Any]:
+def celery_config(settings: Settings) -> dict[str, Any]:
     transport_options: dict[str, Any] = {}
     if settings.broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
         transport_options = {
-            "visibility_timeout": worker_settings.visibility_timeout,
-            "unacked_restore_interval": worker_settings.unacked_restore_interval,
+            "visibility_timeout": settings.visibility_timeout,
+            "unacked_restore_interval": settings.unacked_restore_interval,
             "unacked_restore_throttle": 1,  # every sweep scans: the interval alone sets the pace
         }
     queue = settings.task_queue or "celery"
@@ -51,12 +50,11 @@ def celery_config(settings: Settings, worker_settings: WorkerSettings) -> dict[s
     }
 
 
-def make_celery_app(settings: Settings | None = None, worker_settings: WorkerSettings | None = None) -> Celery:
+def make_celery_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
-    worker_settings = worker_settings or WorkerSettings.from_env()
     app = Celery("lethe", broker=settings.broker_url, backend=settings.result_backend,
                  include=["workers.tasks"])
-    app.conf.update(celery_config(settings, worker_settings))
+    app.conf.update(celery_config(settings))
     return app
 
 
@@ -68,6 +66,6 @@ def _start_metrics_exporter(sender=None, **_kwargs) -> None:
     """The worker's Prometheus exporter (``LETHE_WORKER_METRICS_PORT``; see ``workers.metrics``)."""
     from workers.metrics import start_exporter
 
-    settings, worker_settings = get_settings(), WorkerSettings.from_env()
-    start_exporter(worker_settings.metrics_port, worker_settings.metrics_addr, settings.broker_url,
+    settings = get_settings()
+    start_exporter(settings.worker_metrics_port, settings.worker_metrics_addr, settings.broker_url,
                    settings.task_queue or "celery")

@@ -14,8 +14,8 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.settings import get_settings
 from workers.metrics import HEARTBEAT_METRIC, HEARTBEAT_SECONDS
-from workers.settings import WorkerSettings
 
 DEFAULT_MAX_AGE = 4 * HEARTBEAT_SECONDS
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-age", type=float, default=DEFAULT_MAX_AGE,
                         help=f"oldest acceptable heartbeat in seconds (default {DEFAULT_MAX_AGE:.0f})")
     args = parser.parse_args(argv)
-    port = args.port if args.port is not None else WorkerSettings.from_env().metrics_port
+    port = args.port if args.port is not None else get_settings().worker_metrics_port
     if port <= 0:
         print("the worker's metrics exporter is disabled (LETHE_WORKER_METRICS_PORT=0): nothing to check")
         return 1

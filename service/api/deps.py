@@ -8,8 +8,9 @@ from fastapi import Depends, Request
 
 from service.auth import CurrentPrincipal, SessionDep, require_roles  # noqa: F401  (re-exported)
 from service.metrics import ServiceMetrics
-from service.models import ErasureRequest, ModelVersion, Role
-from service.schemas import ErasureRequestOut, Links, VersionRef
+from service.models import ErasureRequest, Role
+from service.requests import view_of_request
+from service.schemas import ErasureRequestOut, Links
 from service.settings import Settings
 
 
@@ -39,32 +40,6 @@ def request_links(settings: Settings, request_id) -> Links:
                  cancel=link(settings, f"{base}/cancel"))
 
 
-def version_ref(version: ModelVersion | None) -> VersionRef | None:
-    if version is None:
-        return None
-    return VersionRef(model=version.model.name, version=version.version, content_hash=version.content_hash)
-
-
 def request_out(settings: Settings, request: ErasureRequest) -> ErasureRequestOut:
-    return ErasureRequestOut(
-        id=request.id,
-        status=request.status,
-        stage=request.stage,
-        progress=request.progress,
-        scope=request.scope,
-        client_id=request.client_id,
-        pair_ids=request.pair_ids,
-        model=request.model_name,
-        base_version=version_ref(request.base_version),
-        legal_basis=request.legal_basis,
-        reason=request.reason,
-        requester=request.requester.name,
-        created_at=request.created_at,
-        updated_at=request.updated_at,
-        started_at=request.started_at,
-        finished_at=request.finished_at,
-        result_version=version_ref(request.result_version),
-        result=request.result,
-        failure=request.failure,
-        links=request_links(settings, request.id),
-    )
+    """The response of a loaded request: its view (``service.requests.request_view``, the one mapping) and links."""
+    return ErasureRequestOut.model_validate({**view_of_request(request), "links": request_links(settings, request.id)})

@@ -150,3 +150,16 @@ def test_light_packages_stay_light_at_run_time(module, heavy):
     code = f"import sys, {module}; assert {heavy!r} not in sys.modules, sorted(sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_documented_rules_are_the_checked_rules():
+    """docs/architecture.md's package-rules table and FORBIDDEN say the same (a rule changed in one place only
+    fails here)."""
+    text = (REPO / "docs" / "architecture.md").read_text()
+    section = text.split("## Package rules", 1)[1].split("\n## ", 1)[0]
+    documented = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0].startswith("`"):
+            documented[cells[0].strip("`")] = {name.strip() for name in cells[1].split(",")}
+    assert documented == FORBIDDEN

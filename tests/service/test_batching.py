@@ -12,13 +12,13 @@ import pytest
 from service_test_helpers import MODEL, bearer, erasure_body
 from sqlalchemy import func, select
 
-from service import crud
+from service import requests
 from service.audit import verify_chain
 from service.auth import Principal, hash_token, principal_cache
 from service.batching import BatchRunner, Overloaded
-from service.crud import Submission
 from service.errors import ApiError
 from service.models import AuditEvent, ErasureRequest, OutboxMessage, Role
+from service.requests import Submission
 from service.schemas import ErasureRequestCreate
 
 # ----------------------------------------------------------------------------------- BatchRunner
@@ -212,7 +212,7 @@ def _body(**overrides) -> ErasureRequestCreate:
 def test_a_mixed_batch_commits_the_valid_ones_and_answers_each_like_alone(db, tokens, registered_model):
     alice, bob = Principal(1, "alice", Role.REQUESTER), Principal(2, "bob", Role.REQUESTER)
     with db.session() as session:
-        earlier, created = crud.submit_erasure_request(session, alice, _body(client_id="2"), "earlier")
+        earlier, created = requests.submit_erasure_request(session, alice, _body(client_id="2"), "earlier")
     assert created
     batch = [
         Submission(alice, _body(), "k1"),                                   # new
@@ -226,7 +226,7 @@ def test_a_mixed_batch_commits_the_valid_ones_and_answers_each_like_alone(db, to
         Submission(alice, _body(scope="samples", client_id="0", pair_ids=["p1", "p2"]), None),  # new
     ]
     with db.session() as session:
-        outcomes = crud.submit_erasure_requests(session, batch)
+        outcomes = requests.submit_erasure_requests(session, batch)
     new_ids = {outcomes[i][0].id for i in (0, 4, 8)}
     assert all(outcomes[i][1] is True for i in (0, 4, 8)) and len(new_ids) == 3
     assert (outcomes[2][0].id, outcomes[2][1]) == (outcomes[0][0].id, False)
@@ -248,10 +248,10 @@ def test_read_views_of_a_batch_apply_visibility_per_caller(db, tokens, registere
     alice, bob = Principal(1, "alice", Role.REQUESTER), Principal(2, "bob", Role.REQUESTER)
     officer = Principal(3, "carol", Role.COMPLIANCE)
     with db.session() as session:
-        mine, _ = crud.submit_erasure_request(session, alice, _body())
+        mine, _ = requests.submit_erasure_request(session, alice, _body())
     missing = uuid.uuid4()
     with db.session() as session:
-        views = crud.read_request_views(session, [(alice, mine.id), (bob, mine.id), (officer, mine.id),
+        views = requests.read_request_views(session, [(alice, mine.id), (bob, mine.id), (officer, mine.id),
                                                   (alice, missing), (alice, mine.id)])
     assert views[0]["id"] == mine.id and views[0]["requester"] == "alice" and views[0]["model"] == MODEL
     assert views[2] == views[0] and views[4] == views[0]

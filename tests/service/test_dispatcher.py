@@ -16,7 +16,7 @@ import pytest
 from service_test_helpers import bearer, erasure_body, submit
 from sqlalchemy import select
 
-from service import crud
+from service import requests
 from service.auth import Principal
 from service.dispatcher import OutboxDispatcher
 from service.models import ErasureRequest, OutboxMessage, Role
@@ -37,7 +37,7 @@ def _wait(condition, seconds: float = 10.0) -> bool:
 def _submit_directly(db) -> uuid.UUID:
     """A request committed by another 'process' (a session of its own, no API and no wake-up call)."""
     with db.session() as session:
-        request, created = crud.submit_erasure_request(
+        request, created = requests.submit_erasure_request(
             session, Principal(1, "alice", Role.REQUESTER), ErasureRequestCreate(**erasure_body()))
     assert created
     return request.id

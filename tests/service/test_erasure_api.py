@@ -109,15 +109,15 @@ def test_list_filters_pagination_and_isolation(client, auth, registered_model):
 def test_report_json_and_pdf(client, auth, registered_model, make_version_dir, db):
     request_id = submit(client, auth("requester"))
     make_version_dir("clip-test/v2", clients={"0": ["p0"], "2": ["p20"]}, manifest={"method": "ease"})
-    from service import crud
+    from service import versions
 
     with db.transaction() as session:
         request = lifecycle.load_for_update(session, request_id)
         for stage in ("loading", "excising", "displacing", "verifying", "signing"):
             lifecycle.mark_running(session, request, stage, 0.5)
-        version, created = crud.register_version(session, db_settings_artifacts(client), "clip-test",
-                                                 "clip-test/v2", created_by_request_id=request.id,
-                                                 status="published")
+        version, created = versions.register_version(session, db_settings_artifacts(client), "clip-test",
+                                                     "clip-test/v2", created_by_request_id=request.id,
+                                                     status="published")
         lifecycle.mark_published(session, request, version, {"recall_at_5": {"before": 0.8, "after": 0.79}})
     report = client.get(f"/v1/erasure-requests/{request_id}/report.json", headers=auth("compliance"))
     assert report.status_code == 200, report.text
@@ -149,7 +149,7 @@ def db_settings_artifacts(client):
 def test_concurrent_submissions_with_one_idempotency_key_make_one_request(client, auth, registered_model, db):
     import threading
 
-    from service import crud
+    from service import requests
     from service.auth import Principal
     from service.models import Role
     from service.schemas import ErasureRequestCreate
@@ -166,7 +166,7 @@ def test_concurrent_submissions_with_one_idempotency_key_make_one_request(client
         try:
             barrier.wait()
             with db.session() as session:
-                request, created = crud.submit_erasure_request(session, principal, body, "same-key")
+                request, created = requests.submit_erasure_request(session, principal, body, "same-key")
                 results.append((request.id, created))
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)

@@ -11,11 +11,12 @@ import uuid
 from service_test_helpers import MODEL, bearer, erasure_body, submit
 from sqlalchemy import select
 
-from service import crud, lifecycle
+from service import lifecycle, requests, versions
 from service.api.deps import request_out
 from service.audit import append_event, append_events, verify_chain
 from service.auth import Principal, create_token, principal_cache, revoke_token
 from service.models import ApiToken, AuditEvent, ErasureRequest, OutboxMessage, Role
+from service.outbox import count_unsent, dispatch_outbox
 from service.schemas import ErasureRequestOut
 
 
@@ -25,12 +26,12 @@ def test_get_view_matches_the_orm_view(client, auth, registered_model, make_vers
     with db.transaction() as session:
         request = lifecycle.load_for_update(session, request_id)
         lifecycle.mark_running(session, request, "loading", 0.5)
-        version, _ = crud.register_version(session, settings.artifact_dir, MODEL, "clip-test/v2",
-                                           created_by_request_id=request.id, status="published")
+        version, _ = versions.register_version(session, settings.artifact_dir, MODEL, "clip-test/v2",
+                                               created_by_request_id=request.id, status="published")
         lifecycle.mark_published(session, request, version, {"r@5": 0.5})
     with db.session() as session:
         principal = Principal(1, "alice", Role.REQUESTER)
-        expected = request_out(settings, crud.get_visible_request(session, principal, uuid.UUID(request_id)))
+        expected = request_out(settings, requests.get_visible_request(session, principal, uuid.UUID(request_id)))
     got = client.get(f"/v1/erasure-requests/{request_id}", headers=auth("requester"))
     assert got.status_code == 200 and got.headers["content-type"] == "application/json"
     assert got.json() == expected.model_dump(mode="json")
@@ -99,7 +100,7 @@ def test_post_wakes_the_dispatcher_and_does_not_wait_for_the_broker(settings, db
             time.sleep(0.02)
     with db.session() as session:
         assert session.get(ErasureRequest, uuid.UUID(request_id)).status == "queued"
-        assert crud.count_unsent(session) == 0
+        assert count_unsent(session) == 0
         assert verify_chain(session).ok
 
 
@@ -120,7 +121,7 @@ def test_batch_dispatch_commits_what_was_sent_before_a_failure(client, auth, reg
     assert client.post(f"/v1/erasure-requests/{cancelled}/cancel", headers=auth("requester")).status_code == 200
     flaky = FailAfter(2)
     with db.session() as session:
-        result = crud.dispatch_outbox(session, flaky)
+        result = dispatch_outbox(session, flaky)
     # oldest first: 0 sent, 1 skipped (cancelled), 2 sent, 3 fails and stops the pass, 4 untouched
     assert (result.sent, result.skipped, result.failed) == (2, 1, 1)
     assert flaky.sent == [ids[0], ids[2]]
@@ -133,9 +134,9 @@ def test_batch_dispatch_commits_what_was_sent_before_a_failure(client, auth, reg
     assert outbox[ids[3]].attempts == 2  # the POST's try (broker down) and this one
     assert outbox[ids[4]].attempts == 1
     with db.session() as session:
-        result = crud.dispatch_outbox(session, FailAfter(10))
+        result = dispatch_outbox(session, FailAfter(10))
         assert (result.sent, result.failed) == (2, 0)
-        assert crud.count_unsent(session) == 0
+        assert count_unsent(session) == 0
         assert verify_chain(session).ok
         queued = list(session.scalars(select(AuditEvent.request_id).where(AuditEvent.event_type == "request.queued")
                                       .order_by(AuditEvent.seq)))

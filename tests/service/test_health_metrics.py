@@ -134,10 +134,16 @@ def test_dispatch_metrics_only_from_the_process_that_dispatches(settings, db, se
 
 
 def test_build_info_and_integrity_counters(client, monkeypatch):
-    monkeypatch.setenv("LETHE_GIT_COMMIT", "abc123def456")
     from service.metrics import ServiceMetrics
+    from service.settings import get_settings
 
-    text = ServiceMetrics().render().decode()
+    monkeypatch.setenv("LETHE_GIT_COMMIT", "abc123def456")
+    get_settings.cache_clear()  # the process's settings are read once; this test changes the environment
+    try:
+        text = ServiceMetrics().render().decode()
+    finally:
+        monkeypatch.delenv("LETHE_GIT_COMMIT")
+        get_settings.cache_clear()
     assert sample(text, "lethe_build_info", component="api", commit="abc123def456", torch="") == 1.0
     text = client.get("/metrics").text
     assert sample(text, "lethe_build_info", component="api") == 1.0

@@ -8,7 +8,7 @@ import pytest
 from service_test_helpers import submit
 from sqlalchemy import select
 
-from service import crud, lifecycle
+from service import lifecycle, versions
 from service.audit import verify_chain
 from service.models import AuditEvent, ErasureRequest, RequestStatus
 
@@ -51,8 +51,8 @@ def test_worker_path_to_published(db, request_id, settings, make_version_dir):
         request = lifecycle.load_for_update(session, request_id)
         assert (request.status, request.stage, request.progress) == ("running", "excising", 0.3)
         assert request.started_at is not None
-        version, _ = crud.register_version(session, settings.artifact_dir, "clip-test", "clip-test/v2",
-                                           created_by_request_id=request.id, status="published")
+        version, _ = versions.register_version(session, settings.artifact_dir, "clip-test", "clip-test/v2",
+                                               created_by_request_id=request.id, status="published")
         lifecycle.mark_published(session, request, version, {"forget_r@5": 0.01, "nan_is_kept": float("nan")})
     with db.session() as session:
         request = session.get(ErasureRequest, uuid.UUID(request_id))

@@ -7,7 +7,7 @@ import uuid
 from service_test_helpers import erasure_body, submit
 from sqlalchemy import select
 
-from service import crud
+from service import outbox
 from service.models import AuditEvent, ErasureRequest, OutboxMessage
 
 
@@ -31,19 +31,19 @@ def test_broker_down_keeps_the_request_and_sends_later(client, auth, registered_
     # still down: the dispatcher counts the attempt and stops the pass at the first failure
     client.post("/v1/erasure-requests", json=erasure_body(client_id="2"), headers=auth("requester"))
     with db.session() as session:
-        result = crud.dispatch_outbox(session, sender)
+        result = outbox.dispatch_outbox(session, sender)
     assert result.failed == 1 and result.sent == 0
 
     sender.fail_with = None  # the broker is back
     with db.session() as session:
-        result = crud.dispatch_outbox(session, sender)
+        result = outbox.dispatch_outbox(session, sender)
     assert (result.sent, result.failed) == (2, 0)
     assert [payload["args"] for _, payload in sender.sent][0] == [request_id]
     assert all(message.sent_at is not None for message in _outbox(db))
     status = client.get(f"/v1/erasure-requests/{request_id}", headers=auth("requester")).json()["status"]
     assert status == "queued"
     with db.session() as session:
-        assert crud.dispatch_outbox(session, sender).sent == 0  # nothing is sent twice
+        assert outbox.dispatch_outbox(session, sender).sent == 0  # nothing is sent twice
         types = list(session.scalars(select(AuditEvent.event_type).where(
             AuditEvent.request_id == uuid.UUID(request_id)).order_by(AuditEvent.seq)))
     assert types == ["request.received", "request.queued"]
@@ -56,7 +56,7 @@ def test_cancelled_before_dispatch_is_not_sent(client, auth, registered_model, s
     assert cancelled.status_code == 200
     sender.fail_with = None
     with db.session() as session:
-        result = crud.dispatch_outbox(session, sender)
+        result = outbox.dispatch_outbox(session, sender)
     assert (result.sent, result.skipped) == (0, 1)
     assert sender.sent == []
     [message] = _outbox(db)
@@ -95,7 +95,7 @@ def test_celery_sender_publishes_by_name_to_redis():
     queue = f"lethe-test-{uuid.uuid4().hex[:8]}"
     settings = Settings(broker_url="redis://127.0.0.1:6379/15", task_queue=queue)
     send = celery_sender(make_celery_client(settings), settings.task_queue)
-    task_id = send("lethe.erase", crud.erase_task_payload(uuid.UUID(int=7)))
+    task_id = send("lethe.erase", outbox.erase_task_payload(uuid.UUID(int=7)))
     connection = redis.Redis.from_url(settings.broker_url)
     try:
         assert task_id == f"erase-{uuid.UUID(int=7)}"

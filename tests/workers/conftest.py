@@ -20,7 +20,6 @@ from service.auth import create_token
 from service.db import Database
 from service.settings import Settings
 from tests.db_helpers import temporary_schemas
-from workers.settings import WorkerSettings
 from workers.signing import ensure_key_pair
 
 
@@ -84,12 +83,7 @@ class NullSender:
 @pytest.fixture
 def settings(worker_pg_url, artifact_dir, signing_key) -> Settings:
     return Settings(database_url=worker_pg_url, broker_url="memory://", artifact_dir=artifact_dir,
-                    signing_key=signing_key, outbox_poll_seconds=0)
-
-
-@pytest.fixture
-def worker_settings() -> WorkerSettings:
-    return WorkerSettings(lock_wait_seconds=5, metrics_port=0)
+                    signing_key=signing_key, outbox_poll_seconds=0, lock_wait_seconds=5, worker_metrics_port=0)
 
 
 @pytest.fixture

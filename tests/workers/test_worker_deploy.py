@@ -21,10 +21,9 @@ def compose() -> dict:
 
 
 def known_settings() -> set[str]:
-    names = set()
-    for path in ("service/settings.py", "workers/settings.py"):
-        names |= set(re.findall(r"LETHE_[A-Z_]+", (REPO / path).read_text()))
-    return names
+    from service.settings import Settings
+
+    return {Settings.env_name(field) for field in Settings.model_fields}
 
 
 def mounts(service: dict) -> dict[str, tuple[str, str]]:
@@ -218,3 +217,20 @@ def test_concurrent_key_creation_agrees_on_one_key(tmp_path):
     on_disk = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     assert publics == {on_disk}
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def _copied(dockerfile: str) -> set[str]:
+    return set(re.findall(r"^COPY (\w+) ", (DEPLOY / dockerfile).read_text(), flags=re.M))
+
+
+def test_images_hold_the_packages_their_code_imports():
+    """The API image runs service/ (which imports lethe_format) and `lethe-admin` (lethe_cli.admin); the worker
+    image installs every package of pyproject.toml and runs `lethe` (lethe_cli). A package missing from COPY breaks
+    the image at start."""
+    import tomllib
+
+    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {pattern.rstrip("*") for pattern in include}
+    assert packages <= _copied("Dockerfile.worker"), packages - _copied("Dockerfile.worker")
+    assert {"service", "lethe_format", "migrations", "lethe_cli"} <= _copied("Dockerfile.api")  # lethe-admin
+    assert not {"ease_engine", "workers", "lethe_bench"} & _copied("Dockerfile.api")

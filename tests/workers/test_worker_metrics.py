@@ -12,7 +12,8 @@ from test_worker_task import FakeEngine
 
 from ease_engine.unlearning.base import UnlearningError
 from workers import healthcheck, metrics
-from workers.tasks import WorkerContext, process_request
+from workers.context import WorkerContext
+from workers.pipeline import process_request
 
 
 def failures(reason: str) -> float:
@@ -28,8 +29,8 @@ def all_failures() -> dict[str, float]:
 
 
 @pytest.fixture
-def context(settings, worker_settings, db):
-    return WorkerContext(settings, worker_settings, db, erase_fn=FakeEngine())
+def context(settings, db):
+    return WorkerContext(settings, db, erase_fn=FakeEngine())
 
 
 def test_every_reason_is_exported_from_the_start():

@@ -24,9 +24,10 @@ from lethe_format import read_clients
 from service import lifecycle
 from service.models import AuditEvent, ErasureRequest, ModelVersion
 from workers import metrics
+from workers.errors import is_transient
 from workers.locks import LockTimeout, model_lock
+from workers.pipeline import WorkerContext, process_request
 from workers.signing import SIGNATURE_NAME, verify_directory
-from workers.tasks import WorkerContext, is_transient, process_request
 
 
 class FakeEngine:
@@ -71,8 +72,8 @@ class FakeEngine:
 
 
 @pytest.fixture
-def context(settings, worker_settings, db):
-    return WorkerContext(settings, worker_settings, db, erase_fn=FakeEngine())
+def context(settings, db):
+    return WorkerContext(settings, db, erase_fn=FakeEngine())
 
 
 def versions(db) -> list[ModelVersion]:
@@ -175,7 +176,7 @@ def test_engine_error_fails_the_request(context, registered, submit, db):
 
 
 def test_bad_gate_settings_fail_the_request(context, registered, submit, db):
-    context.worker_settings = context.worker_settings.__class__(gates={"no_such_gate": 1}, metrics_port=0)
+    context.settings = context.settings.with_overrides(gates={"no_such_gate": 1})
     request_id = submit("0")
     assert process_request(request_id, context) == "failed"
     assert "LETHE_GATES_JSON" in request_row(db, request_id).failure["message"]
@@ -273,3 +274,61 @@ def test_file_lock_for_sqlite(tmp_path):
     with model_lock(sqlite, tmp_path, "other-model", 0.3):
         pass
     sqlite.dispose()
+
+
+def event_payloads(db, request_id, event_type) -> list[dict]:
+    with db.session() as session:
+        return list(session.scalars(select(AuditEvent.payload).where(
+            AuditEvent.request_id == uuid.UUID(request_id), AuditEvent.event_type == event_type)
+            .order_by(AuditEvent.seq)))
+
+
+def test_a_request_whose_base_was_superseded_is_rebased_not_forked(context, registered, submit, db):
+    """Both requests are accepted on v1 (their stored base); the second runs after the first published v2:
+    it is moved onto v2 explicitly (row and audit event) and produces v3 whose parent is v2."""
+    first, second = submit("1"), submit("2")
+    v1 = versions(db)[0]
+    assert request_row(db, first).base_version_id == request_row(db, second).base_version_id == v1.id
+    assert process_request(first, context) == "published"
+    assert request_row(db, second).base_version_id == v1.id  # stored at submission; nothing moved it yet
+    assert process_request(second, context) == "published"
+    _v1, v2, v3 = versions(db)
+    assert (v3.version, v3.parent_id, v3.path) == (3, v2.id, f"{MODEL}/v3")
+    row = request_row(db, second)
+    assert row.base_version_id == v2.id and row.result_version_id == v3.id
+    assert row.result["base_version"] == 2 and row.result["version"]["parent_version"] == 2
+    [rebased] = event_payloads(db, second, "request.rebased")
+    assert (rebased["from_version"], rebased["to_version"]) == (1, 2) and "superseded" in rebased["reason"]
+    types = event_types(db, second)
+    assert types.index("request.rebased") < types.index("request.running")
+    assert [call["version_dir"].name for call in context.erase_fn.calls] == ["v1", "v2"]
+    # negative control: the first ran on its stored base, which was still the latest: no rebase
+    assert event_payloads(db, first, "request.rebased") == []
+    assert request_row(db, first).base_version_id == v1.id
+
+
+def test_a_rebased_request_whose_target_is_gone_is_rejected(context, registered, submit, db):
+    first, second = submit("0"), submit("0")
+    assert process_request(first, context) == "published"
+    assert process_request(second, context) == "rejected"
+    _v1, v2 = versions(db)
+    row = request_row(db, second)
+    assert row.base_version_id == v2.id and row.failure["details"] == {"base_version": 2}
+    assert event_types(db, second)[-2:] == ["request.rebased", "request.rejected"]
+    assert context.erase_fn.calls and len(context.erase_fn.calls) == 1  # the second never reached the engine
+
+
+def test_the_version_number_is_decided_once_even_when_its_folder_is_taken(context, registered, submit, db):
+    """``v2`` on disk holds something no version points to (no journal: not ours): the new version is still
+    number 2, in a folder of its own; the foreign folder is left alone."""
+    foreign = context.artifact_dir / MODEL / "v2"
+    foreign.mkdir()
+    (foreign / "note.txt").write_text("an operator's copy")
+    request_id = submit("1")
+    assert process_request(request_id, context) == "published"
+    _v1, v2 = versions(db)
+    assert v2.version == 2 and v2.path == f"{MODEL}/v2-{uuid.UUID(request_id).hex[:12]}"
+    assert (context.artifact_dir / v2.path / SIGNATURE_NAME).is_file()
+    assert (foreign / "note.txt").read_text() == "an operator's copy"
+    assert request_row(db, request_id).result["version"] == {
+        "number": 2, "path": v2.path, "parent_version": 1, "content_hash": v2.content_hash}

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from service import crud
+from service import outbox, requests
 from service.api.deps import (
     CurrentPrincipal,
     MetricsDep,
@@ -41,7 +41,7 @@ IdempotencyKey = Annotated[
 
 def _dispatch_one(app_state, request_id: uuid.UUID) -> None:
     with app_state.db.session() as session:
-        result = crud.dispatch_outbox(session, app_state.sender, request_id=request_id)
+        result = outbox.dispatch_outbox(session, app_state.sender, request_id=request_id)
     app_state.metrics.record_dispatch(result)
 
 
@@ -62,7 +62,7 @@ async def submit(
     committed together (``service.batching``). The outbox dispatcher sends it to the broker right
     after (it is woken; the answer does not wait for the broker)."""
     state = request.app.state
-    erasure, created = await state.submissions.submit(crud.Submission(principal, body, idempotency_key))
+    erasure, created = await state.submissions.submit(requests.Submission(principal, body, idempotency_key))
     links = request_links(settings, erasure.id)
     content = {"id": str(erasure.id), "status": erasure.status, "links": links.model_dump()}
     if created:
@@ -82,7 +82,7 @@ def list_requests(
     limit: Annotated[int, Query(ge=1, le=200)] = 50, offset: Annotated[int, Query(ge=0)] = 0,
 ):
     """Newest first. A requester sees only its own requests."""
-    rows = crud.list_requests(session, principal, status=status.value if status else None, model=model,
+    rows = requests.list_requests(session, principal, status=status.value if status else None, model=model,
                               client_id=client_id, limit=limit, offset=offset)
     return ErasureRequestPage(
         items=[request_out(settings, row) for row in rows], limit=limit, offset=offset,
@@ -105,12 +105,12 @@ async def read_request(request_id: uuid.UUID, request: Request, settings: Settin
 def cancel(request_id: uuid.UUID, session: SessionDep, settings: SettingsDep,
            principal: Principal = RequesterOrCompliance):
     """Cancel while ``received`` or ``queued``; 409 once running or finished."""
-    crud.cancel_request(session, principal, request_id)
-    return request_out(settings, crud.get_visible_request(session, principal, request_id))
+    requests.cancel_request(session, principal, request_id)
+    return request_out(settings, requests.get_visible_request(session, principal, request_id))
 
 
 def _report(session, settings, principal: CurrentPrincipal, request_id: uuid.UUID) -> dict:
-    erasure = crud.get_visible_request(session, principal, request_id)
+    erasure = requests.get_visible_request(session, principal, request_id)
     view = request_out(settings, erasure).model_dump(mode="json")
     return build_report(session, erasure, view)
 

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from service import crud
+from service import versions
 from service.api.deps import AggregatorOnly, CurrentPrincipal, SessionDep, SettingsDep, link
 from service.artifacts import resolve_inside, stream_zip, version_files
 from service.auth import Principal
@@ -52,7 +52,7 @@ def register_version(name: ModelName, body: VersionRegister, session: SessionDep
                      principal: Principal = AggregatorOnly):
     """Register a federated checkpoint: a directory under LETHE_ARTIFACT_DIR with manifest.json (or
     metadata.json) and clients.json. The service reads only JSON and hashes the files."""
-    version, created = crud.register_version(
+    version, created = versions.register_version(
         session, settings.artifact_dir, name, body.path, parent_version=body.parent_version,
         actor=principal.as_actor(),
     )
@@ -75,14 +75,14 @@ def list_models(session: SessionDep, _principal: CurrentPrincipal):
 
 @router.get("/{name}/versions", response_model=list[ModelVersionOut])
 def list_versions(name: ModelName, session: SessionDep, settings: SettingsDep, _principal: CurrentPrincipal):
-    model = crud.require_model(session, name)
+    model = versions.require_model(session, name)
     return [version_out(settings, name, version) for version in model.versions]
 
 
 @router.get("/{name}/versions/{version}", response_model=ModelVersionOut)
 def read_version(name: ModelName, version: int, session: SessionDep, settings: SettingsDep,
                  _principal: CurrentPrincipal):
-    return version_out(settings, name, crud.require_version(session, name, version))
+    return version_out(settings, name, versions.require_version(session, name, version))
 
 
 @router.get("/{name}/versions/{version}/download", response_class=StreamingResponse,
@@ -90,7 +90,7 @@ def read_version(name: ModelName, version: int, session: SessionDep, settings: S
 def download_version(name: ModelName, version: int, session: SessionDep, settings: SettingsDep,
                      _principal: CurrentPrincipal):
     """The version directory as a zip stream (stored, not compressed: weights do not compress)."""
-    record = crud.require_version(session, name, version)
+    record = versions.require_version(session, name, version)
     directory, _ = resolve_inside(settings.artifact_dir, record.path)
     files = version_files(directory)  # before the answer starts: a link is refused, never followed
     prefix = f"{name}-v{record.version}"
