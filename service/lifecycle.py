@@ -1,7 +1,11 @@
 """The erasure request's life cycle: a small state machine and the functions the worker calls.
 
     received -> queued -> running (stage: loading, excising, displacing, verifying, signing)
-             -> published | verification_failed | failed | rejected | cancelled
+             -> published | verification_failed | inconclusive | failed | rejected | cancelled
+
+``inconclusive``: every gate passed, but verification could not tell an erased model from the unchanged
+parent on this data (the parent shows no measurable knowledge of the erased pairs, or passes every
+forgetting gate itself); nothing is published and nothing is presented as verified.
 
 Every function here changes the request row *and* appends the matching audit event in the
 caller's transaction; the caller commits. Load the request with ``load_for_update`` first so a
@@ -25,11 +29,11 @@ from service.audit import append_event, append_events, jsonable
 from service.models import ErasureRequest, ModelVersion, RequestStatus, Stage, utcnow
 
 S = RequestStatus
-TERMINAL = frozenset({S.PUBLISHED, S.VERIFICATION_FAILED, S.FAILED, S.REJECTED, S.CANCELLED})
+TERMINAL = frozenset({S.PUBLISHED, S.VERIFICATION_FAILED, S.INCONCLUSIVE, S.FAILED, S.REJECTED, S.CANCELLED})
 ALLOWED_TRANSITIONS: dict[RequestStatus, frozenset[RequestStatus]] = {
     S.RECEIVED: frozenset({S.QUEUED, S.REJECTED, S.CANCELLED, S.FAILED}),
     S.QUEUED: frozenset({S.RUNNING, S.REJECTED, S.CANCELLED, S.FAILED}),
-    S.RUNNING: frozenset({S.RUNNING, S.PUBLISHED, S.VERIFICATION_FAILED, S.FAILED}),
+    S.RUNNING: frozenset({S.RUNNING, S.PUBLISHED, S.VERIFICATION_FAILED, S.INCONCLUSIVE, S.FAILED}),
     **{status: frozenset() for status in TERMINAL},
 }
 CANCELLABLE = frozenset({S.RECEIVED, S.QUEUED})
@@ -193,6 +197,14 @@ def mark_verification_failed(
     failed = [gate.get("name") for gate in gate_list if gate.get("passed") is False]
     request.failure = jsonable({"kind": "verification", "failed_gates": failed, "gates": gate_list})
     _transition(session, request, RequestStatus.VERIFICATION_FAILED, {"failure": request.failure})
+
+
+def mark_inconclusive(
+    session: Session, request: ErasureRequest, reasons: Sequence[str], gates: Sequence[Mapping[str, Any]],
+) -> None:
+    """Verification could not decide (``reasons`` say why); the gate figures are recorded, nothing published."""
+    request.failure = jsonable({"kind": "inconclusive", "reasons": list(reasons), "gates": [dict(g) for g in gates]})
+    _transition(session, request, RequestStatus.INCONCLUSIVE, {"failure": request.failure})
 
 
 def mark_failed(

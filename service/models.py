@@ -57,6 +57,7 @@ class RequestStatus(StrEnum):
     RUNNING = "running"
     PUBLISHED = "published"
     VERIFICATION_FAILED = "verification_failed"
+    INCONCLUSIVE = "inconclusive"  # verification could not tell an erased model from the parent: nothing published
     FAILED = "failed"
     REJECTED = "rejected"
     CANCELLED = "cancelled"

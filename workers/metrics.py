@@ -2,7 +2,8 @@
 
 - ``lethe_worker_stage_duration_seconds{stage}``: seconds spent in each stage of a job (histogram)
 - ``lethe_worker_job_duration_seconds{outcome}``: whole jobs (histogram)
-- ``lethe_worker_jobs_total{outcome}``: published, verification_failed, failed, rejected, skipped, retried
+- ``lethe_worker_jobs_total{outcome}``: published, verification_failed, inconclusive, failed, rejected, skipped,
+  retried
 - ``lethe_worker_signing_failures_total``: versions that could not be signed (the request fails)
 - ``lethe_worker_jobs_in_progress``: jobs running in this worker
 - ``lethe_worker_broker_queue_depth{queue}``: messages waiting in the Redis queue (read at scrape time)
@@ -35,10 +36,11 @@ from service.metrics import build_info_gauge, integrity_failures_counter
 logger = logging.getLogger("lethe.worker")
 
 STAGE_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 3600, 7200)
-OUTCOMES = ("published", "verification_failed", "failed", "rejected", "skipped", "retried")
+OUTCOMES = ("published", "verification_failed", "inconclusive", "failed", "rejected", "skipped", "retried")
 # why a job ended without a published version (the closed set of ``lethe_worker_failures_total{reason}``):
 FAILURE_REASONS = (
     "verification_failed",  # a gate failed (which: lethe_worker_gate_failures_total{gate})
+    "inconclusive",  # every gate passed but nothing on this data tells an erased model from the parent
     "rejected",  # the request cannot run on the model's latest version (unknown client, erased already, ...)
     "engine_error",  # the engine refused the job (bad method parameters, gates or target: UnlearningError)
     "signing_error",  # the new version could not be signed

@@ -15,7 +15,7 @@ from lethe_cli.demo.output import say, show
 from lethe_cli.serve import Child, Supervisor
 
 HOST = "127.0.0.1"
-TERMINAL = {"published", "verification_failed", "failed", "rejected", "cancelled"}
+TERMINAL = {"published", "verification_failed", "inconclusive", "failed", "rejected", "cancelled"}
 UNSENT_SECONDS = 60.0  # a request still `received` this long: the API cannot reach the broker
 
 

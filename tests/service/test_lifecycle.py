@@ -109,3 +109,25 @@ def test_rejected_from_queued(db, request_id):
 def test_load_for_update_unknown_id(db):
     with db.session() as session, pytest.raises(lifecycle.RequestNotFound):
         lifecycle.load_for_update(session, uuid.uuid4())
+
+
+def test_inconclusive_is_terminal_and_allowed_by_the_schema(db, request_id):
+    """``inconclusive`` (migration 0002): from ``running`` only, recorded with its reasons; the database's check
+    constraint takes it and still refuses a status that does not exist."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    assert not lifecycle.can_transition(RequestStatus.QUEUED, RequestStatus.INCONCLUSIVE)
+    with db.transaction() as session:
+        request = lifecycle.load_for_update(session, request_id)
+        lifecycle.mark_running(session, request, "verifying", 0.7)
+        lifecycle.mark_inconclusive(session, request, ["no forgetting gate tells the parent apart"],
+                                    [{"name": "mia_similarity_auc", "passed": True}])
+    with db.session() as session:
+        row = session.get(ErasureRequest, uuid.UUID(request_id))
+        assert row.status == "inconclusive" and row.finished_at is not None
+        assert row.failure["kind"] == "inconclusive" and row.failure["reasons"]
+    assert [e.event_type for e in _events(db, request_id)][-1] == "request.inconclusive"
+    with pytest.raises(IntegrityError), db.transaction() as session:
+        session.execute(text("UPDATE erasure_requests SET status = 'undecided' WHERE id = :id"),
+                        {"id": uuid.UUID(request_id)})
