@@ -123,3 +123,25 @@ class CaptionDataset:
             texts.extend(caps)
             owner.extend([i] * len(caps))
         return texts, np.asarray(owner, dtype=np.int64)
+
+
+def concat_datasets(datasets: Sequence[CaptionDataset], name: str) -> CaptionDataset:
+    """One data set holding the pairs of ``datasets`` in order (all with pixels of one shape, or all with
+    image paths); pair ids must stay unique."""
+    if not datasets:
+        raise ValueError("concat_datasets needs at least one data set")
+    with_pixels = {d.pixels is not None for d in datasets}
+    if len(with_pixels) != 1:
+        raise DataError("cannot join data sets held as pixels with data sets held as image files")
+    structures = [d.structure for d in datasets]
+    return CaptionDataset(
+        name=name,
+        pair_ids=[p for d in datasets for p in d.pair_ids],
+        captions=[c for d in datasets for c in d.captions],
+        pixels=np.concatenate([d.pixels for d in datasets]) if with_pixels == {True} else None,
+        image_paths=None if with_pixels == {True} else [p for d in datasets for p in d.image_paths],
+        client_ids=np.concatenate([d.client_ids for d in datasets]),
+        concepts=[c for d in datasets for c in d.concepts],
+        structure=None if any(s is None for s in structures) else [s for d in datasets for s in d.structure],
+        skipped=sum(d.skipped for d in datasets),
+    )

@@ -11,7 +11,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from ease_engine.data import (
-    CaptionDataset,
     DataError,
     PartitionConfig,
     ScenesConfig,
@@ -20,6 +19,7 @@ from ease_engine.data import (
     load_manifest,
     make_scenes,
 )
+from ease_engine.data.holdout import FederationData, HoldoutConfig, split_holdout
 from ease_engine.federation.ledger import LedgerConfig
 from ease_engine.models.config import ModelConfig
 from lethe_format import layout
@@ -102,6 +102,7 @@ class FederationConfig(BaseModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    holdout: HoldoutConfig = Field(default_factory=HoldoutConfig)
 
 
 def _format_validation_error(path: Path, exc: ValidationError) -> str:
@@ -131,21 +132,22 @@ def load_config(path: str | Path) -> FederationConfig:
         raise ConfigError(_format_validation_error(path, exc)) from None
 
 
-def load_federation_data(config: FederationConfig) -> tuple[CaptionDataset, CaptionDataset]:
-    """(train with client ids, held-out test) for a federation config."""
+def load_federation_data(config: FederationConfig) -> FederationData:
+    """The federation's training pairs (with client ids) and its held-out calibration and audit splits."""
     data = config.data
     if data.source == "scenes":
         train, test = make_scenes(data.scenes)
-        return apply_partition(train, config.partition), test
+        return split_holdout(apply_partition(train, config.partition), test, config.holdout)
     if data.source == "karpathy":
         train = load_karpathy(data.karpathy_json, data.image_root, "train", on_error=data.on_error, limit=data.limit)
         test = load_karpathy(data.karpathy_json, data.image_root, "test", on_error=data.on_error, limit=data.limit)
-        return apply_partition(train, config.partition), test
+        return split_holdout(apply_partition(train, config.partition), test, config.holdout)
     dataset = load_manifest(data.manifest, on_error=data.on_error)
     held_out = dataset.client_ids < 0
     if not held_out.any():
         raise DataError(f"{data.manifest}: no held-out lines (client_id null); the test split would be empty")
-    return dataset.subset(np.flatnonzero(~held_out)), dataset.subset(np.flatnonzero(held_out))
+    return split_holdout(dataset.subset(np.flatnonzero(~held_out)), dataset.subset(np.flatnonzero(held_out)),
+                         config.holdout)
 
 
 def version_config(version: str | Path) -> FederationConfig:

@@ -14,18 +14,19 @@ import json
 import threading
 from collections import OrderedDict
 
-from ease_engine.data.dataset import CaptionDataset
+from ease_engine.data.holdout import FederationData
 from ease_engine.federation.config import FederationConfig, load_federation_data
 from ease_engine.federation.training import EncodedCaptions
 from ease_engine.models.factory import ClipBundle
 
-Prepared = tuple[CaptionDataset, CaptionDataset, EncodedCaptions]
+Prepared = tuple[FederationData, EncodedCaptions]  # captions of data.train
 
 
 def data_key(config: FederationConfig, bundle: ClipBundle) -> str:
     payload = {
         "data": config.data.model_dump(mode="json"),
         "partition": config.partition.model_dump(mode="json"),
+        "holdout": config.holdout.model_dump(mode="json"),
         "tokenizer": [config.model.architecture, bundle.context_length],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -48,8 +49,8 @@ class FederationDataCache:
                 self._items.move_to_end(key)
                 self.hits += 1
                 return self._items[key]
-        train, test = load_federation_data(config)
-        prepared = (train, test, EncodedCaptions.build(bundle, train))
+        data = load_federation_data(config)
+        prepared = (data, EncodedCaptions.build(bundle, data.train))
         with self._lock:
             self.misses += 1
             if self.capacity > 0:

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ease_engine.atomic import new_directory, write_json
-from ease_engine.data.dataset import CaptionDataset
+from ease_engine.data.dataset import NO_CLIENT, CaptionDataset
 from ease_engine.evaluation.evaluate import retrieval_metrics
 from ease_engine.federation.config import FederationConfig
 from ease_engine.federation.data_cache import FederationDataCache
@@ -60,8 +60,8 @@ class FederationSetup:
 
     config: FederationConfig
     bundle: ClipBundle
-    train: CaptionDataset
-    test: CaptionDataset
+    train: CaptionDataset  # the pairs clients train on
+    calibration: CaptionDataset  # held-out pairs methods may use (owner in client_ids); never the audit split
     captions: EncodedCaptions
     blocks: list[ParameterBlock]
     fingerprint: str
@@ -70,6 +70,11 @@ class FederationSetup:
     @property
     def clients(self) -> list[int]:
         return self.train.clients
+
+    @property
+    def test(self) -> CaptionDataset:
+        """The global held-out pairs of the calibration split (the audit split is not here)."""
+        return self.calibration.subset(self.calibration.client_indices(NO_CLIENT), name="test")
 
     def client_items(self, client: int) -> np.ndarray:
         items = self.train.client_indices(client)
@@ -108,13 +113,16 @@ def prepare_federation(
         bundle = build_model(config.model)
     bundle.model.to(device)
     cache = data_cache or FederationDataCache(capacity=0)
-    train, test, captions = cache.get(config, bundle)
+    data, captions = cache.get(config, bundle)
     rows = captions.token_ids().tolist() if config.model.mode == "full" else None
     blocks = trainable_blocks(bundle.model, rows)
-    unknown = set(config.training.exclude_clients) - set(train.clients)
+    unknown = set(config.training.exclude_clients) - set(data.train.clients)
     if unknown:
-        raise FederationError(f"exclude_clients names unknown clients {sorted(unknown)} (clients: {train.clients})")
-    return FederationSetup(config, bundle, train, test, captions, blocks, model_fingerprint(bundle, blocks), device)
+        raise FederationError(
+            f"exclude_clients names unknown clients {sorted(unknown)} (clients: {data.train.clients})"
+        )
+    return FederationSetup(config, bundle, data.train, data.calibration, captions, blocks,
+                           model_fingerprint(bundle, blocks), device)
 
 
 def learning_rate(config: FederationConfig, round_index: int) -> float:
@@ -258,7 +266,8 @@ def run_federation(
     ledger = None
     if config.ledger.enabled:
         sizes = {k: len(setup.train.client_indices(k)) for k in participants_all}
-        ledger = Ledger(setup.blocks, participants_all, config.ledger, setup.fingerprint, sizes)
+        ledger = Ledger(setup.blocks, participants_all, config.ledger, setup.fingerprint, sizes,
+                        initial=read_blocks(setup.bundle.model, setup.blocks))
     history: list[dict] = []
     start_round = 0
     if resume:

@@ -13,9 +13,14 @@ different clients can be stacked as ``[U_k S_k]`` (closure 1) without re-weighti
 Storage per client is at most (rank_cap + 1) * |theta| numbers plus the singular values;
 once every block has reached ``rank_cap`` it stops growing with rounds.
 
+It also keeps the federation's starting point theta_0 (``initial``): FedAvg gives
+theta_T = theta_0 + sum_k C_k exactly, so what a client taught is measurable in any later model as
+its component along that client's contribution (verification's ledger residual).
+
 On disk (a folder ``ledger/`` inside a version):
     ledger.json            blocks, clients, sample counts, rounds, settings, model fingerprint
     client-<k>.safetensors ``C/<block>``, ``U/<block>``, ``S/<block>``
+    initial.safetensors    theta_0 per block (absent in ledgers written before it existed)
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from ease_engine.linalg.incremental_svd import update as incremental_svd_update
 from ease_engine.models.blocks import ParameterBlock
 
 LEDGER_FORMAT = "lethe-ledger/1"
+INITIAL_FILE = "initial.safetensors"
 
 
 class LedgerError(ValueError):
@@ -72,10 +78,13 @@ class Ledger:
         config: LedgerConfig,
         model_fingerprint: str,
         n_samples: dict[int, int] | None = None,
+        initial: dict[str, torch.Tensor] | None = None,
     ) -> None:
         self.blocks = list(blocks)
         self.config = config
         self.model_fingerprint = model_fingerprint
+        self.initial = None if initial is None else {k: v.detach().reshape(-1).to(torch.float32).cpu().clone()
+                                                      for k, v in initial.items()}
         self.records: dict[int, ClientRecord] = {}
         for k in clients:
             self.records[int(k)] = ClientRecord(
@@ -134,6 +143,9 @@ class Ledger:
                 tensors[f"U/{b.name}"] = rec.basis[b.name].contiguous()
                 tensors[f"S/{b.name}"] = rec.singular_values[b.name].contiguous()
             save_file(tensors, str(directory / f"client-{k}.safetensors"))
+        if self.initial is not None:
+            save_file({name: value.contiguous() for name, value in self.initial.items()},
+                      str(directory / INITIAL_FILE))
         write_json(
             directory / "ledger.json",
             {
@@ -166,7 +178,8 @@ class Ledger:
                 f"this model {expected_fingerprint})"
             )
         blocks = [ParameterBlock.from_json(b) for b in index["blocks"]]
-        ledger = cls(blocks, [], LedgerConfig(**index["config"]), index["model_fingerprint"])
+        initial = load_file(str(directory / INITIAL_FILE)) if (directory / INITIAL_FILE).is_file() else None
+        ledger = cls(blocks, [], LedgerConfig(**index["config"]), index["model_fingerprint"], initial=initial)
         for key, info in index["clients"].items():
             path = directory / f"client-{key}.safetensors"
             if not path.is_file():

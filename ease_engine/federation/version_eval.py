@@ -17,5 +17,5 @@ def evaluate_version(
         raise FileNotFoundError(f"version directory not found: {version}")
     config = version_config(version)
     bundle, _ = load_version(version, device)
-    train, test = load_federation_data(config)
-    return evaluate_bundle(bundle, train, test, splits, probe, device, gallery)
+    data = load_federation_data(config)
+    return evaluate_bundle(bundle, data, splits, probe, device, gallery)
