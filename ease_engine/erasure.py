@@ -1,7 +1,8 @@
 """One erasure end to end: load a version, unlearn, verify, write the new version.
 
-Nothing is written unless every gate passes (``publish_on_failure`` writes anyway, for the
-benchmark's ablations); a bad target or unknown parameters fail before any work starts.
+Nothing is written unless the verdict is ``passed`` (``ease_engine.verification``: production gates, the
+unchanged parent as the no-op control; ``publish_on_failure`` writes anyway, for the benchmark's
+ablations); a bad target or unknown parameters fail before any work starts.
 The new version is a directory written in one rename:
 
     open_clip_config.json, open_clip_model.safetensors, lethe_model.json, metadata.json
@@ -25,9 +26,12 @@ from pydantic import ValidationError
 
 from ease_engine.atomic import new_directory, write_json
 from ease_engine.federation.data_cache import FederationDataCache
+from ease_engine.federation.exclusive import ExclusiveContribution
 from ease_engine.models.version_io import write_model_files
 from ease_engine.unlearning import ErasureTarget, UnlearningContext, UnlearningError, UnlearningOutcome, get_method
-from ease_engine.verification.report import GateConfig, VerificationReport, evaluate_splits, verification_splits, verify
+from ease_engine.verification.gates import GateConfig
+from ease_engine.verification.report import VerificationReport, measure, verify
+from ease_engine.verification.splits import VerificationSplits, build_verification_splits
 from lethe_format import build_manifest, content_hash, directory_digests, layout
 
 StageCallback = Callable[[str, float], None]
@@ -45,6 +49,23 @@ def probe_for(context: UnlearningContext, target: ErasureTarget) -> tuple[str, s
     owners = context.config.partition.owners if context.config.partition.kind == "exclusive" else {}
     concept = owners.get(target.client)
     return tuple(concept) if concept and context.setup.train.structure is not None else None
+
+
+def verification_inputs(
+    context: UnlearningContext, target: ErasureTarget, gates: GateConfig, cache: FederationDataCache
+) -> tuple[VerificationSplits, ExclusiveContribution | None]:
+    """The verification splits (from the audit split, loaded here and never handed to a method) and, in
+    client scope with a ledger, the client's exclusive contribution for the ledger residual."""
+    data, _ = cache.get(context.config, context.setup.bundle)
+    splits = build_verification_splits(
+        data, context.forget_items(target), context.retain_items(target), target.client,
+        context.retained_clients(target), gates.max_split_items, gates.seed,
+    )
+    exclusive = None
+    if target.scope == "client" and context.ledger is not None and target.client in context.ledger.records:
+        exclusive = ExclusiveContribution.from_ledger(context.ledger, target.client, gates.exclusive_energy,
+                                                      gates.exclusivity_ratio)
+    return splits, exclusive
 
 
 def parse_params(method: str, params: dict | None):
@@ -69,10 +90,13 @@ def erase(
     publish_on_failure: bool = False,
     device: str = "cpu",
     data_cache: FederationDataCache | None = None,
+    concept: tuple[str, str] | None = None,
 ) -> ErasureResult:
-    """Erase ``target`` from the version at ``version_dir`` with ``method``; write ``out_dir`` only if
-    every gate passes. ``context``: an already loaded version (else it is loaded on ``device``, with
-    ``data_cache``); from then on the context's device is the one used."""
+    """Erase ``target`` from the version at ``version_dir`` with ``method``; write ``out_dir`` only if the
+    verdict is ``passed``. ``context``: an already loaded version (else it is loaded on ``device``, with
+    ``data_cache``); from then on the context's device is the one used. ``concept``: an
+    ``(attribute, value)`` the request names (its concept-probe gate). The method sees the context only:
+    the audit split is loaded here, after it has run."""
     version_dir = Path(version_dir)
     stage = on_stage or (lambda name, progress: None)
     gates = gates or GateConfig()
@@ -82,34 +106,24 @@ def erase(
     if out_dir is not None and Path(out_dir).exists():
         raise UnlearningError(f"{out_dir} already exists; choose a new directory for the erased version")
     stage("loading", 0.0)
-    context = context or UnlearningContext.load(version_dir, device, data_cache)
+    cache = data_cache or FederationDataCache(capacity=1)
+    context = context or UnlearningContext.load(version_dir, device, cache)
     device = context.device
     context.check_target(target)
     context.on_stage = stage
     stage("excising", 0.1)
     outcome = spec.unlearn(context, target, typed_params)
     stage("verifying", 0.7)
-    setup = context.setup
-    splits = verification_splits(
-        setup.train, setup.test, context.forget_items(target), context.retain_items(target), gates
-    )
-    probe = probe_for(context, target)
-    before, _ = evaluate_splits(setup.bundle, splits, None, device)
+    splits, exclusive = verification_inputs(context, target, gates, cache)
+    blocks = context.setup.blocks
+    parent = measure(context.setup.bundle, splits, gates, concept, exclusive, blocks, device)
     reference = None
     if reference_dir is not None:
         from ease_engine.models.version_io import load_version
-        from ease_engine.verification.membership import membership_inference
 
-        ref_bundle, _ = load_version(reference_dir, device)
-        ref_metrics, ref_probe = evaluate_splits(ref_bundle, splits, probe, device)
-        reference = {
-            "kind": "retrain",
-            "path": str(reference_dir),
-            "metrics": ref_metrics,
-            "probe": ref_probe,
-            "membership": membership_inference(ref_bundle, splits["forget"], splits["test"], seed=gates.seed),
-        }
-    report = verify(outcome.bundle, before, splits, gates, reference, probe, device)
+        retrained = measure(load_version(reference_dir, device)[0], splits, gates, concept, exclusive, blocks, device)
+        reference = {"kind": "retrain", "path": str(reference_dir), **retrained.model_dump(mode="json")}
+    report = verify(outcome.bundle, parent, splits, gates, concept, exclusive, blocks, reference, device)
     written = None
     if out_dir is not None and (report.passed or publish_on_failure):
         written = write_erased_version(

@@ -1,71 +1,66 @@
-"""Measure a model after an erasure against the retrain reference, on fixed splits.
+"""Measure models after an erasure on the verification splits, beside the retrain reference.
 
-Shared by the unlearning benchmark, the reactivation study and ad-hoc experiments: the
-splits are built once per (context, target), so every method is measured on the same
-pairs and galleries.
+One :class:`Bench` per (context, target): the splits come from the audit split (``ease_engine.erasure
+.verification_inputs``), so every method is measured on the same pairs and galleries as production
+verification judges them, and the production verdict of each model is at hand (``verify``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ease_engine.data.dataset import CaptionDataset
-from ease_engine.erasure import probe_for
+from ease_engine.erasure import verification_inputs
+from ease_engine.federation.data_cache import FederationDataCache
+from ease_engine.federation.exclusive import ExclusiveContribution
 from ease_engine.models.factory import ClipBundle
 from ease_engine.unlearning import ErasureTarget, UnlearningContext
-from ease_engine.verification.membership import membership_inference
-from ease_engine.verification.report import GateConfig, evaluate_splits, verification_splits
+from ease_engine.verification.gates import GateConfig
+from ease_engine.verification.report import Figures, VerificationReport, measure, verify
+from ease_engine.verification.splits import VerificationSplits
 
 SPLITS = ("forget", "retain", "test")
 DIRECTIONS = ("i2t", "t2i")
 
 
-@dataclass
-class Measurement:
-    recall: dict[str, dict[str, float]]  # split -> metrics
-    probe: dict[str, dict[str, float]]
-    membership: dict[str, float]
-
-    def r1(self, split: str, direction: str) -> float:
-        return self.recall[split][f"{direction}_r1"]
-
-    def probe_accuracy(self) -> float | None:
-        p = self.probe.get("forget")
-        return None if p is None else p["accuracy"]
-
-    def to_json(self) -> dict:
-        return {"recall": self.recall, "probe": self.probe, "membership": self.membership}
+def flat_metrics(figures: Figures) -> dict[str, float]:
+    """The benchmark's METRIC names (docs/results/unlearning.json) from one model's figures."""
+    out = {f"{split}_{d}_r1": figures.recall[split][f"{d}_r1"] for split in SPLITS for d in DIRECTIONS}
+    out["retained_heldout_i2t_r1"] = figures.recall["retained_heldout"]["i2t_r1"]
+    out["retained_heldout_t2i_r1"] = figures.recall["retained_heldout"]["t2i_r1"]
+    if figures.probe is not None:
+        out["probe"] = figures.probe["accuracy"]
+    if figures.membership is not None:
+        out["mia_similarity_auc"] = figures.membership["similarity_auc"]
+        out["mia_loss_auc"] = figures.membership["loss_auc"]
+    if figures.residual is not None:
+        out["ledger_residual"] = figures.residual["all"]
+    return out
 
 
 @dataclass
 class Bench:
     context: UnlearningContext
     target: ErasureTarget
-    splits: dict[str, CaptionDataset]
-    probe: tuple[str, str] | None
-    device: str = "cpu"
+    splits: VerificationSplits
+    exclusive: ExclusiveContribution | None
+    concept: tuple[str, str] | None
+    gates: GateConfig
+    parent: Figures
 
     @classmethod
-    def build(cls, context: UnlearningContext, target: ErasureTarget, gates: GateConfig | None = None) -> Bench:
+    def build(cls, context: UnlearningContext, target: ErasureTarget, gates: GateConfig | None = None,
+              concept: tuple[str, str] | None = None, cache: FederationDataCache | None = None) -> Bench:
         gates = gates or GateConfig()
-        setup = context.setup
-        splits = verification_splits(
-            setup.train, setup.test, context.forget_items(target), context.retain_items(target), gates
-        )
-        return cls(context, target, splits, probe_for(context, target), setup.device)
+        splits, exclusive = verification_inputs(context, target, gates, cache or FederationDataCache(1))
+        parent = measure(context.setup.bundle, splits, gates, concept, exclusive, context.setup.blocks,
+                         context.device)
+        return cls(context, target, splits, exclusive, concept, gates, parent)
 
-    def measure(self, bundle: ClipBundle) -> Measurement:
-        recall, probe = evaluate_splits(bundle, self.splits, self.probe, self.device)
-        membership = membership_inference(bundle, self.splits["forget"], self.splits["test"], device=self.device)
-        return Measurement(recall, probe, membership)
+    def measure(self, bundle: ClipBundle) -> Figures:
+        return measure(bundle, self.splits, self.gates, self.concept, self.exclusive, self.context.setup.blocks,
+                       self.context.device)
 
-
-def gaps(measured: Measurement, reference: Measurement) -> dict[str, float]:
-    """|R@1 - retrain's R@1| per split and direction, their mean (Avg. Gap), probe and MIA gaps."""
-    out = {f"{split}_{d}": abs(measured.r1(split, d) - reference.r1(split, d)) for split in SPLITS for d in DIRECTIONS}
-    out["avg_gap"] = sum(out.values()) / len(out)
-    if measured.probe_accuracy() is not None and reference.probe_accuracy() is not None:
-        out["probe"] = abs(measured.probe_accuracy() - reference.probe_accuracy())
-    for attack in ("similarity_auc", "loss_auc"):
-        out[f"mia_{attack}"] = abs(measured.membership[attack] - reference.membership[attack])
-    return out
+    def verify(self, bundle: ClipBundle) -> VerificationReport:
+        """The production verdict of ``bundle`` as a candidate (the parent is the no-op control)."""
+        return verify(bundle, self.parent, self.splits, self.gates, self.concept, self.exclusive,
+                      self.context.setup.blocks, device=self.context.device)

@@ -13,9 +13,7 @@ import numpy as np
 from ease_engine.federation.fedavg import fedavg_round, round_participants
 from ease_engine.linalg.forget_lock import ForgetLock
 from ease_engine.models.factory import ClipBundle
-from ease_engine.verification.membership import membership_inference
-from ease_engine.verification.report import evaluate_splits
-from lethe_bench.measure import Bench
+from lethe_bench.measure import Bench, flat_metrics
 
 
 def continue_training(
@@ -25,6 +23,7 @@ def continue_training(
     lock: ForgetLock | None = None,
     reinjected: int = 0,
     seed: int = 0,
+    lr: float | None = None,
 ) -> list[dict]:
     """K more FedAvg rounds on the retained data from ``bundle`` (a copy is trained)."""
     context, target = bench.context, bench.target
@@ -39,26 +38,16 @@ def continue_training(
         items = retained_items_of(client)
         return np.concatenate([items, injected]) if client == attacker and reinjected else items
 
-    lr = context.config.training.lr_min
+    lr = context.config.training.lr_min if lr is None else lr
     start = context.config.training.rounds + 100  # fresh seeds, distinct from the federation's own rounds
-    forget_only = {"forget": bench.splits["forget"], "test": bench.splits["test"]}
-    curve = [_point(bench, bundle, forget_only, 0, 0)]
+    curve = [_point(bench, bundle, 0, 0)]
     for r in range(rounds):
         participants = round_participants(setup.config, clients, start + r)
         stats = fedavg_round(setup, start + r, participants, lr, items_of=items_of, lock=lock)
         interventions = sum(s["lock_interventions"] for s in stats.values())
-        curve.append(_point(bench, bundle, forget_only, r + 1, interventions))
+        curve.append(_point(bench, bundle, r + 1, interventions))
     return curve
 
 
-def _point(bench: Bench, bundle: ClipBundle, splits: dict, round_index: int, interventions: int) -> dict:
-    recall, probe = evaluate_splits(bundle, {"forget": splits["forget"]}, bench.probe, bench.device)
-    mia = membership_inference(bundle, splits["forget"], splits["test"], device=bench.device)
-    return {
-        "round": round_index,
-        "forget_i2t_r1": recall["forget"]["i2t_r1"],
-        "forget_t2i_r1": recall["forget"]["t2i_r1"],
-        "probe": probe.get("forget", {}).get("accuracy"),
-        "similarity_auc": mia["similarity_auc"],
-        "lock_interventions": interventions,
-    }
+def _point(bench: Bench, bundle: ClipBundle, round_index: int, interventions: int) -> dict:
+    return {"round": round_index, **flat_metrics(bench.measure(bundle)), "lock_interventions": interventions}

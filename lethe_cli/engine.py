@@ -120,11 +120,16 @@ def erase(
     out: Annotated[Path, typer.Option(help="directory for the new version")],
     client: Annotated[int, typer.Option(help="the client whose data is erased")],
     pairs: Annotated[Path | None, typer.Option(help="file of pair ids (one per line): erase only these")] = None,
-    method: Annotated[str, typer.Option(help="unlearning method (see `lethe methods`)")] = "ease",
+    method: Annotated[str, typer.Option(help="unlearning method (`lethe methods`; `noop` is the control)")] = "ease",
     params: Annotated[str | None, typer.Option(help="method parameters as JSON, e.g. '{\"steps\": 40}'")] = None,
-    reference: Annotated[Path | None, typer.Option(help="a retrain reference version for the gates")] = None,
+    concept: Annotated[str | None, typer.Option(help="a concept only this client held, ATTRIBUTE=VALUE (adds the "
+                                                     "concept-probe gate)")] = None,
+    reference: Annotated[Path | None, typer.Option(help="a retrain reference version, reported beside the "
+                                                        "gates")] = None,
+    device: Annotated[str, typer.Option(help="torch device")] = "cpu",
 ) -> None:
-    """Erase a client (or some of its pairs) and write a verified new version; prints the gates."""
+    """Erase a client (or some of its pairs), verify, and write the new version only if verified; prints the
+    gates (each beside the same gate measured on the unchanged parent) and the verdict."""
     from ease_engine.erasure import erase as run_erasure
     from ease_engine.unlearning import ErasureTarget, UnlearningError
 
@@ -137,19 +142,27 @@ def erase(
             pair_ids = tuple(line.strip() for line in pairs.read_text().splitlines() if line.strip())
             if not pair_ids:
                 raise UnlearningError(f"{pairs} lists no pair ids")
+        named = None
+        if concept is not None:
+            attribute, _, value = concept.partition("=")
+            if not value:
+                raise UnlearningError(f"--concept must be ATTRIBUTE=VALUE, got {concept!r}")
+            named = (attribute, value)
         parsed = json.loads(params) if params else None
-        result = run_erasure(version, ErasureTarget(client, pair_ids), method, parsed, out, reference_dir=reference)
+        result = run_erasure(version, ErasureTarget(client, pair_ids), method, parsed, out, reference_dir=reference,
+                             device=device, concept=named)
     except json.JSONDecodeError as exc:
         _fail(f"--params is not valid JSON: {exc}")
     except (UnlearningError, DataError, FileNotFoundError) as exc:
         _fail(str(exc))
     report = result.report
     for gate in report.gates:
-        mark = "pass" if gate.passed else "FAIL"
-        typer.echo(f"{mark}  {gate.name:<22} {gate.value:8.3f} {gate.comparison} {gate.threshold:.3f}")
-    typer.echo(f"{method} took {result.outcome.wall_seconds:.1f} s")
+        typer.echo(f"{'pass' if gate.passed else 'FAIL'}  {gate.summary()}   (parent: {gate.control_value})")
+    typer.echo(f"{method} took {result.outcome.wall_seconds:.1f} s; verdict: {report.verdict}")
+    for reason in report.reasons:
+        typer.echo(f"  {reason}")
     if result.version_dir is None:
-        typer.secho("verification failed: no version was written", fg=typer.colors.RED, err=True)
+        typer.secho(f"verification {report.verdict}: no version was written", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
     typer.echo(f"wrote {result.version_dir}")
 

@@ -98,8 +98,9 @@ class Settings(BaseSettings):
         json_schema_extra={"section": _WORKER})
     gates: JsonObject = Field(
         default_factory=dict, validation_alias="LETHE_GATES_JSON",
-        description="verification gates, a JSON object (forget_margin, retain_drop, mia_margin, max_split_items, "
-                    "seed; {}: the engine's defaults; an unknown key fails the job)",
+        description="verification gates, a JSON object (z, r1_tolerance, mia_tolerance, residual_max, probe_margin, "
+                    "utility_keep, max_split_items, ... of ease_engine.verification.gates.GateConfig; {}: the "
+                    "engine's defaults; an unknown key fails the job)",
         json_schema_extra={"section": _WORKER})
     device: str = _setting("cpu", "torch device of the erasure (cuda on GPU workers)", _WORKER, min_length=1)
     visibility_timeout: int = _setting(6 * 3600, "Redis broker: seconds before an unacknowledged job is delivered "

@@ -28,12 +28,12 @@ def tiny_version(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def learned_versions(tmp_path_factory):
-    """A federation that has learned something (about 20 s), and its retrain reference without client 0."""
+def gate_versions(tmp_path_factory):
+    """The gate-case federation (``gate_federation_config``) and its retrain reference without client 0."""
     from ease_engine.federation.fedavg import run_federation
-    from tests.federation_helpers import learned_federation_config
+    from tests.federation_helpers import gate_federation_config
 
-    root = tmp_path_factory.mktemp("learned")
-    original = run_federation(learned_federation_config(), root / "original", show_progress=False)
-    retrain = run_federation(learned_federation_config(exclude_clients=[0]), root / "retrain", show_progress=False)
-    return learned_federation_config(), original, retrain
+    root = tmp_path_factory.mktemp("gates")
+    original = run_federation(gate_federation_config(), root / "original", show_progress=False)
+    retrain = run_federation(gate_federation_config(exclude_clients=[0]), root / "retrain", show_progress=False)
+    return original, retrain

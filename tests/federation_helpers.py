@@ -18,9 +18,20 @@ def tiny_federation_config(**training) -> FederationConfig:
     )
 
 
-def learned_federation_config(**training) -> FederationConfig:
-    """Enough steps (10 rounds x 8 local epochs) that retrieval and client 0's concept are learned."""
-    config = tiny_federation_config(rounds=10, local_epochs=8, lr=2e-3, lr_min=2e-4, warmup_rounds=0, **training)
-    config.data.scenes.n_train = 300
-    config.ledger.rank_cap = 4
-    return config
+def gate_federation_config(**training) -> FederationConfig:
+    """The smallest federation on which forgetting is measurable (about 35 s for it and its retrain on a busy
+    machine): client 0 alone holds purple; the parent learns it (concept probe ~40% against the retrain's ~2%),
+    and the ledger residual separates the parent (~0.8) from the retrain reference (~0.4)."""
+    return FederationConfig.model_validate(
+        {
+            "name": "gates",
+            "data": {"scenes": {"n_train": 900, "n_test": 150, "seed": 3, "image_size": 32,
+                                "object_count_weights": {1: 0.2, 2: 0.8}}},
+            "partition": {"kind": "exclusive", "n_clients": 3, "n_shared_per_owner": 20, "seed": 1},
+            "model": {"architecture": "lethe-micro"},
+            "training": {"rounds": 24, "local_epochs": 2, "batch_size": 32, "lr": 2e-3, "lr_min": 2e-4,
+                         "warmup_rounds": 0, "threads": 1, **training},
+            "ledger": {"rank_cap": 8},
+            "holdout": {"client_fraction": 0.2},
+        }
+    )

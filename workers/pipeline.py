@@ -24,7 +24,8 @@ worker's job comes back), so the job is idempotent:
 
 Errors: database, broker and lock time-outs propagate (``workers.errors.is_transient``; the task retries
 them); anything else (``UnlearningError``, bad settings, a signing failure) ends the request as ``failed``.
-A failed gate ends it as ``verification_failed`` with the figures recorded and nothing registered.
+A failed gate ends it as ``verification_failed``, an inconclusive verification (nothing on this data tells
+an erased model from the parent) as ``inconclusive``; both with the figures recorded and nothing registered.
 """
 
 from __future__ import annotations
@@ -211,7 +212,7 @@ def _cleanup_staging(context: WorkerContext, job: _Job) -> None:
 
 def _erase_and_publish(job: _Job, context: WorkerContext) -> str:
     from ease_engine.unlearning.base import ErasureTarget, UnlearningError
-    from ease_engine.verification.report import GateConfig
+    from ease_engine.verification.gates import GateConfig
 
     erase_fn = context.erase_fn
     if erase_fn is None:
@@ -255,12 +256,21 @@ def _erase_and_publish(job: _Job, context: WorkerContext) -> str:
     if result.version_dir is None:
         clock.enter(None)
         figures["stage_seconds"] = dict(clock.seconds)
+        inconclusive = result.report.verdict == "inconclusive"
         with context.db.transaction() as session:
             request = lifecycle.load_for_update(session, job.request_id)
             request.result = jsonable(figures)
             gate_list = [gate.model_dump(mode="json") for gate in result.report.gates]
-            lifecycle.mark_verification_failed(session, request, gate_list)
+            if inconclusive:
+                lifecycle.mark_inconclusive(session, request, result.report.reasons, gate_list)
+            else:
+                lifecycle.mark_verification_failed(session, request, gate_list)
         _cleanup_staging(context, job)
+        if inconclusive:
+            metrics.record_failure("inconclusive")
+            logger.info("erasure request %s: verification inconclusive (%s); nothing published", job.request_id,
+                        "; ".join(result.report.reasons))
+            return "inconclusive"
         failed_gates = [gate.name for gate in result.report.failed()]
         metrics.record_failure("verification_failed", failed_gates)
         logger.info("erasure request %s: a gate failed (%s); nothing published", job.request_id,

@@ -1,6 +1,6 @@
 """Unlearning methods: one module each, registered here by name (a plain dict)."""
 
-from ease_engine.unlearning import ease, federaser, finetune, multidelete, pga, retrain, sfu
+from ease_engine.unlearning import ease, federaser, finetune, multidelete, noop, perturb, pga, retrain, sfu
 from ease_engine.unlearning.base import (
     Cost,
     ErasureTarget,
@@ -20,6 +20,8 @@ METHODS: dict[str, MethodSpec] = {
     "multidelete": MethodSpec(
         "multidelete", multidelete.MultiDeleteParams, multidelete.unlearn, "decoupling + retention (Cheng 2024)"
     ),
+    "noop": MethodSpec("noop", noop.NoopParams, noop.unlearn, "negative control: the parent unchanged"),
+    "perturb": MethodSpec("perturb", perturb.PerturbParams, perturb.unlearn, "negative control: parent + noise"),
 }
 
 

@@ -1,166 +1,207 @@
-"""Verification before anything is published: figures, reference levels and gates.
+"""Verification before anything is published: measure the candidate and the unchanged parent on the
+audit-side splits (``ease_engine.verification.splits``), check the production gates
+(``ease_engine.verification.gates``), and give a verdict: passed, failed or inconclusive.
 
-Splits: ``forget`` (the erased pairs), ``retain`` (the retained clients' pairs, a fixed
-seeded sample of at most ``max_split_items``) and ``test`` (held out). Recall@K depends on
-the gallery size, so gates compare like with like:
-
-- with a retrain reference (the benchmark) the reference level is the reference model's
-  figure on the same split;
-- without one (production) it is the erased model's Recall@1 on held-out non-member
-  pairs, subsampled to the size of the forget gallery it is compared with.
-
-Gates (defaults in :class:`GateConfig`): forget R@1 <= reference + ``forget_margin`` in
-both directions; retain R@1 >= before - ``retain_drop`` in both directions; MIA AUC <=
-reference AUC + ``mia_margin`` for both attacks (the reference AUC is the retrain
-model's, or 0.5 without one). A failed gate means no new version.
-
-The report also carries ``distributions["similarity"]``: the similarity attack's scores of
-the forget pairs (members) and of the held-out test pairs (non-members) as histograms on
-shared bins (:func:`~ease_engine.verification.membership.similarity_distribution`), from
-the same encoding pass as the AUCs.
+The retrain reference (``--reference``: the benchmark and audits) is measured on the same splits and
+reported beside, with the candidate's gaps to it; it does not change the verdict.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field, computed_field
 
-from ease_engine.data.dataset import CaptionDataset
 from ease_engine.evaluation.evaluate import concept_items, concept_probe, retrieval_metrics
-from ease_engine.evaluation.splits import sample_gallery
+from ease_engine.federation.exclusive import ExclusiveContribution
+from ease_engine.models.blocks import ParameterBlock, read_blocks
 from ease_engine.models.factory import ClipBundle
+from ease_engine.verification.gates import Gate, GateConfig, Verdict
 from ease_engine.verification.membership import membership_scores
+from ease_engine.verification.splits import VerificationSplits
+from ease_engine.verification.statistics import auc_se, chance_r1, difference_se, proportion_se
 
 DIRECTIONS = ("i2t", "t2i")
+UTILITY_SPLITS = ("retain", "retained_heldout")
 
 
-class GateConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Figures(BaseModel):
+    """What one model shows on the verification splits."""
 
-    forget_margin: float = Field(2.0, ge=0, description="forget R@1 may exceed the reference by this (points)")
-    retain_drop: float = Field(3.0, ge=0, description="retain R@1 may fall below the pre-erasure model by this")
-    mia_margin: float = Field(0.05, ge=0, description="MIA AUC may exceed the reference AUC by this")
-    max_split_items: int = Field(1000, ge=10, description="retain/test are evaluated on at most this many pairs")
-    seed: int = 0
+    recall: dict[str, dict[str, float]]  # split -> Recall@K
+    matched: dict[str, dict[str, float]]  # "members" / "nonmembers" -> Recall@K on galleries of one size
+    membership: dict[str, float] | None  # AUCs of the members against the matched non-members
+    probe: dict[str, float] | None = None  # concept probe on the members
+    residual: dict[str, float] | None = None  # ledger residual (all / wholly_exclusive / entangled)
+    similarity: dict[str, Any] | None = None  # the similarity attack's histograms (the report's plot)
 
 
-class Gate(BaseModel):
-    name: str
-    value: float
-    threshold: float
-    comparison: str  # "<=" or ">="
-    passed: bool
+def measure(
+    bundle: ClipBundle,
+    splits: VerificationSplits,
+    config: GateConfig,
+    concept: tuple[str, str] | None = None,
+    exclusive: ExclusiveContribution | None = None,
+    blocks: list[ParameterBlock] | None = None,
+    device: str = "cpu",
+) -> Figures:
+    recall = {name: retrieval_metrics(bundle, data, device) for name, data in splits.named().items()
+              if name not in ("forget", "nonmembers") and len(data)}
+    recall["forget"] = retrieval_metrics(bundle, splits.forget_gallery(config.max_split_items, config.seed), device)
+    matched, membership, similarity = {}, None, None
+    if splits.matched_size >= config.min_nonmembers:
+        members, nonmembers = splits.matched_galleries(config.seed)
+        matched = {"members": retrieval_metrics(bundle, members, device),
+                   "nonmembers": retrieval_metrics(bundle, nonmembers, device)}
+        scores = membership_scores(bundle, splits.members, splits.nonmembers, seed=config.seed, device=device,
+                                   gallery_size=len(splits.nonmembers) // 3)
+        membership = scores.summary()
+        similarity = {**scores.similarity_distribution(), "members_split": "forget", "nonmembers_split": "nonmembers"}
+    probe = None
+    if concept is not None and splits.members.structure is not None and len(concept_items(splits.members, *concept)):
+        probe = concept_probe(bundle, splits.members, *concept, device)
+    residual = None
+    if exclusive is not None and blocks is not None:
+        residual = exclusive.residual(read_blocks(bundle.model, blocks))
+    return Figures(recall=recall, matched=matched, membership=membership, probe=probe, residual=residual,
+                   similarity=similarity)
 
-    @classmethod
-    def check(cls, name: str, value: float, comparison: str, threshold: float) -> Gate:
-        passed = value <= threshold if comparison == "<=" else value >= threshold
-        return cls(
-            name=name, value=round(value, 4), threshold=round(threshold, 4), comparison=comparison, passed=bool(passed)
-        )
+
+def _forgetting_gates(candidate: Figures, parent: Figures, splits: VerificationSplits, config: GateConfig) -> list:
+    gates = []
+    n = splits.matched_size
+    if candidate.matched:
+        for d in DIRECTIONS:
+            key = f"{d}_r1"
+
+            def gap(figures: Figures, key=key) -> float:
+                return figures.matched["members"][key] - figures.matched["nonmembers"][key]
+
+            member, nonmember = candidate.matched["members"][key], candidate.matched["nonmembers"][key]
+            width = config.r1_tolerance + config.z * difference_se(member, n, nonmember, n)
+            gates.append(Gate.check(
+                f"forget_vs_nonmember_{key}", "forgetting",
+                f"Recall@1 ({d}) on the erased pairs minus that on pairs of the same client the model never saw "
+                f"(galleries of {n}); an erased model treats both alike",
+                gap(candidate), -width, width, gap(parent)))
+        m, k = splits.members, len(splits.nonmembers) - len(splits.nonmembers) // 3
+        for attack in ("similarity_auc", "loss_auc"):
+            scored = len(splits.nonmembers) if attack == "similarity_auc" else k
+            width = config.mia_tolerance + config.z * auc_se(0.5, len(m), scored)
+            gates.append(Gate.check(
+                f"mia_{attack}", "forgetting",
+                f"membership-inference AUC ({attack.split('_')[0]} attack) of the erased pairs against the same "
+                "client's unseen pairs; 0.5 means an attacker cannot tell them apart",
+                candidate.membership[attack], 0.5 - width, 0.5 + width, parent.membership[attack]))
+    if candidate.residual is not None and not math.isnan(candidate.residual["all"]):
+        gates.append(Gate.check(
+            "ledger_residual", "forgetting",
+            "share of the client's exclusive contribution (what no other client's updates span, from the "
+            "ledger) still in the weights; 1 for the parent, near 0 for a model never trained on the client",
+            candidate.residual["all"], -config.residual_max, config.residual_max, parent.residual["all"]))
+    if candidate.probe is not None and parent.probe is not None:
+        chance = candidate.probe["chance"]
+        se = proportion_se(chance, int(candidate.probe["n_images"]))
+        gates.append(Gate.check(
+            "concept_probe", "forgetting",
+            "how often the model picks the true caption of an erased image over the same caption with the named "
+            "concept swapped; a model that never learnt the concept is at or below chance",
+            candidate.probe["accuracy"], None, chance + config.probe_margin + config.z * se, parent.probe["accuracy"]))
+    return gates
+
+
+def _utility_gates(candidate: Figures, parent: Figures, splits: VerificationSplits, config: GateConfig) -> list:
+    gates = []
+    for split in UTILITY_SPLITS:
+        if split not in candidate.recall:
+            continue
+        n = len(getattr(splits, split))
+        chance = chance_r1(n)
+        for d in DIRECTIONS:
+            key = f"{d}_r1"
+            before, after = parent.recall[split][key], candidate.recall[split][key]
+            floor = chance + config.utility_keep * (before - chance) - config.z * proportion_se(before, n)
+            gates.append(Gate.check(
+                f"{split}_{key}", "utility",
+                f"Recall@1 ({d}) on the retained clients' {'training' if split == 'retain' else 'unseen'} pairs "
+                f"(gallery of {n}) keeps {config.utility_keep:.0%} of the parent's skill above chance",
+                after, floor, None, before))
+    return gates
+
+
+def _inconclusive_reasons(parent: Figures, splits: VerificationSplits, gates: list[Gate],
+                          config: GateConfig) -> list[str]:
+    reasons = []
+    n = min(len(splits.members), config.max_split_items)
+    if all(parent.recall["forget"][f"{d}_r1"] - chance_r1(n)
+           <= config.z * proportion_se(chance_r1(n), n) for d in DIRECTIONS):
+        reasons.append("the parent's Recall@1 on the erased pairs is at chance: it shows no knowledge of them to erase")
+    for split in UTILITY_SPLITS:
+        if split in parent.recall:
+            m = len(getattr(splits, split))
+            if all(parent.recall[split][f"{d}_r1"] - chance_r1(m) <= config.z * proportion_se(chance_r1(m), m)
+                   for d in DIRECTIONS):
+                reasons.append(f"the parent's Recall@1 on {split} is at chance: utility cannot be verified")
+    forgetting = [g for g in gates if g.kind == "forgetting"]
+    if not forgetting:
+        reasons.append("no forgetting gate applies (no matched non-members, no ledger residual, no named concept)")
+    elif all(g.control_passed for g in forgetting):
+        reasons.append("no forgetting gate tells the unchanged parent from an erased model on this data: every one "
+                       "passes for the parent too")
+    return reasons
 
 
 class VerificationReport(BaseModel):
-    metrics: dict[str, dict[str, float]]  # split -> Recall@K (after erasure)
-    before: dict[str, dict[str, float]]  # split -> Recall@K of the pre-erasure model
-    probe: dict[str, dict[str, float]] = Field(default_factory=dict)
-    membership: dict[str, float]
-    reference: dict
+    verdict: Verdict
+    reasons: list[str] = Field(default_factory=list)
     gates: list[Gate]
-    # "similarity" -> {"edges", "members", "nonmembers", "n_*", "*_mean", "*_median", "*_split"}:
-    # the similarity attack's score histograms, forget pairs (members) vs held-out test pairs
+    metrics: dict[str, dict[str, float]]  # split -> Recall@K of the candidate
+    before: dict[str, dict[str, float]]  # split -> Recall@K of the parent
+    matched: dict[str, Any] = Field(default_factory=dict)  # gallery size, candidate's and parent's figures
+    membership: dict[str, float] | None = None  # candidate: members against matched non-members
+    membership_before: dict[str, float] | None = None
+    probe: dict[str, Any] = Field(default_factory=dict)  # {"concept", "candidate", "parent"}
+    residual: dict[str, Any] = Field(default_factory=dict)  # {"candidate", "parent"}
+    reference: dict = Field(default_factory=dict)  # the retrain tier, when given (reported beside)
     distributions: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    config: dict[str, Any] = Field(default_factory=dict)
 
+    @computed_field
     @property
     def passed(self) -> bool:
-        return all(g.passed for g in self.gates)
+        return self.verdict == Verdict.PASSED
 
     def failed(self) -> list[Gate]:
         return [g for g in self.gates if not g.passed]
 
 
-def verification_splits(
-    train: CaptionDataset, test: CaptionDataset, forget_items: np.ndarray, retain_items: np.ndarray, config: GateConfig
-) -> dict[str, CaptionDataset]:
-    return {
-        "forget": train.subset(forget_items, name="forget"),
-        "retain": sample_gallery(train.subset(retain_items, name="retain"), config.max_split_items, config.seed),
-        "test": sample_gallery(test, config.max_split_items, config.seed + 1),
-    }
-
-
-def evaluate_splits(
-    bundle: ClipBundle, splits: dict[str, CaptionDataset], probe: tuple[str, str] | None, device: str = "cpu"
-) -> tuple[dict, dict]:
-    metrics = {name: retrieval_metrics(bundle, data, device) for name, data in splits.items()}
-    probes = {}
-    if probe is not None:
-        for name, data in splits.items():
-            if len(concept_items(data, *probe)):
-                probes[name] = concept_probe(bundle, data, *probe, device)
-    return metrics, probes
-
-
 def verify(
-    after: ClipBundle,
-    before_metrics: dict[str, dict[str, float]],
-    splits: dict[str, CaptionDataset],
+    candidate: ClipBundle,
+    parent: Figures,
+    splits: VerificationSplits,
     config: GateConfig,
+    concept: tuple[str, str] | None = None,
+    exclusive: ExclusiveContribution | None = None,
+    blocks: list[ParameterBlock] | None = None,
     reference: dict | None = None,
-    probe: tuple[str, str] | None = None,
     device: str = "cpu",
 ) -> VerificationReport:
-    """Measure ``after`` and check the gates.
-
-    ``before_metrics``: Recall@K of the pre-erasure model on the same splits.
-    ``reference``: ``{"kind": "retrain", "metrics": ..., "membership": ...}`` from the retrain
-    model, or None to use held-out non-member pairs.
-    """
-    metrics, probes = evaluate_splits(after, splits, probe, device)
-    scores = membership_scores(after, splits["forget"], splits["test"], seed=config.seed, device=device)
-    membership = scores.summary()
-    distributions = {
-        "similarity": {**scores.similarity_distribution(), "members_split": "forget", "nonmembers_split": "test"}
-    }
-    if reference is None:
-        size = min(len(splits["forget"]), len(splits["test"]))
-        forget_sample = sample_gallery(splits["forget"], size, config.seed + 2)
-        nonmember_sample = sample_gallery(splits["test"], size, config.seed + 3)
-        forget_level = retrieval_metrics(after, forget_sample, device)
-        reference = {
-            "kind": "nonmember",
-            "gallery_size": size,
-            "forget_at_reference_size": forget_level,
-            "metrics": {"forget": retrieval_metrics(after, nonmember_sample, device)},
-            "membership": {"similarity_auc": 0.5, "loss_auc": 0.5},
-        }
-        forget_now = forget_level
-    else:
-        forget_now = metrics["forget"]
-    gates = []
-    for d in DIRECTIONS:
-        key = f"{d}_r1"
-        gates.append(
-            Gate.check(
-                f"forget_{key}", forget_now[key], "<=", reference["metrics"]["forget"][key] + config.forget_margin
-            )
-        )
-        gates.append(
-            Gate.check(
-                f"retain_{key}", metrics["retain"][key], ">=", before_metrics["retain"][key] - config.retain_drop
-            )
-        )
-    for attack in ("similarity_auc", "loss_auc"):
-        gates.append(
-            Gate.check(f"mia_{attack}", membership[attack], "<=", reference["membership"][attack] + config.mia_margin)
-        )
+    """Measure ``candidate``, check the gates against ``parent`` (its :func:`measure` figures, the no-op
+    control) and give the verdict."""
+    figures = measure(candidate, splits, config, concept, exclusive, blocks, device)
+    gates = _forgetting_gates(figures, parent, splits, config) + _utility_gates(figures, parent, splits, config)
+    reasons = [f"failed: {g.summary()}" for g in gates if not g.passed]
+    verdict = Verdict.FAILED if reasons else Verdict.PASSED
+    if verdict == Verdict.PASSED:
+        reasons = _inconclusive_reasons(parent, splits, gates, config)
+        verdict = Verdict.INCONCLUSIVE if reasons else Verdict.PASSED
     return VerificationReport(
-        metrics=metrics,
-        before=before_metrics,
-        probe=probes,
-        membership=membership,
-        reference=reference,
-        gates=gates,
-        distributions=distributions,
+        verdict=verdict, reasons=reasons, gates=gates, metrics=figures.recall, before=parent.recall,
+        matched={"gallery_size": splits.matched_size, "candidate": figures.matched, "parent": parent.matched},
+        membership=figures.membership, membership_before=parent.membership,
+        probe={"concept": list(concept) if concept else None, "candidate": figures.probe, "parent": parent.probe},
+        residual={"candidate": figures.residual, "parent": parent.residual},
+        reference=reference or {}, distributions={"similarity": figures.similarity} if figures.similarity else {},
+        config=config.model_dump(mode="json"),
     )

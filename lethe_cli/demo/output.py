@@ -44,23 +44,37 @@ def show(path: Path) -> str:
         return str(path)
 
 
+def _number(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) else "-"
+
+
+def _bounds(gate: dict[str, Any]) -> str:
+    """``value in [low, high]`` / ``value >= low`` / ``value <= high``, and the parent's value."""
+    low, high = gate.get("low"), gate.get("high")
+    if low is not None and high is not None:
+        bound = f"in [{_number(low)}, {_number(high)}]"
+    elif low is not None or high is not None:
+        bound = f"{gate.get('comparison', '?')} {_number(gate.get('threshold'))}"
+    else:
+        bound = ""
+    return f"{_number(gate.get('value')):>9} {bound}   parent {_number(gate.get('control_value'))}"
+
+
 def print_gates(view: dict[str, Any], checks: Checks) -> None:
     """The gates of a finished request (with their figures), and Recall@1 before and after per split."""
     result = view.get("result") or {}
     gates = result.get("gates") or (view.get("failure") or {}).get("gates") or []
     if not gates:
         return
-    config = result.get("gate_config")
-    say("gates" + (f" ({', '.join(f'{k}={v}' for k, v in config.items())})" if config else "") + ":")
+    say("gates (each also measured on the unchanged parent, the no-op control):")
     failed = [str(gate.get("name")) for gate in gates if not gate.get("passed")]
     checks.add(f"gates ({len(gates) - len(failed)} of {len(gates)} passed)", not failed,
                f"failed: {', '.join(failed)}" if failed else "")
+    verdict = result.get("verdict") or (view.get("failure") or {}).get("kind")
+    checks.add(f"verdict {verdict}", verdict == "passed", "; ".join(result.get("reasons") or []))
     for gate in gates:
         ok = bool(gate.get("passed"))
-        value, threshold = gate.get("value"), gate.get("threshold")
-        figures = (f"{value:8.3f} {gate.get('comparison', '?')} {threshold:.3f}"
-                   if isinstance(value, int | float) and isinstance(threshold, int | float) else "")
-        say(f"  {mark(ok)}  {gate.get('name', '?'):<22} {figures}")
+        say(f"  {mark(ok)}  {gate.get('name', '?'):<28} {_bounds(gate)}")
     before, after = result.get("before") or {}, result.get("metrics") or {}
     if after:
         say("Recall@1 (image->text / text->image), before -> after:")

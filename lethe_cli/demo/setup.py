@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -12,6 +11,8 @@ from pathlib import Path
 
 from lethe_cli.demo.output import say, show
 from lethe_cli.serve import child_environment
+from lethe_format import FormatError, read_clients, read_json_object
+from lethe_format import layout as lf_layout
 from service.settings import Settings
 
 MARKER = ".lethe-demo"
@@ -67,21 +68,20 @@ def prepare_workdir(workdir: Path) -> Layout:
 def federation_identity(version_dir: Path) -> tuple[str, str]:
     """(model name, client to erase) of a version directory: the config's name and its first exclusive
     owner (the client that alone holds a concept), else client 0."""
-    for name in ("metadata.json", "manifest.json"):
-        path = version_dir / name
-        if path.is_file():
-            meta = json.loads(path.read_text())
-            break
-    else:
+    descriptor = next((version_dir / name for name in (lf_layout.METADATA, lf_layout.MANIFEST)
+                       if (version_dir / name).is_file()), None)
+    if descriptor is None:
         raise DemoError(f"{version_dir} is not a model version directory (no metadata.json or manifest.json)")
-    if not (version_dir / "clients.json").is_file():
-        raise DemoError(f"{version_dir} has no clients.json")
+    try:
+        meta = read_json_object(descriptor)
+        clients = read_clients(version_dir).live_clients()
+    except FormatError as exc:
+        raise DemoError(f"{version_dir}: {exc.message}") from None
     config = meta.get("config") or {}
     model = re.sub(r"[^A-Za-z0-9._-]", "-", str(config.get("name") or meta.get("name") or version_dir.name))
     model = model.lstrip("._-")[:200] or "demo"
     owners = (config.get("partition") or {}).get("owners") or {}
     client = str(next(iter(owners), 0))
-    clients = json.loads((version_dir / "clients.json").read_text()).get("clients", {})
     if clients and client not in clients:
         client = sorted(clients, key=lambda c: (len(c), c))[0]
     return model, client

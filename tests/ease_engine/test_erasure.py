@@ -11,29 +11,28 @@ from ease_engine.linalg.forget_lock import ForgetLock
 from ease_engine.models.version_io import load_version
 from ease_engine.unlearning import ErasureTarget, UnlearningContext, UnlearningError
 from ease_engine.verification.membership import MembershipScores, similarity_distribution
-from ease_engine.verification.report import GateConfig
 from lethe_bench.measure import Bench
 from lethe_format import content_hash, directory_digests, hashed_files, pair_id_hash
 
-LOOSE = GateConfig(forget_margin=100, retain_drop=100, mia_margin=1)
+PUBLISH = {"publish_on_failure": True}  # the mechanics of writing a version, whatever the verdict
 
 
 @pytest.fixture(scope="module")
-def context(learned_versions):
-    _, original, _ = learned_versions
+def context(gate_versions):
+    original, _ = gate_versions
     return UnlearningContext.load(original)
 
 
 @pytest.fixture(scope="module")
-def client_erasure(learned_versions, context, tmp_path_factory):
-    _, original, retrain = learned_versions
+def client_erasure(gate_versions, context, tmp_path_factory):
+    original, retrain = gate_versions
     out = tmp_path_factory.mktemp("erased") / "v2"
-    result = erase(original, ErasureTarget(0), "ease", None, out, gates=LOOSE, reference_dir=retrain, context=context)
+    result = erase(original, ErasureTarget(0), "ease", None, out, reference_dir=retrain, context=context, **PUBLISH)
     return result, out
 
 
-def test_erased_version_is_complete_and_chained(learned_versions, client_erasure):
-    _, original, _ = learned_versions
+def test_erased_version_is_complete_and_chained(gate_versions, client_erasure):
+    original, _ = gate_versions
     result, out = client_erasure
     assert result.version_dir == out
     for name in ["open_clip_model.safetensors", "manifest.json", "verification.json", "clients.json",
@@ -51,26 +50,31 @@ def test_erased_version_is_complete_and_chained(learned_versions, client_erasure
     lock = ForgetLock.load(out / "forget_lock")
     assert len(lock) > 0
     report = json.loads((out / "verification.json").read_text())
-    assert {g["name"] for g in report["gates"]} >= {"forget_i2t_r1", "retain_t2i_r1", "mia_similarity_auc"}
-    assert report["reference"]["kind"] == "retrain"
+    assert {g["name"] for g in report["gates"]} >= {"forget_vs_nonmember_i2t_r1", "retain_t2i_r1",
+                                                    "mia_similarity_auc", "ledger_residual"}
+    assert report["verdict"] in ("passed", "failed", "inconclusive") and "reasons" in report
+    assert all({"low", "high", "comparison", "threshold", "control_value"} <= set(g) for g in report["gates"])
+    assert report["reference"]["kind"] == "retrain" and "recall" in report["reference"]
     assert report["distributions"]["similarity"]["n_members"] == report["membership"]["n_members"]
 
 
-def test_report_carries_the_similarity_distribution_of_forget_vs_test_pairs(client_erasure, context):
-    """The histogram in the report is that of the erased model's scores on the forget and test splits."""
+def test_report_carries_the_similarity_distribution_of_forget_vs_matched_nonmembers(client_erasure, context):
+    """The histogram in the report is that of the erased model's scores on the erased pairs and on the same
+    client's audit pairs (matched non-members)."""
     from ease_engine.verification.membership import pair_embeddings, similarity_scores
 
     result, out = client_erasure
     distribution = result.report.distributions["similarity"]
-    assert (distribution["members_split"], distribution["nonmembers_split"]) == ("forget", "test")
-    bench = Bench.build(context, ErasureTarget(0), LOOSE)
+    assert (distribution["members_split"], distribution["nonmembers_split"]) == ("forget", "nonmembers")
+    bench = Bench.build(context, ErasureTarget(0))
     erased = load_version(out)[0]
-    members = similarity_scores(*pair_embeddings(erased, bench.splits["forget"]))
-    nonmembers = similarity_scores(*pair_embeddings(erased, bench.splits["test"]))
+    members = similarity_scores(*pair_embeddings(erased, bench.splits.members))
+    nonmembers = similarity_scores(*pair_embeddings(erased, bench.splits.nonmembers))
     assert np.histogram(members, bins=distribution["edges"])[0].tolist() == distribution["members"]
     assert np.histogram(nonmembers, bins=distribution["edges"])[0].tolist() == distribution["nonmembers"]
-    assert sum(distribution["members"]) == len(bench.splits["forget"]) == result.report.membership["n_members"]
-    assert sum(distribution["nonmembers"]) == len(bench.splits["test"])
+    assert sum(distribution["members"]) == len(bench.splits.members) == result.report.membership["n_members"]
+    assert sum(distribution["nonmembers"]) == len(bench.splits.nonmembers)
+    assert set(bench.splits.nonmembers.client_ids) == {0}, "matched non-members: the erased client's own pairs"
     assert distribution["members_mean"] == pytest.approx(members.mean(), abs=1e-5)
 
 
@@ -117,40 +121,21 @@ def test_membership_scores_summary_and_distribution_share_the_scores():
                                                                        scores.similarity_nonmembers)
 
 
-def _mean_pair_similarity(bundle, dataset) -> float:
-    from ease_engine.verification.membership import pair_embeddings, similarity_scores
-
-    return float(similarity_scores(*pair_embeddings(bundle, dataset)).mean())
-
-
-def test_ease_forgets_and_keeps_utility(learned_versions, client_erasure, context):
-    """Margins a do-nothing method (no change) or a destroying one (retain collapses) would fail.
-
-    On this small federation retrain itself is barely worse on client 0's pairs, so forgetting is
-    measured as the forget pairs' image-text similarity: it must fall clearly more than the
-    held-out pairs' does, while retain and test R@1 hold.
-    """
-    result, out = client_erasure
-    bench = Bench.build(context, ErasureTarget(0))
-    erased = load_version(out)[0]
-    forget_drop = _mean_pair_similarity(context.setup.bundle, bench.splits["forget"]) - _mean_pair_similarity(
-        erased, bench.splits["forget"]
-    )
-    test_drop = _mean_pair_similarity(context.setup.bundle, bench.splits["test"]) - _mean_pair_similarity(
-        erased, bench.splits["test"]
-    )
-    assert forget_drop >= 0.05 and forget_drop >= 2 * test_drop, (forget_drop, test_drop)
-    before = bench.measure(context.setup.bundle)
-    after = bench.measure(erased)
-    retain_drop = sum(before.r1("retain", d) - after.r1("retain", d) for d in ("i2t", "t2i")) / 2
-    test_r1_drop = sum(before.r1("test", d) - after.r1("test", d) for d in ("i2t", "t2i")) / 2
-    assert retain_drop <= 3.0 and test_r1_drop <= 5.0, (before.recall, after.recall)
+def test_ease_removes_the_exclusive_contribution_and_keeps_utility(client_erasure):
+    """Margins a do-nothing method (residual stays ~1) or a destroying one (utility collapses) would fail."""
+    result, _ = client_erasure
+    report = result.report
+    assert report.residual["parent"]["all"] > 0.6
+    assert abs(report.residual["candidate"]["all"]) < 0.5
+    for split in ("retain", "retained_heldout"):
+        for d in ("i2t", "t2i"):
+            assert report.metrics[split][f"{d}_r1"] >= 0.5 * report.before[split][f"{d}_r1"], (split, report.metrics)
 
 
-def test_excision_puts_exclusive_rows_where_retrain_has_them(learned_versions, context, tmp_path):
+def test_excision_puts_exclusive_rows_where_retrain_has_them(gate_versions, context, tmp_path):
     """A word only client 0 used: its embedding row is reset exactly to the never-trained value."""
-    _, original, retrain = learned_versions
-    result = erase(original, ErasureTarget(0), "ease", {"steps": 0}, tmp_path / "v", gates=LOOSE, context=context)
+    original, retrain = gate_versions
+    result = erase(original, ErasureTarget(0), "ease", {"steps": 0}, tmp_path / "v", context=context, **PUBLISH)
     wholly = result.outcome.details["angles"]["wholly_exclusive_blocks"]
     assert wholly, "client 0 owns purple: its token row is moved by no other client"
     rows = [int(name.split("[")[1].rstrip("]")) for name in wholly]
@@ -164,7 +149,7 @@ def test_excision_puts_exclusive_rows_where_retrain_has_them(learned_versions, c
 def test_the_erased_client_cannot_be_erased_again(client_erasure, tmp_path):
     _, out = client_erasure
     with pytest.raises(UnlearningError, match="already erased"):
-        erase(out, ErasureTarget(0), out_dir=tmp_path / "v3", gates=LOOSE)
+        erase(out, ErasureTarget(0), out_dir=tmp_path / "v3", **PUBLISH)
     assert not (tmp_path / "v3").exists()
 
 
@@ -176,15 +161,15 @@ def test_the_erased_client_cannot_be_erased_again(client_erasure, tmp_path):
         (ErasureTarget(0, ("scenes-train-999999",)), "are not pairs of client '0'"),
     ],
 )
-def test_bad_targets_write_nothing(learned_versions, context, tmp_path, target, message):
-    _, original, _ = learned_versions
+def test_bad_targets_write_nothing(gate_versions, context, tmp_path, target, message):
+    original, _ = gate_versions
     with pytest.raises(UnlearningError, match=message):
-        erase(original, target, out_dir=tmp_path / "v", gates=LOOSE, context=context)
+        erase(original, target, out_dir=tmp_path / "v", context=context, **PUBLISH)
     assert not (tmp_path / "v").exists()
 
 
-def test_bad_method_or_parameters_fail_before_any_work(learned_versions, tmp_path):
-    _, original, _ = learned_versions
+def test_bad_method_or_parameters_fail_before_any_work(gate_versions, tmp_path):
+    original, _ = gate_versions
     with pytest.raises(UnlearningError, match="unknown method"):
         erase(original, ErasureTarget(0), "forget-it", out_dir=tmp_path / "v")
     with pytest.raises(UnlearningError, match="sin_mni"):
@@ -192,34 +177,31 @@ def test_bad_method_or_parameters_fail_before_any_work(learned_versions, tmp_pat
     assert not (tmp_path / "v").exists()
 
 
-def test_a_version_without_ledger_is_refused(learned_versions, tmp_path):
-    _, original, _ = learned_versions
+def test_a_version_without_ledger_is_refused(gate_versions, tmp_path):
+    original, _ = gate_versions
     copy = tmp_path / "no-ledger"
     shutil.copytree(original, copy)
     shutil.rmtree(copy / "ledger")
     with pytest.raises(UnlearningError, match="needs the contribution ledger"):
-        erase(copy, ErasureTarget(0), out_dir=tmp_path / "v", gates=LOOSE)
+        erase(copy, ErasureTarget(0), out_dir=tmp_path / "v", **PUBLISH)
     assert not (tmp_path / "v").exists()
 
 
-def test_failed_gates_publish_nothing(learned_versions, context, tmp_path):
-    _, original, _ = learned_versions
-    # sin_min = 0.01 marks nearly every direction of client 0 exclusive and excises its whole contribution,
-    # entangled blocks included: retain R@1 falls (this small model's is only 4-7%, so the gate is tight)
-    destroy = {"excise_blocks": "exclusive", "sin_min": 0.01, "steps": 0}
-    gates = GateConfig(retain_drop=0.5)
-    result = erase(original, ErasureTarget(0), "ease", destroy, tmp_path / "v", gates=gates, context=context)
+def test_a_noop_publishes_nothing(gate_versions, context, tmp_path):
+    """The unchanged parent is never published: its verdict is failed or inconclusive, and no directory
+    appears (``lethe erase V --client 0 --method noop``)."""
+    original, _ = gate_versions
+    result = erase(original, ErasureTarget(0), "noop", None, tmp_path / "v", context=context)
     assert not result.report.passed and result.version_dir is None
     assert not (tmp_path / "v").exists()
-    assert {g.name for g in result.report.failed()} & {"retain_i2t_r1", "retain_t2i_r1"}
 
 
-def test_sample_scope_erasure(learned_versions, context, tmp_path):
-    _, original, _ = learned_versions
+def test_sample_scope_erasure(gate_versions, context, tmp_path):
+    original, _ = gate_versions
     items = context.setup.client_items(1)[:5]
     pairs = tuple(context.setup.train.pair_ids[i] for i in items)
-    result = erase(original, ErasureTarget(1, pairs), "ease", {"steps": 10}, tmp_path / "v", gates=LOOSE,
-                   context=context)
+    result = erase(original, ErasureTarget(1, pairs), "ease", {"steps": 10}, tmp_path / "v", context=context,
+                   **PUBLISH)
     clients = json.loads((tmp_path / "v" / "clients.json").read_text())["clients"]
     assert clients["1"]["erased_pair_hashes"] == sorted(pair_id_hash(p) for p in pairs)
     assert not set(pairs) & set(clients["1"]["pair_ids"])

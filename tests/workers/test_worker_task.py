@@ -19,7 +19,8 @@ from worker_helpers import MODEL, bearer
 
 from ease_engine.erasure import ErasureResult
 from ease_engine.unlearning.base import Cost, UnlearningError
-from ease_engine.verification.report import Gate, VerificationReport
+from ease_engine.verification.gates import Gate
+from ease_engine.verification.report import VerificationReport
 from lethe_format import read_clients
 from service import lifecycle
 from service.models import AuditEvent, ErasureRequest, ModelVersion
@@ -33,8 +34,9 @@ from workers.signing import SIGNATURE_NAME, verify_directory
 class FakeEngine:
     """Mimics ``ease_engine.erasure.erase``: stages, a report and a version directory (a copy)."""
 
-    def __init__(self, passed: bool = True, error: Exception | None = None, delay: float = 0.0):
-        self.passed, self.error, self.delay = passed, error, delay
+    def __init__(self, passed: bool = True, error: Exception | None = None, delay: float = 0.0,
+                 inconclusive: bool = False):
+        self.passed, self.error, self.delay, self.inconclusive = passed, error, delay, inconclusive
         self.calls: list[dict] = []
 
     def __call__(self, version_dir, target, method, params, out_dir, gates, on_stage=None, device="cpu", **_):
@@ -47,11 +49,14 @@ class FakeEngine:
         time.sleep(self.delay)
         on_stage("verifying", 0.7)
         value = 1.0 if self.passed else 9.0
+        gates = [Gate.check("forget_i2t_r1", "forgetting", "test gate", value, None, 3.0, control_value=9.0),
+                 Gate.check("retain_i2t_r1", "utility", "test gate", 5.0, 2.0, None, control_value=5.0)]
+        verdict = "failed" if not self.passed else "inconclusive" if self.inconclusive else "passed"
         report = VerificationReport(
+            verdict=verdict, reasons=["the parent shows no knowledge"] if self.inconclusive else [],
             metrics={"forget": {"i2t_r1": value, "t2i_r1": value}, "retain": {"i2t_r1": 5.0, "t2i_r1": 5.0}},
             before={"forget": {"i2t_r1": 9.0, "t2i_r1": 9.0}, "retain": {"i2t_r1": 5.0, "t2i_r1": 5.0}},
-            membership={"similarity_auc": 0.5, "loss_auc": 0.5}, reference={"kind": "nonmember"},
-            gates=[Gate.check("forget_i2t_r1", value, "<=", 3.0), Gate.check("retain_i2t_r1", 5.0, ">=", 2.0)],
+            membership={"similarity_auc": 0.5, "loss_auc": 0.5}, gates=gates,
             distributions={"similarity": {"edges": [0.0, 0.25, 0.5], "members": [1, 2], "nonmembers": [3, 1]}},
         )
         outcome = SimpleNamespace(details={"angles": {"principal_angles_deg": [10.0, 80.0, 90.0]},
@@ -163,6 +168,19 @@ def test_failed_gate_records_figures_and_registers_nothing(context, registered, 
     assert len(versions(db)) == 1
     assert not any((context.artifact_dir / MODEL).glob("v2*"))
     assert not (context.artifact_dir / MODEL / ".staging" / request_id).exists()
+
+
+def test_inconclusive_verification_ends_inconclusive_and_registers_nothing(context, registered, submit, db):
+    """Every gate passed but nothing tells an erased model from the parent: nothing is presented as verified."""
+    context.erase_fn = FakeEngine(inconclusive=True)
+    request_id = submit("2")
+    assert process_request(request_id, context) == "inconclusive"
+    request = request_row(db, request_id)
+    assert request.status == "inconclusive" and request.failure["kind"] == "inconclusive"
+    assert request.failure["reasons"] == ["the parent shows no knowledge"]
+    assert request.result["verdict"] == "inconclusive" and request.result_version_id is None
+    assert len(versions(db)) == 1 and not any((context.artifact_dir / MODEL).glob("v2*"))
+    assert "request.inconclusive" in event_types(db, request_id)
 
 
 def test_engine_error_fails_the_request(context, registered, submit, db):
