@@ -29,6 +29,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from ease_engine.federation.exclusive import retained_support
 from ease_engine.models.blocks import ParameterBlock
 from ease_engine.unlearning.base import (
     Cost,
@@ -40,7 +41,6 @@ from ease_engine.unlearning.base import (
 )
 from ease_engine.unlearning.federated import retained_rounds
 from ease_engine.unlearning.pga import AscentParams, gradient_ascent
-from ease_engine.unlearning.support import retained_support
 
 
 class SfuParams(AscentParams):

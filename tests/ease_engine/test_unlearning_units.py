@@ -1,38 +1,73 @@
-"""Closure pieces of EASE on constructed inputs where the answer is known exactly."""
+"""EASE's pieces and the ledger's exclusive contribution on constructed inputs where the answer is known."""
 
 import numpy as np
 import pytest
 import torch
 from scipy.stats import wasserstein_distance
 
+from ease_engine.federation.exclusive import ExclusiveContribution
+from ease_engine.federation.ledger import Ledger, LedgerConfig
 from ease_engine.models.blocks import ParameterBlock
-from ease_engine.unlearning.ease import (
-    _project_gradients,
-    excise_contribution,
-    forget_basis_for,
+from ease_engine.unlearning.ease_displacement import (
+    DisplacementPlan,
+    _restore_rows_outside,
+    project_step,
     quantile_matching_loss,
 )
 
 
-def test_forget_basis_contains_the_contribution():
-    basis = torch.eye(6)[:, :2]
-    contribution = torch.tensor([1.0, 2.0, 0.0, 3.0, 0.0, 0.0])
-    u = forget_basis_for(basis, contribution)
-    assert u.shape == (6, 3)
-    torch.testing.assert_close(u @ (u.T @ contribution), contribution, atol=1e-6, rtol=0)
-    assert forget_basis_for(basis, torch.zeros(6)).shape == (6, 2)
+def _ledger(updates: dict[int, dict[str, list[torch.Tensor]]], blocks, initial) -> Ledger:
+    ledger = Ledger(blocks, sorted(updates), LedgerConfig(rank_cap=4, energy=1.0), "fp", initial=initial)
+    for client, per_block in updates.items():
+        rounds = len(next(iter(per_block.values())))
+        for t in range(rounds):
+            ledger.record(client, t, {name: per_block[name][t] for name in per_block})
+    return ledger
 
 
-def test_excision_removes_exactly_the_exclusive_part():
-    shared = torch.tensor([1.0, 1.0, 0.0, 0.0])
-    exclusive_part = torch.tensor([0.0, 0.0, 2.0, 0.0])
-    theta = {"w": torch.tensor([5.0, 5.0, 5.0, 5.0]), "b": torch.ones(2)}
-    contributions = {"w": shared + exclusive_part, "b": torch.tensor([0.5, 0.0])}
-    e = {"w": torch.tensor([[0.0], [0.0], [1.0], [0.0]])}  # block "b" has no exclusive directions
-    out, share = excise_contribution(theta, contributions, e)
-    torch.testing.assert_close(out["w"], torch.tensor([5.0, 5.0, 3.0, 5.0]))
-    torch.testing.assert_close(out["b"], theta["b"])
-    assert share == pytest.approx(4.0 / (2.0 + 4.0 + 0.25))
+def test_exclusive_contribution_is_the_part_outside_the_retained_span():
+    """Client 0 moves w along e1 and e3, the others only along e1 and e2: x_0 = its e3 component exactly;
+    a block only client 0 moved is wholly exclusive; the residual is 1 for the parent, 0 for theta_0."""
+    d = 4
+    e = torch.eye(d)
+    blocks = [ParameterBlock("w", (d,)), ParameterBlock("row", (2,))]
+    initial = {"w": torch.full((d,), 0.5), "row": torch.zeros(2)}
+    updates = {
+        0: {"w": [e[0] + 2 * e[2], e[0] + e[2]], "row": [torch.tensor([1.0, 0.0]), torch.tensor([0.5, 0.0])]},
+        1: {"w": [e[0] + e[1], 2 * e[1]], "row": [torch.zeros(2), torch.zeros(2)]},
+        2: {"w": [e[1], e[0]], "row": [torch.zeros(2), torch.zeros(2)]},
+    }
+    ledger = _ledger(updates, blocks, initial)
+    ex = ExclusiveContribution.from_ledger(ledger, 0, energy=1.0)
+    torch.testing.assert_close(ex.parts["w"].float(), 3 * e[2], atol=1e-6, rtol=0)
+    assert ex.wholly_exclusive == {"row"} and ex.share["row"] == 1.0
+    torch.testing.assert_close(ex.parts["row"].float(), torch.tensor([1.5, 0.0]))
+    parent = {name: initial[name] + sum(ledger.records[k].contribution[name] for k in ledger.clients)
+              for name in initial}
+    assert ex.residual(parent)["all"] == pytest.approx(1.0)
+    assert ex.residual(initial)["all"] == pytest.approx(0.0)
+    erased = {name: parent[name] - ex.parts[name].float() for name in parent}
+    assert ex.residual(erased) == {"all": pytest.approx(0.0, abs=1e-6), "wholly_exclusive": pytest.approx(0.0),
+                                   "entangled": pytest.approx(0.0, abs=1e-6)}  # float32 weights
+    # more rounds of the others (along e1, e2) leave it where it was: the residual cannot be passed by moving
+    moved = {name: value + (e[0] + e[1] if name == "w" else 0) for name, value in parent.items()}
+    assert ex.residual(moved)["all"] == pytest.approx(1.0)
+
+
+def test_a_ratio_keeps_only_blocks_that_stand_out_of_the_retained_clients():
+    d = 6
+    e = torch.eye(d)
+    blocks = [ParameterBlock("w", (d,))]
+    # every client has an idiosyncratic direction of the same size: nobody stands out
+    updates = {k: {"w": [e[k] + e[5], e[k]]} for k in range(3)}
+    ledger = _ledger(updates, blocks, {"w": torch.zeros(d)})
+    assert ExclusiveContribution.from_ledger(ledger, 0, energy=1.0, ratio=1.5).parts == {}
+    assert set(ExclusiveContribution.from_ledger(ledger, 0, energy=1.0, ratio=0).parts) == {"w"}
+    # the others mostly move a common direction: client 0's own direction now stands out of their noise
+    big = {0: {"w": [10 * e[0] + e[5], 10 * e[0]]}, 1: {"w": [5 * e[5] + 0.5 * e[1], 5 * e[5]]},
+           2: {"w": [5 * e[5] + 0.5 * e[2], 5 * e[5]]}}
+    ledger = _ledger(big, blocks, {"w": torch.zeros(d)})
+    assert set(ExclusiveContribution.from_ledger(ledger, 0, energy=1.0, ratio=1.5).parts) == {"w"}
 
 
 def test_quantile_matching_is_the_squared_wasserstein_distance():
@@ -40,24 +75,45 @@ def test_quantile_matching_is_the_squared_wasserstein_distance():
     batch = torch.tensor(rng.normal(0.5, 0.1, 64), dtype=torch.float32)
     target = torch.sort(torch.tensor(rng.normal(0.2, 0.1, 64), dtype=torch.float32)).values
     loss = float(quantile_matching_loss(batch, target))
-    # equal sizes: W2^2 = mean squared difference of sorted samples; W1 <= W2
     expected = float(((torch.sort(batch).values - target) ** 2).mean())
     assert loss == pytest.approx(expected, rel=1e-5)
     assert wasserstein_distance(batch.numpy(), target.numpy()) <= np.sqrt(loss) + 1e-6
     assert float(quantile_matching_loss(target, target)) == pytest.approx(0.0, abs=1e-12)
+    assert float(quantile_matching_loss(target - 1.0, target, one_sided=True)) == 0.0  # below: no penalty
 
 
-def test_gradients_are_projected_on_the_exclusive_span_only():
+def _model():
     model = torch.nn.Module()
     model.w = torch.nn.Parameter(torch.zeros(2, 2))
     model.emb = torch.nn.Parameter(torch.zeros(4, 2))
-    model.w.grad = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
-    model.emb.grad = torch.ones(4, 2)
+    return model
+
+
+def test_each_step_is_projected_off_or_onto_the_block_directions():
     blocks = [ParameterBlock("w", (2, 2)), ParameterBlock("emb", (1, 2), (1,))]
     e_w = torch.tensor([[1.0], [0.0], [0.0], [0.0]])
     e_row = torch.tensor([[0.0], [1.0]])
-    _project_gradients(model, blocks, {"w": e_w, blocks[1].name: e_row})
-    torch.testing.assert_close(model.w.grad, torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
-    expected = torch.zeros(4, 2)
-    expected[1, 1] = 1.0  # only row 1 is displaced, and only along its exclusive direction
-    torch.testing.assert_close(model.emb.grad, expected)
+    start = {"w": torch.zeros(4), blocks[1].name: torch.zeros(2)}
+    for mode, expected_w, expected_row in [
+        ("off", torch.tensor([[0.0, 2.0], [3.0, 4.0]]), torch.tensor([1.0, 0.0])),
+        ("onto", torch.tensor([[1.0, 0.0], [0.0, 0.0]]), torch.tensor([0.0, 1.0])),
+    ]:
+        model = _model()
+        with torch.no_grad():
+            model.w.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+            model.emb[1] = torch.tensor([1.0, 1.0])
+        plan = DisplacementPlan(blocks, {"w": e_w, blocks[1].name: e_row}, mode, np.zeros(0), np.zeros(0), None, None)
+        project_step(model, plan, start)
+        torch.testing.assert_close(model.w.detach(), expected_w)
+        torch.testing.assert_close(model.emb.detach()[1], expected_row)
+
+
+def test_rows_outside_the_plan_are_put_back():
+    model = _model()
+    fixed = {"emb": model.emb.detach().clone()}
+    with torch.no_grad():
+        model.emb += 1.0  # the optimiser moved every row of the shared embedding
+    plan = DisplacementPlan([ParameterBlock("emb", (1, 2), (2,))], {}, "off", np.zeros(0), np.zeros(0), None, None)
+    _restore_rows_outside(model, plan, fixed)
+    assert torch.equal(model.emb.detach()[[0, 1, 3]], torch.zeros(3, 2)) and torch.equal(
+        model.emb.detach()[2], torch.ones(2))

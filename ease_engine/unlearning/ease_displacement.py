@@ -1,0 +1,177 @@
+"""EASE closure 2: bilateral displacement (bilinear cross-modal coupling), used by ``ease.py``.
+
+CLIP's similarity s(x, y) = <f_v(x), f_t(y)> is bilinear in the two towers' outputs, so editing one
+tower leaves the forgotten alignment recoverable through the other: the displacement is a short
+optimisation of BOTH towers (``towers``),
+
+    L = decouple_weight * L_decouple(D_f) + retain_weight * L_retain(D_r)
+
+- ``L_decouple``: the sorted similarities of a batch of forget pairs against the quantiles of
+  non-member pairs of the same distribution (the forget client's own CALIBRATION pairs: held out by
+  it, never trained on; the audit split is not reachable from here), re-measured with the current
+  model every ``check_every`` steps. ``hinge`` penalises only forget quantiles above the non-members'
+  (pairs are pushed down to the level of pairs the model never saw, never pulled up: pulling up
+  re-teaches them);
+- ``L_retain``: both towers' unimodal embeddings on a retain proxy (retained clients' training pairs)
+  kept close to the ANCHOR model's (the parent): this closes the utility gap the excision opens.
+
+After each step the move is projected per block: ``off`` removes its components along the excised
+directions (client scope: the displacement must not put back what closure 1 took out), ``onto`` keeps
+only the components inside the exclusive basis (samples scope, where nothing was excised). Blocks not in
+the plan do not move (wholly exclusive blocks: excision put them exactly where a model never trained on
+the client has them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import ks_2samp
+
+from ease_engine.federation.training import EncodedCaptions
+from ease_engine.models.blocks import ParameterBlock, read_blocks
+from ease_engine.models.factory import ClipBundle
+
+
+def tower_of(block: ParameterBlock) -> str:
+    return "image" if block.param.startswith("visual.") else "text"
+
+
+def pair_similarity(bundle: ClipBundle, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    img = F.normalize(bundle.model.encode_image(images), dim=-1)
+    txt = F.normalize(bundle.model.encode_text(tokens), dim=-1)
+    return (img * txt).sum(dim=-1)
+
+
+@torch.no_grad()
+def similarities(bundle: ClipBundle, dataset, captions: EncodedCaptions, items: np.ndarray, device: str,
+                 generator: torch.Generator, batch: int = 256) -> torch.Tensor:
+    bundle.model.eval()
+    out = [pair_similarity(bundle, bundle.image_batch(dataset, items[i: i + batch], device),
+                           captions.pick(items[i: i + batch], generator).to(device))
+           for i in range(0, len(items), batch)]
+    return torch.cat(out).cpu()
+
+
+def quantile_matching_loss(sims: torch.Tensor, target_sorted: torch.Tensor, one_sided: bool = False) -> torch.Tensor:
+    """Squared 1-D Wasserstein distance between a batch of similarities and a target distribution;
+    ``one_sided`` only penalises quantiles above the target's."""
+    levels = (torch.arange(len(sims), dtype=torch.float32) + 0.5) / len(sims)
+    index = (levels * len(target_sorted)).long().clamp(max=len(target_sorted) - 1)
+    diff = torch.sort(sims).values - target_sorted[index].to(sims.device)
+    return (diff.clamp(min=0) if one_sided else diff).pow(2).mean()
+
+
+@dataclass
+class DisplacementPlan:
+    """What the optimisation moves and how: the data it sees and the per-block gradient projection."""
+
+    blocks: list[ParameterBlock]  # the blocks that move
+    directions: dict[str, torch.Tensor]  # block -> orthonormal columns (d x q) of the projection
+    mode: Literal["off", "onto"]
+    forget_items: np.ndarray  # into the training set
+    retain_proxy: np.ndarray  # into the training set
+    nonmember_data: object  # a CaptionDataset of non-members (calibration pairs)
+    nonmember_captions: EncodedCaptions
+    history: list[dict] = field(default_factory=list)
+
+
+@torch.no_grad()
+def project_step(model, plan: DisplacementPlan, start: dict[str, torch.Tensor]) -> None:
+    """Constrain the move since ``start`` per block: ``off`` takes out its component along the block's
+    directions, ``onto`` keeps only that component. (Projecting the gradient is not enough: Adam rescales
+    each coordinate, so its step leaves the span the gradient was projected onto.) Rows of an embedding
+    that are not in the plan, and blocks not in the plan, keep their values."""
+    params = dict(model.named_parameters())
+    for block in plan.blocks:
+        param = params[block.param]
+        value = (param[list(block.rows)] if block.rows is not None else param).reshape(-1)
+        moved = value - start[block.name]
+        e = plan.directions.get(block.name)
+        if e is None or e.shape[1] == 0:
+            kept = torch.zeros_like(moved) if plan.mode == "onto" else moved
+        else:
+            e = e.to(device=moved.device, dtype=moved.dtype)
+            inside = e @ (e.T @ moved)
+            kept = inside if plan.mode == "onto" else moved - inside
+        new = (start[block.name] + kept).reshape(block.shape)
+        if block.rows is None:
+            param.copy_(new)
+        else:
+            param[list(block.rows)] = new
+
+
+@torch.no_grad()
+def _restore_rows_outside(model, plan: DisplacementPlan, fixed: dict[str, torch.Tensor]) -> None:
+    """An embedding is one parameter: put back the rows no block of the plan covers (frozen words)."""
+    named = dict(model.named_parameters())
+    covered: dict[str, list[int]] = {}
+    for block in plan.blocks:
+        if block.rows is not None:
+            covered.setdefault(block.param, []).extend(block.rows)
+    for name, rows in covered.items():
+        keep = torch.ones(named[name].shape[0], dtype=torch.bool, device=named[name].device)
+        keep[rows] = False
+        named[name][keep] = fixed[name][keep]
+
+
+def displace(bundle: ClipBundle, anchor: ClipBundle, setup, plan: DisplacementPlan, params, generator,
+             rng: np.random.Generator) -> dict:
+    """Run the optimisation in place on ``bundle``; returns steps, the final KS statistic and the history."""
+    device = setup.device
+    model = bundle.model
+    trainable = {b.param for b in plan.blocks}
+    named = dict(model.named_parameters())
+    previous = {name: p.requires_grad for name, p in named.items()}
+    for name, p in named.items():
+        p.requires_grad_(name in trainable)
+    optimizer = torch.optim.Adam([named[n] for n in sorted(trainable)], lr=params.lr)
+    start = read_blocks(model, plan.blocks)
+    fixed = {b.param: named[b.param].detach().clone() for b in plan.blocks if b.rows is not None}
+    forget = plan.forget_items
+    probe_items = forget if len(forget) <= 512 else rng.choice(forget, 512, replace=False)
+    nonmember_items = np.arange(len(plan.nonmember_data))
+    target = None
+    ks, steps_done = float("nan"), 0
+    for step in range(params.steps):
+        if step % params.check_every == 0:
+            target = torch.sort(similarities(bundle, plan.nonmember_data, plan.nonmember_captions,
+                                             nonmember_items, device, generator)).values
+            sims = similarities(bundle, setup.train, setup.captions, probe_items, device, generator)
+            ks = float(ks_2samp(sims.numpy(), target.numpy()).statistic)
+            plan.history.append({"step": step, "ks": ks, "forget_mean_sim": float(sims.mean()),
+                                 "nonmember_mean_sim": float(target.mean())})
+        model.train()
+        loss = torch.zeros((), device=device)
+        if params.decouple != "none" and params.decouple_weight > 0:
+            f_items = rng.choice(forget, size=min(params.batch_size, len(forget)), replace=False)
+            f_sims = pair_similarity(bundle, bundle.image_batch(setup.train, f_items, device),
+                                     setup.captions.pick(f_items, generator).to(device))
+            loss = loss + params.decouple_weight * quantile_matching_loss(f_sims, target,
+                                                                          one_sided=params.decouple == "hinge")
+        if params.retain_weight > 0:
+            r_items = rng.choice(plan.retain_proxy, size=min(params.batch_size, len(plan.retain_proxy)),
+                                 replace=False)
+            r_images = bundle.image_batch(setup.train, r_items, device)
+            r_tokens = setup.captions.pick(r_items, generator).to(device)
+            with torch.no_grad():
+                anchor.model.eval()
+                ref_img, ref_txt = anchor.model.encode_image(r_images), anchor.model.encode_text(r_tokens)
+            loss = loss + params.retain_weight * (F.mse_loss(model.encode_image(r_images), ref_img)
+                                                  + F.mse_loss(model.encode_text(r_tokens), ref_txt))
+        if not loss.requires_grad:
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        _restore_rows_outside(model, plan, fixed)
+        project_step(model, plan, start)
+        steps_done += 1
+    for name, p in named.items():
+        p.requires_grad_(previous[name])
+    model.eval()
+    return {"steps": steps_done, "final_ks": ks, "history": plan.history, "displaced_blocks": len(plan.blocks)}
