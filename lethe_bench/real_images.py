@@ -20,7 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import sys
 import time
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +38,7 @@ from ease_engine.evaluation.splits import sample_gallery, select_split
 from ease_engine.federation.config import FederationConfig, load_config, load_federation_data
 from ease_engine.federation.fedavg import run_federation
 from ease_engine.models.version_io import load_version
+from lethe_bench.markdown import replace_section, table
 
 DEFAULT_CONFIG = CONFIG_DIR / "real-images.toml"
 METRICS = ("i2t_r1", "t2i_r1")
@@ -126,6 +131,47 @@ def render(summary: dict, gallery_sizes: dict) -> str:
     return "\n".join(lines)
 
 
+SPLIT_LABELS = {
+    "forget": "forget client's pairs (members)",
+    "forget_held_out": "forget category, held out",
+    "retain": "other clients' pairs",
+    "test": "held-out test (all categories)",
+}
+
+
+def render_markdown(summary: dict, gallery_sizes: dict, config: FederationConfig, client: int, command: str) -> str:
+    """The ``real-images`` section of docs/benchmarks.md."""
+    emoji, tc = config.data.emoji, config.training
+    seeds = len(summary["margin"]["forget"]["i2t_r1"]["values"])
+    category = config.partition.categories[client] if config.partition.categories else f"client {client}"
+    rows = []
+    for split, size in gallery_sizes.items():
+        cells = [SPLIT_LABELS.get(split, split), size, f"{100 / size:.1f}"]
+        for m in METRICS:
+            for part in (summary["original"][split][m], summary["retrain"][split][m], summary["margin"][split][m]):
+                cells.append(f"{part['mean']:.1f} ± {part['std']:.1f}")
+        rows.append(cells)
+    roles = ("original", "retrain", "margin")
+    headers = ["split", "pairs", "chance"] + [f"{r} {m[:3]}" for m in METRICS for r in roles]
+    wall = {role: summary[role]["wall_seconds"] for role in ("original", "retrain")}
+    return (
+        f"## Real images: does the federation know the erased category?\n\nCommand: `{command}` "
+        f"({date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs). "
+        f"Data: the emoji of {', '.join(emoji.groups or ['every group'])} (Noto Color Emoji at {emoji.image_size} px, "
+        f"Unicode names{' and CLDR keywords' if emoji.annotations else ''}), {emoji.held_out_fraction:.0%} of every "
+        f"group held out; one group per client, client {client} ({', '.join(category)}) erased. "
+        f"`{config.model.architecture}`, FedAvg {tc.rounds} rounds x {tc.local_epochs} local epochs, batch "
+        f"{tc.batch_size}, lr {tc.lr} -> {tc.lr_min}. Retrain = the same schedule without client {client}. "
+        f"R@1 in percent, mean ± std over {seeds} seeds (training and initialisation seed), each split on the same "
+        f"gallery for both models; margin = original - retrain.\n\n"
+        + table(headers, rows)
+        + f"\n\nWall time per run (training, ledger, evaluation of the test split): original "
+        f"{wall['original']['mean']:.0f} ± {wall['original']['std']:.0f} s, retrain "
+        f"{wall['retrain']['mean']:.0f} ± {wall['retrain']['std']:.0f} s. Chance = 100 / pairs (R@1 of a random "
+        "ranking). The data, the partition and how this config was chosen: docs/real-images.md.\n"
+    )
+
+
 def _parse_override(text: str) -> tuple[list[str], object]:
     key, sep, value = text.partition("=")
     if not sep:
@@ -156,25 +202,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", dest="overrides", type=_parse_override, action="append", default=[])
     parser.add_argument("--out", type=Path, default=Path("runs/real-images"))
     parser.add_argument("--json", type=Path, default=None, help="also write the result as JSON here")
+    parser.add_argument("--docs", type=Path, default=None, help="write the section real-images of this markdown file")
+    parser.add_argument("--render", type=Path, default=None, help="no training: print (and --docs) a saved --json")
     args = parser.parse_args(argv)
-    config = apply_overrides(load_config(args.config), args.overrides)
-    runs = []
-    for seed in args.seeds:
-        runs.append(measure_seed(config, args.forget_client, seed, args.out, args.gallery))
-        print(f"seed {seed}: " + json.dumps({r: runs[-1][r]["splits"]["forget"] for r in ("original", "retrain")}))
-    summary = summarise(runs)
-    print(render(summary, runs[0]["gallery_sizes"]))
-    if args.json:
-        write_json(
-            args.json,
-            {
-                "config": config.model_dump(mode="json"),
-                "forget_client": args.forget_client,
-                "gallery_sizes": runs[0]["gallery_sizes"],
-                "summary": summary,
-                "runs": runs,
-            },
-        )
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        config, client = FederationConfig.model_validate(saved["config"]), saved["forget_client"]
+        summary, sizes, command = saved["summary"], saved["gallery_sizes"], saved["command"]
+    else:
+        config = apply_overrides(load_config(args.config), args.overrides)
+        client, runs = args.forget_client, []
+        for seed in args.seeds:
+            runs.append(measure_seed(config, client, seed, args.out, args.gallery))
+            print(f"seed {seed}: " + json.dumps({r: runs[-1][r]["splits"]["forget"] for r in ("original", "retrain")}))
+        summary, sizes = summarise(runs), runs[0]["gallery_sizes"]
+        command = "python -m lethe_bench.real_images " + " ".join(argv if argv is not None else sys.argv[1:])
+        if args.json:
+            write_json(
+                args.json,
+                {
+                    "command": command,
+                    "config": config.model_dump(mode="json"),
+                    "forget_client": client,
+                    "gallery_sizes": sizes,
+                    "summary": summary,
+                    "runs": runs,
+                },
+            )
+    print(render(summary, sizes))
+    if args.docs:
+        replace_section(args.docs, "real-images", render_markdown(summary, sizes, config, client, command))
 
 
 if __name__ == "__main__":
