@@ -1,13 +1,16 @@
-"""The data layer: every source (synthetic ``scenes``, Karpathy JSON, JSONL manifests) becomes
+"""The data layer: every source (synthetic ``scenes``, Karpathy JSON, JSONL manifests, ``emoji``) becomes
 a :class:`CaptionDataset`; :mod:`~ease_engine.data.partition` assigns pairs to clients."""
 
 from ease_engine.data.dataset import NO_CLIENT, CaptionDataset
+from ease_engine.data.emoji import EmojiConfig, load_emoji
 from ease_engine.data.errors import DataError
 from ease_engine.data.karpathy import load_karpathy
 from ease_engine.data.manifest import load_manifest, write_manifest
 from ease_engine.data.partition import (
     PartitionConfig,
     apply_partition,
+    by_category,
+    category_of_items,
     dirichlet,
     exclusive_concepts,
     first_object_labels,
@@ -41,16 +44,20 @@ __all__ = [
     "VOCABULARIES",
     "CaptionDataset",
     "DataError",
+    "EmojiConfig",
     "PartitionConfig",
     "SceneObject",
     "ScenesConfig",
     "apply_partition",
+    "by_category",
     "canonical_key",
+    "category_of_items",
     "dirichlet",
     "exclusive_concepts",
     "first_object_labels",
     "iid",
     "load_karpathy",
+    "load_emoji",
     "load_manifest",
     "make_scenes",
     "partition_ids",

@@ -9,6 +9,9 @@ Every function returns an int64 array with one client id per item (0 .. n_client
   (e.g. client 0 owns ("colour", "purple")) plus some ordinary items; no other client sees
   that concept. This is the setting in which a whole client's contribution, and with it a
   concept, is erased.
+* :func:`by_category` makes each real category one client (client k holds the items whose
+  category, e.g. the Unicode emoji group in ``dataset.concepts["category"]``, is one of
+  ``categories[k]``): erasing a client erases a category.
 
 :class:`PartitionConfig` and :func:`apply_partition` turn a config into a data set with
 client ids.
@@ -174,12 +177,64 @@ def exclusive_concepts(
     return client_ids
 
 
+def category_of_items(dataset: CaptionDataset, attribute: str) -> list[str]:
+    """The one value of ``attribute`` every item carries in ``dataset.concepts``.
+
+    Raises :class:`DataError` for an item without it or with several values.
+    """
+    values = []
+    for i, concepts in enumerate(dataset.concepts):
+        found = concepts.get(attribute, frozenset())
+        if len(found) != 1:
+            raise DataError(
+                f"item {dataset.pair_ids[i]!r} of data set {dataset.name!r} has "
+                f"{'no' if not found else len(found)} {attribute!r} value(s); a category partition needs exactly one"
+            )
+        values.append(next(iter(found)))
+    return values
+
+
+def by_category(
+    dataset: CaptionDataset,
+    categories: Sequence[Sequence[str]] | None,
+    attribute: str = "category",
+    every_category_present: bool = True,
+) -> np.ndarray:
+    """Client k holds every item whose ``attribute`` is one of ``categories[k]``.
+
+    ``categories=None`` gives one client per distinct value, in sorted order. Raises
+    :class:`DataError` for an item whose category no client holds, for a category named
+    twice, and (with ``every_category_present``, so that no client is left empty) for a
+    category no item carries. Works on any split that carries the attribute: with
+    ``every_category_present=False`` it finds each client's held-out pairs.
+    """
+    values = category_of_items(dataset, attribute)
+    if categories is None:
+        categories = [[value] for value in sorted(set(values))]
+    client_of: dict[str, int] = {}
+    for client, names in enumerate(categories):
+        for name in names:
+            if name in client_of:
+                raise DataError(f"category {name!r} is given to clients {client_of[name]} and {client}")
+            client_of[name] = client
+    present = set(values)
+    unused = sorted(set(client_of) - present)
+    if unused and every_category_present:
+        raise DataError(f"no item of {dataset.name!r} has {attribute} {unused}; its values are {sorted(present)}")
+    unassigned = sorted(present - set(client_of))
+    if unassigned:
+        raise DataError(
+            f"items of {dataset.name!r} with {attribute} {unassigned} belong to no client; add them to categories"
+        )
+    return np.asarray([client_of[v] for v in values], dtype=np.int64)
+
+
 class PartitionConfig(BaseModel):
     """How to split a data set among federated clients; unknown keys are rejected."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["iid", "dirichlet", "exclusive"] = "iid"
+    kind: Literal["iid", "dirichlet", "exclusive", "category"] = "iid"
     n_clients: int = Field(6, ge=1)
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (dirichlet, or exclusive base)")
     owners: dict[int, tuple[str, str]] = Field(
@@ -191,12 +246,21 @@ class PartitionConfig(BaseModel):
     label_attribute: Literal["shape", "colour", "size", "position"] = Field(
         "shape", description="dirichlet: attribute of the first object used as the label"
     )
+    category_attribute: str = Field("category", description="category: the concepts key that holds the category")
+    categories: list[list[str]] | None = Field(
+        None, description="category: client k holds the items of categories[k]; None: one client per value, sorted"
+    )
     seed: int = 0
 
     @model_validator(mode="after")
     def _owners_fit(self) -> PartitionConfig:
         if self.kind == "exclusive":
             _check_owners(self.owners, self.n_clients)
+        if self.kind == "category" and self.categories is not None:
+            if len(self.categories) != self.n_clients:
+                raise ValueError(f"categories lists {len(self.categories)} clients but n_clients is {self.n_clients}")
+            if any(not names for names in self.categories):
+                raise ValueError("every client in categories needs at least one category")
         return self
 
 
@@ -207,6 +271,12 @@ def partition_ids(dataset: CaptionDataset, config: PartitionConfig) -> np.ndarra
     if config.kind == "dirichlet":
         labels = first_object_labels(dataset, config.label_attribute)
         return dirichlet(labels, config.n_clients, config.alpha, config.seed)
+    if config.kind == "category":
+        client_ids = by_category(dataset, config.categories, config.category_attribute)
+        n_found = int(client_ids.max()) + 1
+        if n_found != config.n_clients:
+            raise DataError(f"data set {dataset.name!r} has {n_found} categories, but n_clients is {config.n_clients}")
+        return client_ids
     return exclusive_concepts(
         dataset,
         config.n_clients,

@@ -12,9 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serial
 
 from ease_engine.data import (
     DataError,
+    EmojiConfig,
     PartitionConfig,
     ScenesConfig,
     apply_partition,
+    load_emoji,
     load_karpathy,
     load_manifest,
     make_scenes,
@@ -37,12 +39,16 @@ class DataConfig(BaseModel):
       ``partition``, its test split is held out.
     - ``manifest``: a JSONL manifest whose lines carry their client id; lines with
       ``client_id: null`` are the held-out set.
+    - ``emoji``: real images with human-written names, rendered from files Debian packages
+      install (:mod:`ease_engine.data.emoji`); a share of every Unicode group is held out,
+      the rest is federated by ``partition`` (kind ``category``: one group per client).
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["scenes", "karpathy", "manifest"] = "scenes"
+    source: Literal["scenes", "karpathy", "manifest", "emoji"] = "scenes"
     scenes: ScenesConfig = Field(default_factory=ScenesConfig)
+    emoji: EmojiConfig = Field(default_factory=EmojiConfig)
     karpathy_json: Path | None = None
     image_root: Path | None = None
     manifest: Path | None = None
@@ -137,6 +143,9 @@ def load_federation_data(config: FederationConfig) -> FederationData:
     data = config.data
     if data.source == "scenes":
         train, test = make_scenes(data.scenes)
+        return split_holdout(apply_partition(train, config.partition), test, config.holdout)
+    if data.source == "emoji":
+        train, test = load_emoji(data.emoji, on_error=data.on_error)
         return split_holdout(apply_partition(train, config.partition), test, config.holdout)
     if data.source == "karpathy":
         train = load_karpathy(data.karpathy_json, data.image_root, "train", on_error=data.on_error, limit=data.limit)

@@ -103,6 +103,8 @@ class Ledger:
         rec = self.records[client]
         for block in self.blocks:
             vec = weighted_update[block.name].detach().reshape(-1).to(torch.float32).cpu()
+            if not torch.any(vec):  # a block the client did not move (the rows of words it never uses): no-op
+                continue
             rec.contribution[block.name] += vec
             rec.basis[block.name], rec.singular_values[block.name] = incremental_svd_update(
                 rec.basis[block.name],

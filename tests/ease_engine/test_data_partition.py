@@ -12,6 +12,7 @@ from ease_engine.data import (
     PartitionConfig,
     ScenesConfig,
     apply_partition,
+    by_category,
     dirichlet,
     exclusive_concepts,
     first_object_labels,
@@ -171,3 +172,70 @@ def test_dirichlet_needs_labels_from_object_structure(train):
     with pytest.raises(DataError, match="iid"):
         apply_partition(photos, PartitionConfig(kind="dirichlet", n_clients=2))
     assert apply_partition(photos, PartitionConfig(kind="iid", n_clients=2)).clients == [0, 1]
+
+
+# --------------------------------------------------------------------------- category
+def categorised(groups: list[str], attribute: str = "category") -> CaptionDataset:
+    """One pixel image per item, each carrying its group as ``concepts[attribute]``."""
+    n = len(groups)
+    return CaptionDataset(
+        name="named",
+        pair_ids=[f"p{i}" for i in range(n)],
+        captions=[[f"item {i}"] for i in range(n)],
+        pixels=np.zeros((n, 2, 2, 3), dtype=np.uint8),
+        concepts=[{attribute: frozenset({g})} for g in groups],
+    )
+
+
+GROUPS = ["fish", "birds", "fish", "food", "birds", "tools", "fish"]
+
+
+def test_by_category_gives_each_category_its_client_in_sorted_order():
+    assert by_category(categorised(GROUPS), None).tolist() == [1, 0, 1, 2, 0, 3, 1]  # birds, fish, food, tools
+
+
+def test_by_category_groups_categories_as_configured():
+    ids = by_category(categorised(GROUPS), [["food"], ["fish", "birds"], ["tools"]])
+    assert ids.tolist() == [1, 1, 1, 0, 1, 2, 1]
+    # the same mapping works on any split that carries the attribute (a held-out set)
+    held_out = categorised(["tools", "food"])
+    assert by_category(held_out, [["food"], ["fish", "tools"]], every_category_present=False).tolist() == [1, 0]
+    with pytest.raises(DataError, match=r"no item of 'named' has category \['fish'\]"):
+        by_category(held_out, [["food"], ["fish", "tools"]])
+
+
+@pytest.mark.parametrize(
+    ("categories", "message"),
+    [
+        ([["fish"], ["birds", "food"]], r"with category \['tools'\] belong to no client"),
+        ([["fish"], ["birds", "fish"], ["food", "tools"]], "'fish' is given to clients 0 and 1"),
+        ([["fish", "whales"], ["birds", "food", "tools"]], r"no item of 'named' has category \['whales'\]"),
+    ],
+)
+def test_by_category_refuses_unassigned_doubled_and_unknown_categories(categories, message):
+    with pytest.raises(DataError, match=message):
+        by_category(categorised(GROUPS), categories)
+
+
+def test_by_category_needs_exactly_one_category_per_item():
+    dataset = categorised(GROUPS)
+    dataset.concepts[3] = {}
+    with pytest.raises(DataError, match="'p3' of data set 'named' has no 'category'"):
+        by_category(dataset, None)
+    dataset.concepts[3] = {"category": frozenset({"fish", "food"})}
+    with pytest.raises(DataError, match="has 2 'category' value"):
+        by_category(dataset, None)
+    with pytest.raises(DataError, match="'p0' of data set 'named' has no 'kind'"):
+        by_category(categorised(GROUPS), None, attribute="kind")
+
+
+def test_category_partition_config_checks_the_client_count():
+    with pytest.raises(ValidationError, match="categories lists 2 clients but n_clients is 3"):
+        PartitionConfig(kind="category", n_clients=3, categories=[["fish"], ["birds"]])
+    with pytest.raises(ValidationError, match="at least one category"):
+        PartitionConfig(kind="category", n_clients=2, categories=[["fish"], []])
+    with pytest.raises(DataError, match="has 4 categories, but n_clients is 3"):
+        apply_partition(categorised(GROUPS), PartitionConfig(kind="category", n_clients=3))
+    parted = apply_partition(categorised(GROUPS, "kind"), PartitionConfig(kind="category", n_clients=4,
+                                                                         category_attribute="kind", seed=5))
+    assert parted.client_ids.tolist() == [1, 0, 1, 2, 0, 3, 1] and parted.clients == [0, 1, 2, 3]

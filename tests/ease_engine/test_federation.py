@@ -208,3 +208,30 @@ def test_stored_updates_replay_the_global_trajectory(tiny_run):
         for name, start in before.global_start.items():
             step = sum(w * before.updates[k][name] for k, w in before.weights.items())
             torch.testing.assert_close(start + step, after.global_start[name], rtol=1e-5, atol=1e-6)
+
+
+def test_ledger_skips_blocks_a_client_did_not_move_with_the_same_result():
+    """A zero block update (the token rows of words a client never uses) leaves its record as the
+    incremental SVD would: unchanged; the moved blocks are recorded as usual."""
+    from ease_engine.federation.ledger import LedgerConfig
+    from ease_engine.linalg.incremental_svd import empty_basis, update
+    from ease_engine.models.blocks import ParameterBlock
+
+    blocks = [ParameterBlock("a", (3,)), ParameterBlock("b", (2,))]
+    ledger = Ledger(blocks, [0], LedgerConfig(rank_cap=2, energy=1.0), "f" * 32)
+    rounds = [
+        {"a": torch.tensor([1.0, 0.0, 0.0]), "b": torch.zeros(2)},
+        {"a": torch.zeros(3), "b": torch.tensor([0.0, 2.0])},
+        {"a": torch.tensor([0.0, 3.0, 0.0]), "b": torch.zeros(2)},
+    ]
+    for t, updates in enumerate(rounds):
+        ledger.record(0, t, updates)
+    record = ledger.records[0]
+    for block in blocks:
+        u, s = empty_basis(block.numel)
+        for updates in rounds:
+            u, s = update(u, s, updates[block.name], rank_cap=2, energy=1.0)
+        torch.testing.assert_close(record.basis[block.name], u)
+        torch.testing.assert_close(record.singular_values[block.name], s)
+        torch.testing.assert_close(record.contribution[block.name], sum(r[block.name] for r in rounds))
+    assert record.basis["a"].shape == (3, 2) and record.basis["b"].shape == (2, 1) and record.rounds == [0, 1, 2]
