@@ -22,19 +22,28 @@ SPLITS = ("forget", "retain", "test")
 DIRECTIONS = ("i2t", "t2i")
 
 
-def flat_metrics(figures: Figures) -> dict[str, float]:
+def flat_metrics(recall: dict, probe: dict | None, membership: dict | None, residual: dict | None) -> dict:
     """The benchmark's METRIC names (docs/results/unlearning.json) from one model's figures."""
-    out = {f"{split}_{d}_r1": figures.recall[split][f"{d}_r1"] for split in SPLITS for d in DIRECTIONS}
-    out["retained_heldout_i2t_r1"] = figures.recall["retained_heldout"]["i2t_r1"]
-    out["retained_heldout_t2i_r1"] = figures.recall["retained_heldout"]["t2i_r1"]
-    if figures.probe is not None:
-        out["probe"] = figures.probe["accuracy"]
-    if figures.membership is not None:
-        out["mia_similarity_auc"] = figures.membership["similarity_auc"]
-        out["mia_loss_auc"] = figures.membership["loss_auc"]
-    if figures.residual is not None:
-        out["ledger_residual"] = figures.residual["all"]
+    out = {f"{split}_{d}_r1": recall[split][f"{d}_r1"] for split in (*SPLITS, "retained_heldout")
+           for d in DIRECTIONS if split in recall}
+    if probe is not None:
+        out["probe"] = probe["accuracy"]
+    if membership is not None:
+        out["mia_similarity_auc"] = membership["similarity_auc"]
+        out["mia_loss_auc"] = membership["loss_auc"]
+    if residual is not None and residual["all"] == residual["all"]:
+        out["ledger_residual"] = residual["all"]
     return out
+
+
+def figures_metrics(figures: Figures) -> dict[str, float]:
+    return flat_metrics(figures.recall, figures.probe, figures.membership, figures.residual)
+
+
+def report_metrics(report: VerificationReport) -> dict[str, float]:
+    """The candidate's metrics, read off its verification report (no second measurement)."""
+    return flat_metrics(report.metrics, report.probe.get("candidate"), report.membership,
+                        report.residual.get("candidate"))
 
 
 @dataclass

@@ -1,9 +1,11 @@
 """Reactivation: does erased knowledge come back when the federation keeps training?
 
-From an erased model, FedAvg continues for K rounds on the retained clients (the Forget
-Lock filtering every update, or not), optionally with a relearning attack: a few of the
-forgotten pairs re-injected into one retained client's data. After every round the forget
-split is measured (R@1, the concept probe, MIA AUC).
+From an erased model, FedAvg continues for K rounds on the retained clients at the federation's normal
+learning rate (the Forget Lock filtering every update, or not), optionally with a relearning attack: some
+of the forgotten pairs re-injected into one retained client's data. In the shared-concept scenario a
+retained client holds some of the erased concept itself, so the federation can legitimately re-learn it;
+the lock's question is whether the erased client's own directions come back. Every ``every`` rounds the
+verification splits are measured (R@1, the concept probe, MIA AUC, the ledger residual).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import numpy as np
 from ease_engine.federation.fedavg import fedavg_round, round_participants
 from ease_engine.linalg.forget_lock import ForgetLock
 from ease_engine.models.factory import ClipBundle
-from lethe_bench.measure import Bench, flat_metrics
+from lethe_bench.measure import Bench, figures_metrics
 
 
 def continue_training(
@@ -24,8 +26,10 @@ def continue_training(
     reinjected: int = 0,
     seed: int = 0,
     lr: float | None = None,
+    every: int = 1,
 ) -> list[dict]:
-    """K more FedAvg rounds on the retained data from ``bundle`` (a copy is trained)."""
+    """K more FedAvg rounds on the retained data from ``bundle`` (a copy is trained); ``lr`` defaults to the
+    federation's peak learning rate."""
     context, target = bench.context, bench.target
     bundle = bundle.copy()
     setup = context.with_model(bundle)
@@ -38,16 +42,19 @@ def continue_training(
         items = retained_items_of(client)
         return np.concatenate([items, injected]) if client == attacker and reinjected else items
 
-    lr = context.config.training.lr_min if lr is None else lr
+    lr = context.config.training.lr if lr is None else lr
     start = context.config.training.rounds + 100  # fresh seeds, distinct from the federation's own rounds
     curve = [_point(bench, bundle, 0, 0)]
+    interventions = 0
     for r in range(rounds):
         participants = round_participants(setup.config, clients, start + r)
         stats = fedavg_round(setup, start + r, participants, lr, items_of=items_of, lock=lock)
-        interventions = sum(s["lock_interventions"] for s in stats.values())
-        curve.append(_point(bench, bundle, r + 1, interventions))
+        interventions += sum(s["lock_interventions"] for s in stats.values())
+        if (r + 1) % every == 0 or r + 1 == rounds:
+            curve.append(_point(bench, bundle, r + 1, interventions))
+            interventions = 0
     return curve
 
 
 def _point(bench: Bench, bundle: ClipBundle, round_index: int, interventions: int) -> dict:
-    return {"round": round_index, **flat_metrics(bench.measure(bundle)), "lock_interventions": interventions}
+    return {"round": round_index, **figures_metrics(bench.measure(bundle)), "lock_interventions": interventions}

@@ -21,7 +21,7 @@ def tiny_federation_config(**training) -> FederationConfig:
 def gate_federation_config(**training) -> FederationConfig:
     """The smallest federation on which forgetting is measurable (about 35 s for it and its retrain on a busy
     machine): client 0 alone holds purple; the parent learns it (concept probe ~40% against the retrain's ~2%),
-    and the ledger residual separates the parent (~0.8) from the retrain reference (~0.4)."""
+    and the ledger residual separates the parent (1.0) from the retrain reference (~0.6)."""
     return FederationConfig.model_validate(
         {
             "name": "gates",

@@ -19,6 +19,7 @@ client ids.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -242,6 +243,11 @@ class PartitionConfig(BaseModel):
         description="exclusive: owner client id -> (attribute, value) it alone holds",
     )
     n_shared_per_owner: int = Field(200, ge=0, description="exclusive: ordinary items each owner also gets")
+    concept_shared_with: dict[int, float] = Field(
+        default_factory=dict,
+        description="exclusive: client k (not an owner) receives this share of every owner's concept items, so the "
+        "concept is no longer exclusive (shared-concept scenario: {1: 0.3})",
+    )
     base: Literal["iid", "dirichlet"] = Field("iid", description="exclusive: split of the non-owner items")
     label_attribute: Literal["shape", "colour", "size", "position"] = Field(
         "shape", description="dirichlet: attribute of the first object used as the label"
@@ -256,6 +262,13 @@ class PartitionConfig(BaseModel):
     def _owners_fit(self) -> PartitionConfig:
         if self.kind == "exclusive":
             _check_owners(self.owners, self.n_clients)
+            for client, share in self.concept_shared_with.items():
+                if client in self.owners or not 0 <= client < self.n_clients:
+                    raise ValueError(f"concept_shared_with: client {client} must be a non-owner client")
+                if not 0 < share < 1:
+                    raise ValueError(f"concept_shared_with: share {share} of client {client} must be in (0, 1)")
+            if sum(self.concept_shared_with.values()) >= 1:
+                raise ValueError("concept_shared_with: the shares must leave the owners some of their concept items")
         if self.kind == "category" and self.categories is not None:
             if len(self.categories) != self.n_clients:
                 raise ValueError(f"categories lists {len(self.categories)} clients but n_clients is {self.n_clients}")
@@ -277,7 +290,7 @@ def partition_ids(dataset: CaptionDataset, config: PartitionConfig) -> np.ndarra
         if n_found != config.n_clients:
             raise DataError(f"data set {dataset.name!r} has {n_found} categories, but n_clients is {config.n_clients}")
         return client_ids
-    return exclusive_concepts(
+    client_ids = exclusive_concepts(
         dataset,
         config.n_clients,
         config.owners,
@@ -287,6 +300,26 @@ def partition_ids(dataset: CaptionDataset, config: PartitionConfig) -> np.ndarra
         alpha=config.alpha,
         label_attribute=config.label_attribute,
     )
+    if config.concept_shared_with:
+        owners = {int(c): (str(v[0]), str(v[1])) for c, v in config.owners.items()}
+        client_ids = share_concept_items(client_ids, _owner_of_items(dataset, owners), config.concept_shared_with,
+                                         config.seed)
+    return client_ids
+
+
+def share_concept_items(client_ids: np.ndarray, owner_of: np.ndarray, shares: dict[int, float],
+                        seed: int) -> np.ndarray:
+    """Give client k a seeded share ``shares[k]`` of every owner's concept items (``owner_of[i]`` >= 0)."""
+    out = client_ids.copy()
+    rng = np.random.default_rng([seed, 0x5A4E])
+    for owner in sorted(set(owner_of[owner_of >= 0].tolist())):
+        items = rng.permutation(np.flatnonzero((owner_of == owner) & (client_ids == owner)))
+        start = 0
+        for client, share in sorted(shares.items()):
+            count = int(math.floor(share * len(items) + 0.5))
+            out[items[start:start + count]] = client
+            start += count
+    return out
 
 
 def apply_partition(dataset: CaptionDataset, config: PartitionConfig) -> CaptionDataset:

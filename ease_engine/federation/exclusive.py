@@ -18,13 +18,16 @@ idiosyncrasies of its pairs alike), and a model never trained on f lacks it too.
 federation: only the "purple" row stands out (entangled blocks: e_f <= 1.13 x the null), yet the retrain
 reference keeps 16% of f's whole exclusive contribution and the parent 113%.
 
-FedAvg gives theta_T = theta_0 + sum_k C_k exactly, so the **residual** of any model theta,
+FedAvg gives theta_T = theta_0 + sum_k C_k exactly, and <C_f, x_f> = |x_f|^2, so the **residual** of any
+model theta, the share of f's exclusive contribution still in it,
 
-    r(theta) = sum_exclusive <theta - theta_0, x_f> / sum_exclusive |x_f|^2,
+    r(theta) = ( sum <theta - theta_0, x_f> - sum_{k != f} <C_k, x_f> ) / sum |x_f|^2    (sums over blocks)
 
-is ~1 for the parent (f's own contribution; the retained clients add ~0 along x_f), near 0 for a model never
-trained on f, and stays ~1 for any change that does not remove f's contribution (more rounds on the retained
-clients, small noise): those changes are nearly orthogonal to x_f by construction.
+is exactly 1 for the parent: what the retained clients themselves put along x_f in the federation's run
+(the ledger knows it) is not f's and is subtracted. It is 0 once x_f is removed, stays ~1 for any change that
+does not remove f's contribution (more rounds on the retained clients, small noise: nearly orthogonal to x_f
+by construction), and a model never trained on f lands near 0 (its retained clients' different trajectory
+puts some weight along x_f by chance: measured on the scenarios, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -74,13 +77,14 @@ class ExclusiveContribution:
     null_share: dict[str, float]  # max over retained clients of e_k (0 where none moved the block)
     wholly_exclusive: frozenset[str]  # blocks no retained client moved
     initial: dict[str, torch.Tensor] | None  # theta_0 per block, when the ledger recorded it
+    others: dict[str, float]  # sum_{k != f} <C_k, x_f> per exclusive block: the retained clients' own weight
 
     @classmethod
     def from_ledger(cls, ledger: Ledger, client: int, energy: float = 0.999, ratio: float = 0.0
                     ) -> ExclusiveContribution:
         record = ledger.client(client)
         others = [k for k in ledger.clients if k != client]
-        parts, share, null, whole = {}, {}, {}, set()
+        parts, share, null, whole, on_x = {}, {}, {}, set(), {}
         for block in ledger.blocks:
             name = block.name
             c_f = record.contribution[name]
@@ -100,8 +104,10 @@ class ExclusiveContribution:
                 parts[name] = x_f
             elif share[name] > ratio * null[name]:
                 parts[name] = x_f
+        for name, x in parts.items():
+            on_x[name] = float(sum(float(ledger.records[k].contribution[name].double() @ x) for k in others))
         initial = None if ledger.initial is None else {k: v.double() for k, v in ledger.initial.items()}
-        return cls(int(client), parts, share, null, frozenset(whole), initial)
+        return cls(int(client), parts, share, null, frozenset(whole), initial, on_x)
 
     @property
     def entangled(self) -> frozenset[str]:
@@ -121,7 +127,7 @@ class ExclusiveContribution:
                 break
             moved = values[name].reshape(-1).double().cpu() - self.initial[name]
             group = "wholly_exclusive" if name in self.wholly_exclusive else "entangled"
-            dot, norm = float(moved @ x), float(x @ x)
+            dot, norm = float(moved @ x) - self.others[name], float(x @ x)
             for key in ("all", group):
                 num[key] += dot
                 den[key] += norm

@@ -9,7 +9,7 @@ is filtered:
    excised knowledge (against the displacement), and is removed: Delta -= E[:, i] a_i.
    Coordinates with a_i * d_i >= 0 (moving further away, or d_i = 0, or a_i = 0) are kept,
    and everything orthogonal to span(E) passes untouched. Coordinates with
-   |a_i| <= tolerance * |Delta| (default 1e-9) count as a_i = 0: they are rounding noise
+   |a_i| <= tolerance * |Delta| count as a_i = 0: they are rounding noise
    of an update orthogonal to E, and removing them would only inflate the count.
 2. Drift bound (only in :meth:`ForgetLock.apply_with_state`, only if the block has an
    epsilon). With c = E^T (theta_current + Delta) after step 1, each coordinate is clipped
@@ -47,6 +47,7 @@ from ease_engine.linalg._common import WORK_DTYPE, as_tensor
 Array = torch.Tensor | np.ndarray
 
 LOCK_FORMAT = "lethe.forget_lock/1"
+ROUNDING_ULPS = 8  # the default tolerance, in units of the update dtype's machine epsilon
 TENSORS_FILENAME = "forget_lock.safetensors"
 MANIFEST_FILENAME = "forget_lock.json"
 
@@ -85,10 +86,12 @@ class LockedBlock:
 class ForgetLock:
     """Per-block direction-selective filter of later federated updates (see module docstring)."""
 
-    def __init__(self, metadata: Mapping[str, str] | None = None, tolerance: float = 1e-9) -> None:
-        if not 0.0 <= tolerance < 1.0:
+    def __init__(self, metadata: Mapping[str, str] | None = None, tolerance: float | None = None) -> None:
+        """``tolerance`` None (the default): ``ROUNDING_ULPS`` units of the update's own precision (float32:
+        about 1e-6), the size of the component rounding alone gives an update orthogonal to E."""
+        if tolerance is not None and not 0.0 <= tolerance < 1.0:
             raise ValueError(f"tolerance must be in [0, 1), got {tolerance}")
-        self.tolerance = float(tolerance)
+        self.tolerance = None if tolerance is None else float(tolerance)
         self._blocks: dict[str, LockedBlock] = {}
         self.metadata: dict[str, str] = {str(k): str(v) for k, v in (metadata or {}).items()}
         self.interventions: dict[str, int] = {}
@@ -203,7 +206,8 @@ class ForgetLock:
         delta = delta_in.reshape(-1).to(WORK_DTYPE)
 
         coords = e.T @ delta  # a = E^T Delta
-        negligible = coords.abs() <= self.tolerance * torch.linalg.vector_norm(delta)
+        tolerance = self.tolerance if self.tolerance is not None else ROUNDING_ULPS * torch.finfo(out_dtype).eps
+        negligible = coords.abs() <= tolerance * torch.linalg.vector_norm(delta)
         toward_excised = (coords * displacement < 0) & ~negligible
         removed = torch.where(toward_excised, coords, torch.zeros_like(coords))
         delta = delta - e @ removed
@@ -269,7 +273,7 @@ class ForgetLock:
         if hashlib.sha256(payload).hexdigest() != manifest["tensors_sha256"]:
             raise ValueError(f"{source / manifest['tensors_file']}: checksum does not match the manifest")
         tensors = load_safetensors_bytes(payload)
-        lock = cls(metadata=manifest.get("metadata", {}), tolerance=manifest.get("tolerance", 1e-9))
+        lock = cls(metadata=manifest.get("metadata", {}), tolerance=manifest.get("tolerance"))
         for entry in manifest["blocks"]:
             key = entry["key"]
             block = LockedBlock(

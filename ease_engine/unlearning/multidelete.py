@@ -31,7 +31,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from ease_engine.federation.exclusive import ExclusiveContribution
 from ease_engine.federation.training import derive_seed
+from ease_engine.models.blocks import read_blocks, write_blocks
 from ease_engine.models.factory import ClipBundle
 from ease_engine.unlearning.base import Cost, ErasureTarget, Timer, UnlearningContext, UnlearningOutcome
 
@@ -49,6 +51,10 @@ class MultiDeleteParams(BaseModel):
     batch_size: int = Field(64, ge=2, description="forget pairs and retained pairs per step (each)")
     retain_proxy_size: int = Field(512, ge=2, description="retained pairs the server uses as its proxy")
     seed: int = Field(0, description="seed of the proxy, the batches and the mismatched captions")
+    reset_wholly_exclusive: bool = Field(
+        False, description="ablation: first remove the client's contribution exactly from the blocks no retained "
+        "client moved (EASE's exact excision of wholly exclusive blocks, e.g. the embedding row of a word only "
+        "the client used), then optimise; client scope, needs the ledger")
 
 
 def _encode(bundle: ClipBundle, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,6 +92,14 @@ def multidelete_losses(
     }
 
 
+def _reset_wholly_exclusive(context: UnlearningContext, target: ErasureTarget, bundle: ClipBundle) -> None:
+    exclusive = ExclusiveContribution.from_ledger(context.require_ledger("multidelete with reset"), target.client)
+    values = read_blocks(bundle.model, context.setup.blocks)
+    write_blocks(bundle.model, context.setup.blocks, {
+        name: value - exclusive.parts[name].to(value) if name in exclusive.wholly_exclusive else value
+        for name, value in values.items()})
+
+
 def unlearn(context: UnlearningContext, target: ErasureTarget, params: MultiDeleteParams) -> UnlearningOutcome:
     context.check_target(target)
     setup = context.setup
@@ -93,6 +107,8 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: MultiDele
     cost = Cost()
     with Timer() as timer:
         bundle = context.fresh_bundle()
+        if params.reset_wholly_exclusive and target.scope == "client":
+            _reset_wholly_exclusive(context, target, bundle)
         original = context.fresh_bundle()  # a frozen copy: setup.bundle itself is never touched
         original.model.eval()
         for p in original.model.parameters():

@@ -41,7 +41,7 @@ class GateConfig(BaseModel):
     z: float = Field(2.0, gt=0, description="bands are z standard errors wide (each side)")
     r1_tolerance: float = Field(2.0, ge=0, description="Recall@1 points added to the member vs non-member band")
     mia_tolerance: float = Field(0.03, ge=0, description="AUC added to the membership-inference band around 0.5")
-    residual_max: float = Field(0.5, gt=0, description="largest |ledger residual| (share of the client's exclusive "
+    residual_max: float = Field(0.7, gt=0, description="largest |ledger residual| (share of the client's exclusive "
                                 "contribution still in the weights)")
     exclusive_energy: float = Field(0.999, gt=0, le=1, description="energy of the retained support the client's "
                                     "exclusive contribution is measured against")

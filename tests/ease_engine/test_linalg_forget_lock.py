@@ -180,3 +180,21 @@ def test_load_rejects_tampered_tensors(tmp_path):
     (tmp_path / MANIFEST_FILENAME).write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="checksum"):
         ForgetLock.load(tmp_path)
+
+
+def test_rounding_is_not_an_intervention_but_a_small_real_step_back_is():
+    """The default tolerance is the update's own precision: a float32 update orthogonal to E up to rounding
+    passes untouched; one with a real (1e-4 relative) component back toward the excised knowledge does not."""
+    gen = torch.Generator().manual_seed(0)
+    d = 4096
+    e = torch.linalg.qr(torch.randn(d, 3, generator=gen, dtype=torch.float64))[0]
+    lock = ForgetLock()
+    theta_before = torch.zeros(d, dtype=torch.float64)
+    lock.add_block("w", e, theta_before, theta_before - e @ torch.ones(3, dtype=torch.float64))  # moved along -E
+    orthogonal = torch.randn(d, generator=gen, dtype=torch.float64)
+    orthogonal = (orthogonal - e @ (e.T @ orthogonal)).float()  # orthogonal to E, then rounded to float32
+    _, count = lock.apply("w", orthogonal)
+    assert count == 0
+    back = orthogonal + 1e-4 * float(orthogonal.norm()) * e[:, 0].float()  # points back along +E
+    filtered, count = lock.apply("w", back)
+    assert count == 1 and abs(float(e[:, 0].float() @ filtered)) < 1e-4 * float(orthogonal.norm()) / 10

@@ -45,13 +45,29 @@ def test_exclusive_contribution_is_the_part_outside_the_retained_span():
     parent = {name: initial[name] + sum(ledger.records[k].contribution[name] for k in ledger.clients)
               for name in initial}
     assert ex.residual(parent)["all"] == pytest.approx(1.0)
-    assert ex.residual(initial)["all"] == pytest.approx(0.0)
+    assert ex.residual(initial)["all"] == pytest.approx(0.0, abs=1e-6)  # float32 contributions
     erased = {name: parent[name] - ex.parts[name].float() for name in parent}
     assert ex.residual(erased) == {"all": pytest.approx(0.0, abs=1e-6), "wholly_exclusive": pytest.approx(0.0),
                                    "entangled": pytest.approx(0.0, abs=1e-6)}  # float32 weights
     # more rounds of the others (along e1, e2) leave it where it was: the residual cannot be passed by moving
     moved = {name: value + (e[0] + e[1] if name == "w" else 0) for name, value in parent.items()}
     assert ex.residual(moved)["all"] == pytest.approx(1.0)
+
+
+def test_the_retained_clients_own_weight_along_x_f_is_not_counted():
+    """Client 1 also moves along client 0's exclusive direction a little (rank-limited bases miss it): the
+    parent's residual is still exactly 1, because the ledger knows what client 1 put there."""
+    d = 4
+    e = torch.eye(d)
+    blocks = [ParameterBlock("w", (d,))]
+    initial = {"w": torch.zeros(d)}
+    updates = {0: {"w": [e[2], e[2]]}, 1: {"w": [e[0] + 0.3 * e[2], e[0]]}, 2: {"w": [e[1], e[1]]}}
+    ledger = _ledger(updates, blocks, initial)
+    ledger.config.rank_cap = 1
+    ex = ExclusiveContribution.from_ledger(ledger, 0, energy=0.5)  # a truncated support: x_0 keeps some e0
+    parent = {"w": sum(ledger.records[k].contribution["w"] for k in ledger.clients)}
+    assert ex.others["w"] != 0.0
+    assert ex.residual(parent)["all"] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_a_ratio_keeps_only_blocks_that_stand_out_of_the_retained_clients():

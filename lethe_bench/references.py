@@ -1,0 +1,82 @@
+"""The original federation and its retrain reference per scenario and seed, trained once and cached.
+
+    runs/bench/<scenario>/seed<S>-<key>/original    the federation
+    runs/bench/<scenario>/seed<S>-<key>/retrain     the same schedule without the erased data
+
+``key`` hashes the seeded config (its non-default values: adding a new config field with a default
+keeps old caches valid) and the erased pairs, so a changed config or target trains anew and a rerun
+costs nothing. The retrain of a samples scenario trains on the client's data minus the subject's pairs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ease_engine.federation.config import FederationConfig
+from ease_engine.federation.fedavg import prepare_federation, run_federation
+from ease_engine.federation.training import EncodedCaptions
+from ease_engine.unlearning import ErasureTarget
+from lethe_bench.scenarios import Scenario
+from lethe_format import layout
+
+SUBJECT_SEED = 0  # the data subject's pairs are the same for every training seed
+
+
+def config_key(config: FederationConfig, extra: object = None) -> str:
+    payload = json.dumps([config.model_dump(mode="json", exclude_defaults=True), extra], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def subject_pairs(config: FederationConfig, client: int, n: int) -> list[str]:
+    """A data subject: ``n`` seeded pairs of ``client``'s training pairs."""
+    setup = prepare_federation(config)
+    items = setup.client_items(client)
+    chosen = np.sort(np.random.default_rng(SUBJECT_SEED).choice(items, size=min(n, len(items) - 1), replace=False))
+    return [setup.train.pair_ids[i] for i in chosen]
+
+
+@dataclass(frozen=True)
+class References:
+    original: Path
+    retrain: Path
+    target: ErasureTarget
+
+    def retrain_seconds(self) -> float:
+        return float(json.loads((self.retrain / layout.METADATA).read_text())["train_seconds"])
+
+
+def _trained(path: Path) -> bool:
+    return (path / layout.METRICS).is_file()
+
+
+def ensure_references(root: Path, scenario: Scenario, seed: int, quick: bool = False, log=print) -> References:
+    config = scenario.config(seed, quick)
+    pairs = subject_pairs(config, scenario.client, scenario.sample_pairs) if scenario.sample_pairs else None
+    base = Path(root) / scenario.name / f"seed{seed}-{config_key(config, pairs)}"
+    original, retrain = base / "original", base / "retrain"
+    if not _trained(original):
+        began = time.perf_counter()
+        run_federation(config, original, show_progress=False)
+        log(f"{scenario.name} seed {seed}: original trained in {time.perf_counter() - began:.0f} s")
+    if not _trained(retrain):
+        began = time.perf_counter()
+        if pairs is None:
+            retrained = config.model_copy(deep=True)
+            retrained.training.exclude_clients = [scenario.client]
+            run_federation(retrained, retrain, show_progress=False)
+        else:
+            setup = prepare_federation(config)
+            gone = set(pairs)
+            keep = np.asarray([i for i, p in enumerate(setup.train.pair_ids) if p not in gone])
+            setup.train = setup.train.subset(keep)
+            setup.captions = EncodedCaptions.build(setup.bundle, setup.train)
+            run_federation(config, retrain, show_progress=False, setup=setup)
+        log(f"{scenario.name} seed {seed}: retrain trained in {time.perf_counter() - began:.0f} s")
+    target = ErasureTarget(scenario.client, tuple(pairs) if pairs else None)
+    return References(original, retrain, target)

@@ -1,0 +1,48 @@
+"""What the unlearning benchmark runs on every scenario and seed: the methods (EASE's ablations as rows of
+their own) and the production-gate cases (negative controls beside EASE and the retrain reference)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    method: str
+    params: dict = field(default_factory=dict)
+    client_scope_only: bool = False  # meaningless in samples scope (no recorded contribution to excise or reset)
+
+
+ROWS: list[Row] = [
+    Row("finetune", "finetune"),
+    Row("pga", "pga"),
+    Row("federaser", "federaser"),
+    Row("sfu", "sfu"),
+    Row("multidelete", "multidelete"),
+    Row("multidelete + exclusive-row reset", "multidelete", {"reset_wholly_exclusive": True}, client_scope_only=True),
+    Row("ease", "ease"),
+    Row("ease w/o excision", "ease", {"excise": False}, client_scope_only=True),
+    Row("ease w/o displacement", "ease", {"displace": False}),
+    Row("ease image tower only", "ease", {"towers": "image"}),
+    Row("ease text tower only", "ease", {"towers": "text"}),
+]
+
+# PGA without its ball and with a large step: a model destroyed by over-ascent (a negative control)
+OVER_ASCENT = {"radius_fraction": 100.0, "steps": 200, "lr": 0.05, "stop_loss_ratio": 100.0, "repair_rounds": 0,
+               "max_grad_norm": None}
+# the production-gate cases: expected "fail" for the first four, "pass" for the last two
+GATE_CASES: dict[str, Row | None] = {
+    "noop": Row("noop", "noop"),
+    "finetune": None,  # the finetune row
+    "perturb": Row("perturb", "perturb"),
+    "over_ascent": Row("over_ascent", "pga", OVER_ASCENT),
+    "retrain": None,  # the retrain reference itself, submitted as a candidate
+    "ease": None,  # the ease row
+}
+EXPECTED = {"noop": "fail", "finetune": "fail", "perturb": "fail", "over_ascent": "fail", "retrain": "pass",
+            "ease": "pass"}
+
+
+def rows_for(scope: str) -> list[Row]:
+    return [row for row in ROWS if scope == "client" or not row.client_scope_only]

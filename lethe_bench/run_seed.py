@@ -1,0 +1,107 @@
+"""One scenario, one seed: the references, every method row, the production-gate cases, reactivation.
+
+The result is JSON-ready and cached beside the references (``results-<rows key>.json``): a rerun with the
+same scenario, seed, rows and code version of the rows costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from ease_engine.atomic import write_json
+from ease_engine.federation.data_cache import FederationDataCache
+from ease_engine.models.version_io import load_version
+from ease_engine.unlearning import METHODS, UnlearningContext
+from ease_engine.verification.report import VerificationReport
+from lethe_bench.measure import Bench, figures_metrics, report_metrics
+from lethe_bench.reactivation import continue_training
+from lethe_bench.references import ensure_references
+from lethe_bench.rows import GATE_CASES, Row, rows_for
+from lethe_bench.scenarios import Scenario
+
+RESULTS_VERSION = 1  # bump when what a row measures changes
+
+
+def verdict_word(report: VerificationReport) -> str:
+    return {"passed": "pass", "failed": "fail"}.get(str(report.verdict), str(report.verdict))
+
+
+def _run_row(bench: Bench, row: Row) -> dict:
+    spec = METHODS[row.method]
+    began = time.perf_counter()
+    outcome = spec.unlearn(bench.context, bench.target, spec.params.model_validate(row.params))
+    wall = time.perf_counter() - began
+    report = bench.verify(outcome.bundle)
+    details = outcome.details or {}
+    return {
+        "metrics": report_metrics(report),
+        "wall_s": outcome.wall_seconds or wall,
+        "cost": asdict(outcome.cost),
+        "verdict": verdict_word(report),
+        "failed_gates": [g.name for g in report.failed()],
+        "reasons": report.reasons,
+        "angles": {k: v for k, v in (details.get("angles") or {}).items() if k != "principal_angles_deg"},
+        "principal_angles_deg": (details.get("angles") or {}).get("principal_angles_deg"),
+        "_outcome": outcome,
+    }
+
+
+def reactivation(bench: Bench, retrain_bundle, ease_outcome, rounds: int, every: int, reinjected: int) -> dict:
+    curves = {}
+    for label, bundle, lock in [("retrain", retrain_bundle, None), ("ease + lock", ease_outcome.bundle,
+                                                                     ease_outcome.lock),
+                                ("ease, no lock", ease_outcome.bundle, None)]:
+        curves[label] = continue_training(bench, bundle, rounds, lock=lock, reinjected=reinjected, every=every)
+    return curves
+
+
+def run_seed(scenario: Scenario, seed: int, root: Path, quick: bool = False, reactivation_rounds: int = 0,
+             reinjected: int = 0, log=print) -> dict:
+    refs = ensure_references(root, scenario, seed, quick, log)
+    rows = rows_for(scenario.scope)
+    key = hashlib.sha256(json.dumps([RESULTS_VERSION, [asdict(r) for r in rows], reactivation_rounds, reinjected],
+                                    sort_keys=True).encode()).hexdigest()[:10]
+    cached = refs.original.parent / f"results-{key}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    cache = FederationDataCache(1)
+    context = UnlearningContext.load(refs.original, data_cache=cache)
+    bench = Bench.build(context, refs.target, concept=scenario.concept, cache=cache)
+    retrain_bundle = load_version(refs.retrain)[0]
+    retrain_report = bench.verify(retrain_bundle)
+    result: dict = {
+        "scenario": scenario.name, "seed": seed, "scope": scenario.scope, "client": scenario.client,
+        "n_forget": len(bench.splits.members), "n_nonmembers": len(bench.splits.nonmembers),
+        "models": {
+            "original": {"metrics": figures_metrics(bench.parent), "wall_s": 0.0},
+            "retrain": {"metrics": report_metrics(retrain_report), "wall_s": refs.retrain_seconds(),
+                        "verdict": verdict_word(retrain_report),
+                        "failed_gates": [g.name for g in retrain_report.failed()]},
+        },
+        "gate_cases": {"retrain": verdict_word(retrain_report)},
+    }
+    outcomes = {}
+    for row in rows:
+        row_result = _run_row(bench, row)
+        outcomes[row.label] = row_result.pop("_outcome")
+        result["models"][row.label] = row_result
+        log(f"{scenario.name} seed {seed} {row.label}: {row_result['wall_s']:.1f} s, verdict {row_result['verdict']}, "
+            f"forget R@1 {row_result['metrics']['forget_i2t_r1']:.1f}/{row_result['metrics']['forget_t2i_r1']:.1f}")
+    for case, row in GATE_CASES.items():
+        if row is not None:
+            case_result = _run_row(bench, row)
+            case_result.pop("_outcome")
+            result["gate_cases"][case] = case_result["verdict"]
+            result[f"gate_case_{case}"] = {k: case_result[k] for k in ("metrics", "failed_gates", "reasons")}
+        elif case in result["models"]:
+            result["gate_cases"][case] = result["models"][case]["verdict"]
+    if reactivation_rounds and "ease" in outcomes:
+        every = max(1, reactivation_rounds // 4)
+        result["reactivation"] = reactivation(bench, retrain_bundle, outcomes["ease"], reactivation_rounds, every,
+                                              reinjected)
+    write_json(cached, result)
+    return result
