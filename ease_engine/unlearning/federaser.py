@@ -69,7 +69,7 @@ class FedEraserParams(BaseModel):
         0.5, gt=0, le=1, description="r: calibration training runs r x local_epochs epochs (the paper's 0.5)"
     )
     span: Literal["scaled", "once"] = Field(
-        "scaled",
+        "once",
         description="apply each stored round's calibrated aggregate once per round up to the next stored round "
         "(scaled) or only once",
     )

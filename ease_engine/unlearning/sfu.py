@@ -1,115 +1,153 @@
-"""SFU: gradient ascent orthogonal to the retained clients' subspace (Li et al. 2023).
+"""SFU: gradient ascent orthogonal to the retained clients' representation subspace (Li et al. 2023).
 
-"Subspace based federated unlearning": the forget client ascends its loss; the other
-clients describe the input subspace their data occupies, the server merges those
-descriptions by SVD, and the forget client's gradient is projected onto the orthogonal
-complement of that subspace before each step, so the ascent moves the model only along
-directions the retained clients do not use.
+"Subspace based federated unlearning": every retained client runs some of its data through the model and
+sends, per layer, the matrix of that layer's INPUT representations (the activations the layer multiplies);
+the server stacks them and keeps, by SVD, the subspace M_l they span (energy ``representation_energy``, the
+Gradient Projection Memory recipe the paper builds on). The forget client then ascends its contrastive loss
+with each weight's gradient projected off that subspace, g <- g - g M M^T, so the step leaves every retained
+input's output unchanged to first order: ``(W + dW) x = W x`` for x in span(M). A few FedAvg rounds on the
+retained clients (``repair_rounds``) repair what the ascent disturbed anyway.
 
-Adaptation. The paper builds the subspace from each layer's representation (activation)
-matrices on the clients' data. This project already holds, per client and block, an
-orthonormal basis U_k of the span of that client's updates with singular values S_k (the
-ledger), so the retained subspace of block l is U_R = orth[U_k S_k : k retained]
-(``ease_engine.linalg.subspace.orthonormal_basis``, truncated at ``retained_energy``),
-and each block's ascent gradient becomes g <- g - U_R U_R^T g. No client has to send
-anything for it. A block no retained client ever moved (a token only f's captions use) has
-an empty U_R and is ascended freely.
+What carries a representation here: every linear layer (MLP ``c_fc``/``c_proj``) and each attention's input
+projection (``in_proj``: its input is the attention's query), in both towers, and the token embedding (its
+"input" is a one-hot token: the rows the retained clients' captions use are held fixed; only rows of words
+no retained client uses may move). Parameters without a layer input this project can observe (attention
+``out_proj``, the towers' final projections, the patch convolution, biases, norms, positional embeddings)
+are held fixed: moving them would change retained outputs in ways the subspace cannot bound. In LoRA mode
+the input-side factor A is ascended with g_A <- g_A - g_A M M^T and B is held fixed, so dW = B dA stays off
+the retained inputs.
 
-Samples scope: the retained subspace includes the forget client's own basis, since its
-remaining pairs stay (that basis also spans the erased pairs' directions, which makes the
-samples-scope ascent conservative); the forget loss contrasts the erased pairs against the
-client's remaining pairs. The ascent stops early once the forget loss reaches chance level
-(see :mod:`ease_engine.unlearning.pga`), and ``repair_rounds`` FedAvg rounds on the
-retained data may follow (off by default, as in the paper).
+Samples scope: the forget client's remaining pairs are retained data too (their representations join M);
+the forget loss contrasts the erased pairs against them.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
 
-from ease_engine.federation.exclusive import retained_support
-from ease_engine.models.blocks import ParameterBlock
-from ease_engine.unlearning.base import (
-    Cost,
-    ErasureTarget,
-    Timer,
-    UnlearningContext,
-    UnlearningError,
-    UnlearningOutcome,
-)
+from ease_engine.federation.training import derive_seed
+from ease_engine.linalg.subspace import orthonormal_basis
+from ease_engine.models.lora import is_parametrization_key
+from ease_engine.unlearning.base import Cost, ErasureTarget, Timer, UnlearningContext, UnlearningOutcome
 from ease_engine.unlearning.federated import retained_rounds
 from ease_engine.unlearning.pga import AscentParams, gradient_ascent
 
+MAX_ROWS_PER_CLIENT = 2048  # representation rows (tokens x pairs) a client contributes per layer
+
 
 class SfuParams(AscentParams):
-    """SFU settings: the retained subspace's energy and the ascent's budget."""
+    """SFU settings: the representation subspace and the ascent's budget."""
 
-    retained_energy: float = Field(
-        0.999, gt=0, le=1, description="energy of [U_k S_k] kept in the retained subspace U_R per block"
-    )
-    repair_rounds: int = Field(0, ge=0, description="FedAvg rounds on the retained data after the ascent")
-
-
-def retained_subspaces(context: UnlearningContext, clients: list[int], energy: float) -> dict[str, torch.Tensor]:
-    """U_R per block: orth[U_k S_k : k in clients]; blocks without any retained direction are left out."""
-    out = {}
-    for block in context.setup.blocks:
-        u = retained_support(context.ledger, block.name, clients, energy)
-        if u.shape[1]:
-            out[block.name] = u
-    return out
+    representation_energy: float = Field(0.99, gt=0, le=1, description="energy of the retained representations "
+                                         "kept in each layer's subspace M (GPM's threshold)")
+    pairs_per_client: int = Field(64, ge=2, description="retained pairs per client whose layer inputs describe M")
+    repair_rounds: int = Field(1, ge=0, description="FedAvg rounds on the retained data after the ascent")
 
 
-def project_out(gradient: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """g - U U^T g: the part of ``gradient`` (any shape, d elements) orthogonal to span(U) (d x r, orthonormal)."""
-    g = gradient.reshape(-1)
-    u = basis.to(device=g.device, dtype=g.dtype)
-    return (g - u @ (u.T @ g)).reshape(gradient.shape)
+def _layer_of(param_name: str) -> tuple[str, str] | None:
+    """(module name, 'weight' | 'lora_A' | 'lora_B') of a parameter a representation covers, else None."""
+    parts = param_name.split(".")
+    if is_parametrization_key(param_name):
+        i = parts.index("parametrizations")
+        module, attr, factor = ".".join(parts[:i]), parts[i + 1], parts[-1]
+        if factor not in ("lora_A", "lora_B"):
+            return None
+        return (module, factor) if attr in ("weight", "in_proj_weight") and not module.endswith("out_proj") else None
+    module, attr = ".".join(parts[:-1]), parts[-1]
+    if attr == "in_proj_weight" or (attr == "weight" and (module.endswith("c_fc") or module.endswith("c_proj"))):
+        return module, "weight"
+    return None
 
 
 @torch.no_grad()
-def project_gradients_out(model: nn.Module, blocks: list[ParameterBlock], bases: dict[str, torch.Tensor]) -> None:
-    """Replace each block's gradient by its projection onto the complement of its retained subspace."""
-    params = dict(model.named_parameters())
-    for block in blocks:
-        basis = bases.get(block.name)
-        grad = params[block.param].grad
-        if basis is None or grad is None:
+def representation_bases(context: UnlearningContext, target: ErasureTarget, params: SfuParams,
+                         cost: Cost) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """M per layer (in_dim x k) from the retained clients' layer inputs, and the token rows they use."""
+    setup = context.setup
+    model = setup.bundle.model
+    model.eval()
+    modules = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear | nn.MultiheadAttention)
+               and not name.endswith("out_proj")}
+    rows: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
+    current: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
+
+    def hook(name):
+        def capture(_module, args, kwargs=None):
+            x = args[0] if args else kwargs["query"]
+            current[name].append(x.detach().reshape(-1, x.shape[-1]).float().cpu())
+        return capture
+
+    handles = [m.register_forward_pre_hook(hook(name), with_kwargs=True) for name, m in modules.items()]
+    rng = np.random.default_rng(derive_seed(params.seed, 0x5F0))
+    generator = torch.Generator().manual_seed(derive_seed(params.seed, 0x5F1))
+    items_of = context.retained_items_of(target)
+    used_tokens: set[int] = set()
+    try:
+        for client in context.retained_clients(target):
+            pool = items_of(client)
+            if len(pool) == 0:
+                continue
+            items = rng.choice(pool, size=min(params.pairs_per_client, len(pool)), replace=False)
+            tokens = setup.captions.pick(items, generator)
+            used_tokens.update(int(t) for t in torch.unique(setup.captions.tokens[_caption_rows(setup, items)]))
+            model.encode_image(setup.bundle.image_batch(setup.train, items, setup.device))
+            model.encode_text(tokens.to(setup.device))
+            cost.client_samples += len(items)
+            for name in modules:
+                stacked = torch.cat(current[name]) if current[name] else torch.zeros(0, 1)
+                if len(stacked) > MAX_ROWS_PER_CLIENT:
+                    stacked = stacked[torch.from_numpy(rng.choice(len(stacked), MAX_ROWS_PER_CLIENT, replace=False))]
+                rows[name].append(stacked)
+                current[name] = []
+    finally:
+        for handle in handles:
+            handle.remove()
+    bases = {name: orthonormal_basis(torch.cat(parts).T, energy=params.representation_energy)
+             for name, parts in rows.items() if parts and len(torch.cat(parts))}
+    return bases, sorted(used_tokens)
+
+
+def _caption_rows(setup, items: np.ndarray) -> torch.Tensor:
+    """Every caption row of ``items`` in the tokenised caption table (a pair's words, all its captions)."""
+    offsets = setup.captions.offsets
+    return torch.from_numpy(np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in items]))
+
+
+@torch.no_grad()
+def project_off_representations(model: nn.Module, bases: dict[str, torch.Tensor], held_rows: list[int]) -> None:
+    """Each covered gradient projected off its layer's subspace; every other gradient zeroed (held fixed)."""
+    for name, param in model.named_parameters():
+        if param.grad is None:
             continue
-        if block.rows is None:
-            grad.copy_(project_out(grad, basis))
-        else:
-            rows = list(block.rows)
-            grad[rows] = project_out(grad[rows], basis)
+        if name == "token_embedding.weight":
+            param.grad[held_rows] = 0
+            continue
+        layer = _layer_of(name)
+        basis = bases.get(layer[0]) if layer else None
+        if basis is None or layer[1] == "lora_B":
+            param.grad.zero_()
+            continue
+        m = basis.to(device=param.grad.device, dtype=param.grad.dtype)
+        param.grad.sub_((param.grad @ m) @ m.T)
 
 
 def unlearn(context: UnlearningContext, target: ErasureTarget, params: SfuParams) -> UnlearningOutcome:
-    ledger = context.require_ledger("sfu")
     context.check_target(target)
-    if target.client not in ledger.clients:
-        raise UnlearningError(f"client {target.client} never took part in training (ledger clients {ledger.clients})")
     cost = Cost()
     details: dict = {"scope": target.scope}
     with Timer() as timer:
         bundle = context.fresh_bundle()
-        blocks = context.setup.blocks
-        bases = retained_subspaces(context, context.retained_clients(target), params.retained_energy)
-        device = context.device
-        bases = {name: u.to(device) for name, u in bases.items()}
-        details["subspace"] = {
-            "blocks_with_retained_directions": len(bases),
-            "free_blocks": len(blocks) - len(bases),
-            "retained_rank": int(sum(u.shape[1] for u in bases.values())),
-        }
+        bases, held_rows = representation_bases(context, target, params, cost)
+        bases = {name: u.to(context.device) for name, u in bases.items()}
+        details["subspace"] = {"layers": len(bases), "rank": {name: int(u.shape[1]) for name, u in bases.items()},
+                               "token_rows_held": len(held_rows)}
+        cost.add_round(len(context.retained_clients(target)), 0)  # representations up (small, not counted)
         details["ascent"] = gradient_ascent(
-            context,
-            bundle,
-            target,
-            params,
-            cost,
-            after_backward=lambda model: project_gradients_out(model, blocks, bases),
+            context, bundle, target, params, cost,
+            after_backward=lambda model: project_off_representations(model, bases, held_rows),
         )
         cost.add_round(1, context.numbers_per_model())  # the model to the forget client and back
         if params.repair_rounds:

@@ -10,11 +10,12 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from ease_engine.models.blocks import ParameterBlock, read_blocks
+from ease_engine.models.blocks import read_blocks
 from ease_engine.unlearning import METHODS, ErasureTarget, UnlearningContext, UnlearningError
+from ease_engine.unlearning.base import Cost
 from ease_engine.unlearning.federaser import calibrate, calibration_plan, round_spans
 from ease_engine.unlearning.pga import project_to_ball, reference_model
-from ease_engine.unlearning.sfu import project_gradients_out, project_out
+from ease_engine.unlearning.sfu import _layer_of, project_off_representations, representation_bases
 
 BASELINES = ("pga", "federaser", "sfu", "multidelete")
 
@@ -23,7 +24,7 @@ BASELINES = ("pga", "federaser", "sfu", "multidelete")
 FAST = {
     "pga": {"steps": 2, "batch_size": 8, "stop_loss_ratio": 100.0, "repair_rounds": 0},
     "federaser": {"calibration_ratio": 0.25},
-    "sfu": {"steps": 2, "batch_size": 8, "stop_loss_ratio": 100.0},
+    "sfu": {"steps": 2, "batch_size": 8, "stop_loss_ratio": 100.0, "repair_rounds": 0},
     "multidelete": {"steps": 2, "batch_size": 8, "retain_proxy_size": 16},
 }
 
@@ -93,31 +94,34 @@ def test_round_spans_and_fractional_epochs():
 
 
 # ---------------------------------------------------------------------- SFU pieces
-def test_projected_gradient_is_orthogonal_to_the_retained_subspace():
-    gen = torch.Generator().manual_seed(0)
-    basis, _ = torch.linalg.qr(torch.randn(12, 3, generator=gen))
-    g = torch.randn(3, 4, generator=gen)
-    p = project_out(g, basis)
-    assert p.shape == g.shape
-    torch.testing.assert_close(basis.T @ p.reshape(-1), torch.zeros(3), atol=1e-5, rtol=0)
-    # what is removed lies in the subspace: g - p = U U^T g
-    torch.testing.assert_close(g.reshape(-1) - p.reshape(-1), basis @ (basis.T @ g.reshape(-1)), atol=1e-5, rtol=0)
+def test_parameters_map_to_the_layer_whose_input_they_multiply():
+    assert _layer_of("transformer.resblocks.0.mlp.c_fc.weight") == ("transformer.resblocks.0.mlp.c_fc", "weight")
+    assert _layer_of("visual.transformer.resblocks.1.attn.in_proj_weight") == (
+        "visual.transformer.resblocks.1.attn", "weight")
+    assert _layer_of("transformer.resblocks.0.attn.parametrizations.in_proj_weight.0.lora_A") == (
+        "transformer.resblocks.0.attn", "lora_A")
+    assert _layer_of("transformer.resblocks.0.mlp.c_proj.parametrizations.weight.0.lora_B")[1] == "lora_B"
+    for held in ("transformer.resblocks.0.attn.out_proj.weight", "visual.proj", "ln_final.weight",
+                 "transformer.resblocks.0.mlp.c_fc.bias", "parametrizations.text_projection.0.lora_A"):
+        assert _layer_of(held) is None, held
 
 
-def test_gradient_projection_per_block_and_embedding_row():
+def test_projection_keeps_retained_inputs_outputs_and_holds_the_rest():
     model = torch.nn.Module()
-    model.w = torch.nn.Parameter(torch.zeros(2, 2))
-    model.emb = torch.nn.Parameter(torch.zeros(3, 2))
-    model.free = torch.nn.Parameter(torch.zeros(2))
-    model.w.grad = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
-    model.emb.grad = torch.ones(3, 2)
-    model.free.grad = torch.tensor([5.0, 6.0])
-    blocks = [ParameterBlock("w", (2, 2)), ParameterBlock("emb", (1, 2), (1,)), ParameterBlock("free", (2,))]
-    bases = {"w": torch.eye(4)[:, :2], blocks[1].name: torch.tensor([[1.0], [0.0]])}  # "free": no retained basis
-    project_gradients_out(model, blocks, bases)
-    torch.testing.assert_close(model.w.grad, torch.tensor([[0.0, 0.0], [3.0, 4.0]]))
-    torch.testing.assert_close(model.emb.grad, torch.tensor([[1.0, 1.0], [0.0, 1.0], [1.0, 1.0]]))
-    torch.testing.assert_close(model.free.grad, torch.tensor([5.0, 6.0]))
+    model.mlp = torch.nn.Module()
+    model.mlp.c_fc = torch.nn.Linear(4, 3)
+    model.token_embedding = torch.nn.Embedding(5, 2)
+    gen = torch.Generator().manual_seed(0)
+    model.mlp.c_fc.weight.grad = torch.randn(3, 4, generator=gen)
+    model.mlp.c_fc.bias.grad = torch.ones(3)
+    model.token_embedding.weight.grad = torch.ones(5, 2)
+    basis = torch.linalg.qr(torch.randn(4, 2, generator=gen))[0]
+    project_off_representations(model, {"mlp.c_fc": basis}, held_rows=[0, 3])
+    torch.testing.assert_close(model.mlp.c_fc.weight.grad @ basis, torch.zeros(3, 2), atol=1e-6, rtol=0)
+    assert float(model.mlp.c_fc.weight.grad.norm()) > 0.1  # the rest of the gradient stays
+    assert torch.equal(model.mlp.c_fc.bias.grad, torch.zeros(3))  # no representation: held fixed
+    assert torch.equal(model.token_embedding.weight.grad[[0, 3]], torch.zeros(2, 2))
+    assert torch.equal(model.token_embedding.weight.grad[[1, 2, 4]], torch.ones(3, 2))
 
 
 # ---------------------------------------------------------------------- PGA pieces
@@ -230,14 +234,20 @@ def test_method_changes_the_model_and_reports_costs(context, name, scope):
             _check_forget_only_blocks_stay_at_the_start(context, after)
     if name == "multidelete":
         assert cost.server_samples > 0 and cost.rounds == 2
-    if name == "sfu" and scope == "client":
-        from ease_engine.unlearning.sfu import retained_subspaces
-
-        bases = retained_subspaces(context, context.retained_clients(target), spec.params().retained_energy)
-        for block, u in bases.items():
-            moved = after[block] - original[block]
-            scale = float(moved.norm()) + 1e-12
-            assert float((u.T @ moved).norm()) <= 1e-3 * scale + 1e-7, block
+    if name == "sfu" and scope == "client":  # no repair: the retained inputs' outputs did not move
+        bases, held = representation_bases(context, target, spec.params(**params), Cost())
+        weights = {n: p for n, p in outcome.bundle.model.named_parameters()}
+        before = dict(context.setup.bundle.model.named_parameters())
+        checked = 0
+        for param_name in weights:
+            layer = _layer_of(param_name)
+            if layer is None or layer[0] not in bases:
+                continue
+            moved = (weights[param_name] - before[param_name]).detach()
+            torch.testing.assert_close(moved @ bases[layer[0]], torch.zeros(moved.shape[0], bases[layer[0]].shape[1]),
+                                       atol=1e-5, rtol=0)
+            checked += 1
+        assert checked and torch.equal(weights["token_embedding.weight"][held], before["token_embedding.weight"][held])
 
 
 def test_federaser_without_stored_updates_says_which_key_to_set(context, tmp_path):
@@ -252,12 +262,19 @@ def test_federaser_without_stored_updates_says_which_key_to_set(context, tmp_pat
         spec.unlearn(bare, ErasureTarget(0), spec.params())
 
 
-@pytest.mark.parametrize("name", ["pga", "sfu"])
+@pytest.mark.parametrize("name", ["pga", "ease"])
 def test_ledger_methods_fail_loudly_without_a_ledger(context, name):
     bare = copy.copy(context)
     bare.ledger = None
     with pytest.raises(UnlearningError, match="ledger"):
         METHODS[name].unlearn(bare, ErasureTarget(0), METHODS[name].params())
+
+
+def test_sfu_needs_no_ledger_only_the_retained_clients_representations(context):
+    bare = copy.copy(context)
+    bare.ledger = None
+    outcome = METHODS["sfu"].unlearn(bare, ErasureTarget(0), METHODS["sfu"].params(**FAST["sfu"]))
+    assert outcome.details["subspace"]["layers"] > 0
 
 
 def test_pga_samples_scope_with_an_absolute_radius_needs_no_ledger(context):
