@@ -169,9 +169,10 @@ def erase(
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench(ctx: typer.Context) -> None:
-    """Run every unlearning method against the retrain reference and write docs/benchmarks.md.
+    """Run every unlearning method on every scenario and seed against the retrain reference; write
+    docs/benchmarks.md and docs/results/unlearning.json.
 
-    Options are those of `python -m lethe_bench.unlearning --help` (--quick, --base, --skip-samples).
+    Options are those of `python -m lethe_bench.unlearning --help` (--scenarios, --seeds, --quick, --root).
     """
     from lethe_bench.unlearning import main as bench_main
 
