@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from ease_engine.federation.ledger import Ledger
-from ease_engine.linalg.subspace import orthonormal_basis
+from ease_engine.linalg.subspace import orthonormal_basis, principal_angles
 
 DISTINGUISHABLE_RATIO = 1.5
 
@@ -74,40 +74,53 @@ class ExclusiveContribution:
     client: int
     parts: dict[str, torch.Tensor]  # x_f (float64) of the exclusive blocks
     share: dict[str, float]  # e_f of every block f moved
-    null_share: dict[str, float]  # max over retained clients of e_k (0 where none moved the block)
+    null_share: dict[str, float]  # max over retained clients of e_k (0 where none moved it; only when computed)
     wholly_exclusive: frozenset[str]  # blocks no retained client moved
     initial: dict[str, torch.Tensor] | None  # theta_0 per block, when the ledger recorded it
     others: dict[str, float]  # sum_{k != f} <C_k, x_f> per exclusive block: the retained clients' own weight
+    angles_deg: list[float]  # principal angles between f's update span and the retained support, every block
 
     @classmethod
-    def from_ledger(cls, ledger: Ledger, client: int, energy: float = 0.999, ratio: float = 0.0
-                    ) -> ExclusiveContribution:
+    def from_ledger(cls, ledger: Ledger, client: int, energy: float = 0.999, ratio: float = 0.0,
+                    null: bool = False) -> ExclusiveContribution:
+        """``ratio`` > 0 keeps only blocks that stand out of the retained clients' own shares; computing those
+        shares (``null``, implied by a ratio) costs one support per retained client and block."""
+        null = null or ratio > 0
         record = ledger.client(client)
         others = [k for k in ledger.clients if k != client]
-        parts, share, null, whole, on_x = {}, {}, {}, set(), {}
+        parts, share, null_share, whole, on_x, angles = {}, {}, {}, set(), {}, []
         for block in ledger.blocks:
             name = block.name
             c_f = record.contribution[name]
             if float(c_f.abs().max()) == 0.0:
                 continue
-            x_f = _outside(c_f, retained_support(ledger, name, others, energy))
+            support = retained_support(ledger, name, others, energy)
+            x_f = _outside(c_f, support)
+            u_f = record.basis[name]
+            if u_f.shape[1] and support.shape[1]:
+                angles.extend(torch.rad2deg(principal_angles(support, u_f)).tolist())
+            else:
+                angles.extend([90.0] * max(u_f.shape[1], 1))
             share[name] = _share(x_f, c_f)
-            shares = []
-            for k in others:
-                c_k = ledger.records[k].contribution[name]
-                if float(c_k.abs().max()) > 0.0:
-                    peers = [j for j in others if j != k]
-                    shares.append(_share(_outside(c_k, retained_support(ledger, name, peers, energy)), c_k))
-            null[name] = max(shares, default=0.0)
-            if not shares:
+            moved_by = [k for k in others if float(ledger.records[k].contribution[name].abs().max()) > 0.0]
+            if not moved_by:
                 whole.add(name)
                 parts[name] = x_f
-            elif share[name] > ratio * null[name]:
+                null_share[name] = 0.0
+                continue
+            if null:
+                null_share[name] = max(
+                    _share(_outside(ledger.records[k].contribution[name],
+                                    retained_support(ledger, name, [j for j in others if j != k], energy)),
+                           ledger.records[k].contribution[name])
+                    for k in moved_by)
+            if ratio <= 0 or share[name] > ratio * null_share[name]:
                 parts[name] = x_f
         for name, x in parts.items():
             on_x[name] = float(sum(float(ledger.records[k].contribution[name].double() @ x) for k in others))
         initial = None if ledger.initial is None else {k: v.double() for k, v in ledger.initial.items()}
-        return cls(int(client), parts, share, null, frozenset(whole), initial, on_x)
+        return cls(int(client), parts, share, null_share, frozenset(whole), initial, on_x,
+                   [round(a, 3) for a in angles])
 
     @property
     def entangled(self) -> frozenset[str]:
@@ -133,8 +146,11 @@ class ExclusiveContribution:
                 den[key] += norm
         return {key: (num[key] / den[key] if den[key] > 0 else float("nan")) for key in num}
 
-    def standing_out(self) -> list[str]:
-        """Blocks whose exclusive share stands out of the retained clients' (or that none of them moved)."""
+    def standing_out(self) -> list[str] | None:
+        """Blocks whose exclusive share stands out of the retained clients' (or that none of them moved); None
+        when the retained clients' shares were not computed."""
+        if set(self.null_share) != set(self.share):
+            return None
         return sorted(name for name, share in self.share.items()
                       if name in self.wholly_exclusive or share > DISTINGUISHABLE_RATIO * self.null_share[name])
 

@@ -42,10 +42,9 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from ease_engine.federation.exclusive import ExclusiveContribution, retained_support
+from ease_engine.federation.exclusive import ExclusiveContribution
 from ease_engine.federation.training import EncodedCaptions, derive_seed
 from ease_engine.linalg.forget_lock import ForgetLock
-from ease_engine.linalg.subspace import principal_angles
 from ease_engine.models.blocks import read_blocks, write_blocks
 from ease_engine.unlearning.base import Cost, ErasureTarget, Timer, UnlearningContext, UnlearningOutcome
 from ease_engine.unlearning.ease_displacement import DisplacementPlan, displace, tower_of
@@ -89,23 +88,6 @@ class EaseParams(BaseModel):
 # ---------------------------------------------------------------------- helpers
 def _unit_columns(parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: (x / x.norm()).reshape(-1, 1).float() for name, x in parts.items() if float(x.norm()) > 0}
-
-
-def angle_statistics(context: UnlearningContext, client: int, exclusive: ExclusiveContribution,
-                     energy: float) -> dict:
-    """Principal angles between the client's update span and the retained support, per exclusive block
-    (the report's histogram), and the exclusivity summary."""
-    ledger = context.ledger
-    others = [k for k in ledger.clients if k != client]
-    record = ledger.client(client)
-    angles = []
-    for name in exclusive.parts:
-        u_f = record.basis[name]
-        if name in exclusive.wholly_exclusive or u_f.shape[1] == 0:
-            angles.extend([90.0] * max(u_f.shape[1], 1))
-            continue
-        angles.extend(torch.rad2deg(principal_angles(retained_support(ledger, name, others, energy), u_f)).tolist())
-    return {"principal_angles_deg": [round(a, 3) for a in angles], **exclusive.summary()}
 
 
 def nonmember_reference(context: UnlearningContext, target: ErasureTarget):
@@ -153,7 +135,7 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
         if target.scope == "client":
             exclusive = ExclusiveContribution.from_ledger(context.ledger, target.client, params.retained_energy,
                                                           params.exclusivity_ratio)
-            details["angles"] = angle_statistics(context, target.client, exclusive, params.retained_energy)
+            details["angles"] = {"principal_angles_deg": exclusive.angles_deg, **exclusive.summary()}
             directions = _unit_columns(exclusive.parts)
             frozen = exclusive.wholly_exclusive if params.freeze_wholly_exclusive else frozenset()
             if params.excise and exclusive.parts:
