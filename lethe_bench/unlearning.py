@@ -30,6 +30,7 @@ from lethe_bench.scenarios import SCENARIOS
 from lethe_bench.summary import R1, gap_table, gate_case_table, scenario_table, summarise_scenario
 
 REACTIVATION_SCENARIO = "shared-concept"
+REINJECTED = 50  # forget pairs re-injected into one retained client (about 10% of its data): a relearning attack
 
 
 def reactivation_table(summary: dict) -> str:
@@ -95,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
             ensure_pretrained()
         started = time.perf_counter()
         rounds = args.reactivation_rounds if name == REACTIVATION_SCENARIO and not args.quick else 0
-        runs = [run_seed(scenario, seed, args.root, args.quick, rounds, log=log) for seed in args.seeds]
+        runs = [run_seed(scenario, seed, args.root, args.quick, rounds, REINJECTED if rounds else 0, log=log)
+                for seed in args.seeds]
         summaries[name] = summarise_scenario(runs)
         walls[name] = time.perf_counter() - started
         log(f"{name}: {walls[name]:.0f} s")
@@ -118,7 +120,9 @@ def main(argv: list[str] | None = None) -> None:
         text += scenario_table(f"{name}: {SCENARIOS[name].summary}", summary) + "\n"
         if "reactivation" in summary:
             text += (f"Reactivation: {args.reactivation_rounds} more FedAvg rounds on the retained clients at the "
-                     f"federation's peak learning rate (client 1 holds 30% of the purple images):\n\n"
+                     f"federation's peak learning rate; client 1 holds 30% of the purple images and, as a relearning "
+                     f"attack, {REINJECTED} of the erased client's pairs are re-injected into the first retained "
+                     f"client:\n\n"
                      + reactivation_table(summary) + "\n\n")
     replace_section(args.docs, "unlearning", text)
 
