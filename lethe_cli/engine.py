@@ -35,24 +35,54 @@ def federate(
     out: Annotated[Path | None, typer.Option(help="version directory to write (default runs/<name>)")] = None,
     exclude: Annotated[list[int] | None, typer.Option(help="leave this client out (retrain reference)")] = None,
     restart: Annotated[bool, typer.Option(help="ignore a checkpoint of an interrupted run")] = False,
+    engine: Annotated[
+        str, typer.Option(help="builtin: Lethe's FedAvg simulation; flower: Flower's Simulation Engine (needs flwr)")
+    ] = "builtin",
+    continue_from: Annotated[
+        Path | None, typer.Option(help="flower: continue this version (its weights, ledger and Forget Lock)")
+    ] = None,
 ) -> None:
     """Train a federation with FedAvg and write a model version with its ledger."""
     from ease_engine.federation.config import ConfigError, load_config
     from ease_engine.federation.fedavg import FederationError, run_federation
 
     setup_logging()
+    if engine not in ("builtin", "flower"):
+        _fail(f"--engine must be builtin or flower, not {engine!r}")
+    if continue_from is not None and engine != "flower":
+        _fail("--continue-from needs --engine flower")
     try:
         cfg = load_config(config)
         if exclude:
             cfg.training.exclude_clients = sorted(set(cfg.training.exclude_clients) | set(exclude))
         out = out or DEFAULT_RUN_DIR / cfg.name
-        path = run_federation(cfg, out, resume=not restart)
+        if engine == "flower":
+            path = _federate_with_flower(cfg, out, continue_from)
+        else:
+            path = run_federation(cfg, out, resume=not restart)
     except (ConfigError, DataError, FederationError, FileExistsError) as exc:
         _fail(str(exc))
     metrics = json.loads((path / "metrics.json").read_text())
     typer.echo(f"wrote {path}")
     if "test" in metrics:
         typer.echo(_format_metrics("test", metrics["test"]))
+
+
+def _federate_with_flower(cfg, out: Path, continue_from: Path | None) -> Path:
+    """``federate --engine flower``: lethe_flower is imported only here (the engine does not need flwr)."""
+    try:
+        from lethe_flower.run import run_flower_federation
+    except ImportError as exc:
+        _fail(f"--engine flower needs Flower ({exc.name} is missing): pip install -e '.[flower]'")
+    from lethe_flower.lineage import LineageError
+    from lethe_flower.records import ReplyError
+    from lethe_flower.run import FlowerRunError
+    from lethe_flower.strategy import RoundFailedError
+
+    try:
+        return run_flower_federation(cfg, out, continue_from)
+    except (LineageError, ReplyError, FlowerRunError, RoundFailedError) as exc:
+        _fail(str(exc))
 
 
 @app.command()

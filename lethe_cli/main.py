@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from ease_engine.configs import DEFAULT_CONFIG
+from lethe_cli import compliance as compliance_commands
 from lethe_cli.admin import db_app, token_app
 from lethe_cli.engine import HELP
 from lethe_cli.engine import app as engine_app
@@ -20,6 +21,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP)
 app.registered_commands.extend(engine_app.registered_commands)
 app.add_typer(token_app, name="token", help="API tokens (stored hashed; the plaintext is shown once)")
 app.add_typer(db_app, name="db", help="database schema (Alembic migrations)")
+compliance_commands.mount(app)  # verify-certificate, audit export|verify, versions sweep|restore
 
 ENVIRONMENT_HELP = environment_help()  # generated from service.settings.Settings
 

@@ -61,8 +61,10 @@ from lethe_bench.service_load.report import (  # noqa: E402
     report_markdown,
 )
 from lethe_bench.service_load.wrk import LUA_GET, LUA_POST, Phase, PhaseRun, percentile, require_wrk  # noqa: E402,F401
+from service import scopes  # noqa: E402
 from service.auth import create_token  # noqa: E402
 from service.db import Database, upgrade_database  # noqa: E402
+from service.models import ALL_CLIENTS, ApiToken  # noqa: E402
 
 MAX_SECONDS = 30
 MODEL = "load-model"
@@ -145,6 +147,8 @@ def throwaway_service(args: argparse.Namespace, run_id: str) -> Iterator[Service
         db = Database(url)
         with db.transaction() as session:
             tokens = {role: create_token(session, f"load-{role}", role) for role in ("requester", "aggregator")}
+            requester_id = session.query(ApiToken.id).filter(ApiToken.name == "load-requester").scalar()
+            scopes.grant(session, requester_id, MODEL, ALL_CLIENTS, {"load_test": True})
         _fake_version(work / "artifacts")
         env = {**os.environ, "LETHE_DATABASE_URL": url, "LETHE_ARTIFACT_DIR": str(work / "artifacts"),
                "LETHE_BROKER_URL": args.broker_url, "LETHE_TASK_QUEUE": queue,

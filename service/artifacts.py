@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from lethe_format import FormatError, content_hash, directory_digests, read_clients, read_json_object
-from lethe_format.hashing import regular_files
 from lethe_format.layout import DESCRIPTOR_FILES
 from service.errors import ApiError
 
 CHUNK = 1024 * 1024
+MAX_COMPONENT_BYTES = 255  # what Linux file systems allow per path component
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,13 @@ def format_error(exc: FormatError, **details: Any) -> ApiError:
 def resolve_inside(artifact_dir: Path, given: str) -> tuple[Path, str]:
     """Resolve ``given`` (relative to the artifact dir, or absolute) and refuse anything outside it."""
     root = artifact_dir.expanduser().resolve()
-    candidate = Path(given).expanduser()
-    resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    try:
+        candidate = Path(given)
+        resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+        resolved.exists()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        raise ApiError(422, "invalid_path", "The path is not a usable file name (too long, or a component over "
+                       f"{MAX_COMPONENT_BYTES} bytes, or a NUL byte).", None) from None
     if resolved != root and not resolved.is_relative_to(root):
         raise ApiError(
             422, "path_outside_artifact_dir",
@@ -93,13 +98,39 @@ class _Sink:
         return data
 
 
-def version_files(directory: Path) -> list[tuple[str, Path]]:
-    """The regular files of a version directory (ApiError 409 if it holds a link or special file)."""
+def checked_version_files(session, settings, metrics, model_name: str, record, actor: dict[str, Any]
+                          ) -> list[tuple[str, Path]]:
+    """The regular files of a registered version, after ``service.integrity.check_version``: a version whose
+    files are not what was registered is refused (409, counted in ``metrics.integrity_failures``, an audit event
+    ``model.version_integrity_failed`` committed), one whose directory is gone is 410. Messages name the version,
+    never a server path."""
+    from service.audit import append_event
+    from service.integrity import IntegrityError, RegisteredVersion, SignatureUnavailable, check_version
+    from service.signatures import configured_public_key
+
+    registered = RegisteredVersion.of(record, model_name)
+    root = settings.artifact_dir.expanduser().resolve()
+    directory = root / record.path
+    if not directory.is_dir() and not directory.is_symlink():
+        raise ApiError(410, "version_files_missing", f"The files of {registered.label} are no longer in the "
+                       "artifact store; an operator must restore them from a backup.",
+                       {"model": model_name, "version": record.version})
+    public_key = configured_public_key(settings.signing_public_key, settings.signing_key)
     try:
-        return regular_files(directory)
-    except FormatError as exc:
-        raise ApiError(409, "version_tampered", "The version directory holds a link or special file and is not "
-                       "served; an operator must restore it from the signed artifact.", exc.details) from None
+        return check_version(directory, registered, public_key)
+    except SignatureUnavailable as exc:
+        raise ApiError(503, "signature_check_unavailable", f"{exc}; nothing is served.") from None
+    except IntegrityError as exc:
+        metrics.integrity_failures.labels(exc.check).inc()
+        session.rollback()
+        append_event(session, "model.version_integrity_failed", {
+            "model": model_name, "version": record.version, "check": exc.check, "message": exc.message,
+            "details": exc.details, "during": "download", "actor": actor})
+        session.commit()
+        raise ApiError(409, "version_integrity_failed", f"{exc.message[:1].upper()}{exc.message[1:]} "
+                       f"(check: {exc.check}); nothing is served. An operator must restore the version from the "
+                       "signed artifact.", {"model": model_name, "version": record.version, "check": exc.check}
+                       ) from None
 
 
 def stream_zip(files: list[tuple[str, Path]], prefix: str) -> Iterator[bytes]:

@@ -1,12 +1,13 @@
 """The audit trail: an append-only hash chain of events.
 
-Each event stores the hash of the previous one::
+Each event stores the hash of the previous one (THE rule is ``lethe_format.audit_chain``)::
 
     hash = sha256(prev_hash + canonical_json({"seq", "type", "request_id", "payload", "created_at"}))
 
 with ``canonical_json = json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
 and ``created_at`` written as UTC ``YYYY-MM-DDTHH:MM:SS.ffffffZ``. The first event's
-``prev_hash`` is 64 zeros. This module has no update or delete path for events.
+``prev_hash`` is 64 zeros. This module has no update or delete path for events. Workers sign the head
+at each publication (``service.checkpoints``).
 
 Appends are serialised through the single ``audit_chain_head`` row: the appender updates it
 first (``UPDATE ... SET seq = seq + 1``), which takes a row lock on Postgres (and SQLite's write
@@ -16,8 +17,6 @@ also unique in the table, as a second line of defence.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import uuid
 from dataclasses import dataclass
@@ -27,13 +26,11 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
+from lethe_format.audit_chain import canonical_json  # noqa: F401  (re-exported)
+from lethe_format.audit_chain import event_hash as _chain_event_hash
 from service.models import GENESIS_HASH, AuditChainHead, AuditEvent, as_utc, utcnow
 
 HEAD_ROW_ID = 1
-
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def format_timestamp(value: datetime) -> str:
@@ -61,16 +58,8 @@ def event_hash(
     prev_hash: str, seq: int, event_type: str, request_id: uuid.UUID | str | None, payload: Any,
     created_at: datetime,
 ) -> str:
-    body = canonical_json(
-        {
-            "seq": seq,
-            "type": event_type,
-            "request_id": str(request_id) if request_id is not None else None,
-            "payload": payload,
-            "created_at": format_timestamp(created_at),
-        }
-    )
-    return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
+    return _chain_event_hash(prev_hash, seq, event_type, str(request_id) if request_id is not None else None,
+                             payload, format_timestamp(created_at))
 
 
 def append_event(

@@ -111,7 +111,7 @@ class PrincipalCache:
 principal_cache = PrincipalCache()
 
 
-def _credentials(authorization: str | None) -> str:
+def bearer_credentials(authorization: str | None) -> str:
     if not authorization:
         raise _unauthorized("Missing credentials: send 'Authorization: Bearer <token>' (create one with "
                             "'lethe token create --name NAME --role ROLE').")
@@ -132,7 +132,7 @@ def _lookup(session: Session, digest: str) -> Principal:
 
 
 def authenticate(session: Session, authorization: str | None) -> Principal:
-    return _lookup(session, hash_token(_credentials(authorization)))
+    return _lookup(session, hash_token(bearer_credentials(authorization)))
 
 
 def get_session(request: Request):
@@ -151,7 +151,7 @@ def _lookup_in_own_session(db, digest: str) -> Principal:
 async def current_principal(request: Request) -> Principal:
     """The token's principal: from the in-process cache, else from the database (in a worker thread,
     with a session of its own, so the route's session and transaction are not touched)."""
-    digest = hash_token(_credentials(request.headers.get("authorization")))
+    digest = hash_token(bearer_credentials(request.headers.get("authorization")))
     state = request.app.state
     key = (state.db.url, digest)
     principal = principal_cache.get(key)

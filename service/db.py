@@ -18,6 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ALEMBIC_INI = REPO_ROOT / "alembic.ini"
 MIGRATIONS_DIR = REPO_ROOT / "migrations"
+# Postgres NOTIFY channel: a transaction that adds outbox rows (or webhook deliveries) wakes the dispatchers
+OUTBOX_CHANNEL = "lethe_outbox"
 
 
 def is_sqlite(url: str) -> bool:

@@ -14,6 +14,13 @@ commit), and the dispatcher ``LISTEN``s on its own connection, so a new request 
 any process; the poll every ``LETHE_OUTBOX_POLL_SECONDS`` remains as the fallback (a lost
 notification, a broker that was down). Several dispatchers may run: rows are claimed with
 ``FOR UPDATE SKIP LOCKED``.
+
+Every ``LETHE_SWEEP_SECONDS`` it also runs ``service.sweep.sweep``: a running request whose worker stopped
+writing its heartbeat is queued again (or failed after ``LETHE_MAX_WORKER_LOSSES``), a queued request that
+no worker acknowledged is sent again. The sweep lives here because this is the one process that sends: it
+adds outbox rows and the same loop sends them at once, and it does not depend on the broker (a Celery beat
+would need the broker that may have just lost the messages). After each pass it runs its housekeeping
+(``service.housekeeping``: the webhook deliveries that are due, the retention sweep of withdrawn versions).
 """
 
 from __future__ import annotations
@@ -21,12 +28,14 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 
 from sqlalchemy.engine import make_url
 
-from service.db import Database
-from service.outbox import OUTBOX_CHANNEL, DispatchResult, Sender, dispatch_outbox
+from service.db import OUTBOX_CHANNEL, Database
+from service.outbox import DispatchResult, Sender, dispatch_outbox
+from service.sweep import SweepPolicy, SweepResult, sweep
 
 logger = logging.getLogger("lethe.service")
 
@@ -43,11 +52,16 @@ class OutboxDispatcher:
 
     def __init__(self, db: Database, sender: Sender, interval: float,
                  on_result: Callable[[DispatchResult], None] | None = None, listen: bool = True,
-                 coalesce_seconds: float = COALESCE_SECONDS):
-        if interval <= 0:
-            raise ValueError("the dispatcher's poll interval must be positive")
+                 coalesce_seconds: float = COALESCE_SECONDS, sweep_policy: SweepPolicy | None = None,
+                 sweep_seconds: float = 10.0, on_sweep: Callable[[SweepResult], None] | None = None,
+                 housekeeping: Callable[[], None] | None = None):
+        if interval <= 0 or sweep_seconds <= 0:
+            raise ValueError("the dispatcher's poll and sweep intervals must be positive")
         self.db, self.sender, self.interval, self.on_result = db, sender, interval, on_result
         self.coalesce_seconds = coalesce_seconds
+        self.sweep_policy, self.sweep_seconds, self.on_sweep = sweep_policy, sweep_seconds, on_sweep
+        self._next_sweep = 0.0
+        self.housekeeping = housekeeping  # webhooks and the retention sweep (service.housekeeping), each pass
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -78,6 +92,30 @@ class OutboxDispatcher:
         if self._listener is not None:
             self._listener.join(timeout=5)
 
+    def sweep_once(self) -> SweepResult | None:
+        """The sweep (``service.sweep``), in its own transaction; None when this dispatcher does not sweep."""
+        if self.sweep_policy is None:
+            return None
+        with self.db.transaction() as session:
+            result = sweep(session, self.sweep_policy)
+        if self.on_sweep is not None:
+            self.on_sweep(result)
+        return result
+
+    def _sweep_if_due(self) -> None:
+        if self.sweep_policy is None or time.monotonic() < self._next_sweep:
+            return
+        self._next_sweep = time.monotonic() + self.sweep_seconds
+        try:
+            self.sweep_once()
+        except Exception:
+            logger.exception("sweep failed; trying again in %.1f s", self.sweep_seconds)
+
+    def _wait_seconds(self) -> float:
+        if self.sweep_policy is None:
+            return self.interval
+        return max(0.0, min(self.interval, self._next_sweep - time.monotonic()))
+
     def run_once(self) -> DispatchResult:
         with self.db.session() as session:
             result = dispatch_outbox(session, self.sender, limit=PASS_LIMIT)
@@ -91,18 +129,21 @@ class OutboxDispatcher:
         first = True
         while not self._stop.is_set():
             # the first pass sends what was left over from before we started
-            woken = not first and self._wake.wait(self.interval)
+            woken = not first and self._wake.wait(self._wait_seconds())
             if woken and self.coalesce_seconds > 0:
                 self._stop.wait(self.coalesce_seconds)  # let the requests committed meanwhile join the pass
             first = False
             self._wake.clear()  # rows committed after this are seen by the pass below or wake it again
             if self._stop.is_set():
                 break
+            self._sweep_if_due()  # what it queues again is sent by the pass below
             try:
                 while True:
                     result = self.run_once()
                     if result.failed or result.sent + result.skipped < PASS_LIMIT or self._stop.is_set():
                         break
+                if self.housekeeping is not None:
+                    self.housekeeping()
             except Exception:
                 logger.exception("outbox dispatcher pass failed; retrying in %.1f s", self.interval)
                 self._stop.wait(self.interval)
@@ -155,6 +196,7 @@ def main() -> int:
     SIGTERM or Ctrl-C ends it after the current pass."""
     from prometheus_client import CollectorRegistry, start_http_server
 
+    from service.housekeeping import Housekeeping
     from service.metrics import DispatchMetrics, build_info_gauge
     from service.queue import celery_sender, make_celery_client
     from service.settings import get_settings
@@ -169,7 +211,9 @@ def main() -> int:
     interval = settings.outbox_poll_seconds if settings.outbox_poll_seconds > 0 else 5.0
     dispatcher = OutboxDispatcher(Database(settings.database_url),
                                   celery_sender(make_celery_client(settings), settings.task_queue), interval,
-                                  on_result=metrics.record_dispatch)
+                                  on_result=metrics.record_dispatch, sweep_policy=SweepPolicy.from_settings(settings),
+                                  sweep_seconds=settings.sweep_seconds, on_sweep=metrics.record_sweep,
+                                  housekeeping=Housekeeping(Database(settings.database_url), settings))
 
     def request_stop(signum, _frame):
         logger.info("signal %d: stopping after the current pass", signum)

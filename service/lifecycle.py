@@ -2,6 +2,8 @@
 
     received -> queued -> running (stage: loading, excising, displacing, verifying, signing)
              -> published | verification_failed | inconclusive | failed | rejected | cancelled
+    running -> queued: the worker running it stopped (its heartbeat went stale); the dispatcher's sweep
+               queues it again (``mark_requeued``, ``service.sweep``)
 
 ``inconclusive``: every gate passed, but verification could not tell an erased model from the unchanged
 parent on this data (the parent shows no measurable knowledge of the erased pairs, or passes every
@@ -27,13 +29,15 @@ from sqlalchemy.orm import Session
 
 from service.audit import append_event, append_events, jsonable
 from service.models import ErasureRequest, ModelVersion, RequestStatus, Stage, utcnow
+from service.redaction import scrub
+from service.webhooks import enqueue_notification
 
 S = RequestStatus
 TERMINAL = frozenset({S.PUBLISHED, S.VERIFICATION_FAILED, S.INCONCLUSIVE, S.FAILED, S.REJECTED, S.CANCELLED})
 ALLOWED_TRANSITIONS: dict[RequestStatus, frozenset[RequestStatus]] = {
     S.RECEIVED: frozenset({S.QUEUED, S.REJECTED, S.CANCELLED, S.FAILED}),
     S.QUEUED: frozenset({S.RUNNING, S.REJECTED, S.CANCELLED, S.FAILED}),
-    S.RUNNING: frozenset({S.RUNNING, S.PUBLISHED, S.VERIFICATION_FAILED, S.INCONCLUSIVE, S.FAILED}),
+    S.RUNNING: frozenset({S.RUNNING, S.QUEUED, S.PUBLISHED, S.VERIFICATION_FAILED, S.INCONCLUSIVE, S.FAILED}),
     **{status: frozenset() for status in TERMINAL},
 }
 CANCELLABLE = frozenset({S.RECEIVED, S.QUEUED})
@@ -93,6 +97,7 @@ def _transition(
     request.updated_at = now
     if target in TERMINAL:
         request.finished_at = now
+        enqueue_notification(session, request, f"request.{target.value}")
     append_event(
         session,
         event_type or f"request.{target.value}",
@@ -116,6 +121,8 @@ def mark_received_many(session: Session, requests: Sequence[tuple[ErasureRequest
             "legal_basis": request.legal_basis,
             "reason": request.reason,
             "idempotency_key": request.idempotency_key,
+            "subject_ref_sha256": request.subject_ref_sha256,
+            "due_at": request.due_at,
         }, request.id)
         for request, actor in requests
     ])
@@ -208,8 +215,11 @@ def mark_inconclusive(
 
 
 def mark_failed(
-    session: Session, request: ErasureRequest, error: str | BaseException | Mapping[str, Any]
+    session: Session, request: ErasureRequest, error: str | BaseException | Mapping[str, Any],
+    reason: str | None = None,
 ) -> None:
+    """``reason``: why, as one word of the closed list of ``lethe_worker_failures_total{reason}`` (recorded as
+    ``failure.reason``). Server paths in the message are replaced by ``<path>``."""
     if isinstance(error, BaseException):
         detail = {"kind": "error", "error_type": type(error).__name__, "message": str(error)}
     elif isinstance(error, Mapping):
@@ -217,8 +227,22 @@ def mark_failed(
     else:
         detail = {"kind": "error", "message": str(error)}
     detail["stage"] = request.stage
-    request.failure = jsonable(detail)
+    if reason is not None:
+        detail["reason"] = reason
+    request.failure = scrub(jsonable(detail))  # shown to the requester: no server paths
     _transition(session, request, RequestStatus.FAILED, {"failure": request.failure})
+
+
+def mark_requeued(session: Session, request: ErasureRequest, reason: str, details: Mapping[str, Any]) -> None:
+    """``running`` -> ``queued``: the worker that ran it is gone (``service.sweep``); the caller sends it again.
+    The claim is cleared, so the next worker that acknowledges it takes it over."""
+    stage = request.stage
+    request.worker_losses = (request.worker_losses or 0) + 1
+    request.worker, request.heartbeat_at = None, None
+    request.stage, request.progress = None, 0.0
+    _transition(session, request, RequestStatus.QUEUED,
+                {"reason": reason, "stage": stage, "worker_losses": request.worker_losses, **dict(details)},
+                "request.requeued")
 
 
 def mark_rejected(session: Session, request: ErasureRequest, reason: str, details: Any = None) -> None:

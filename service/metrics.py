@@ -14,18 +14,24 @@ Read from the database at scrape time (``DatabaseCollector``; nothing when the d
 - ``lethe_erasure_request_oldest_age_seconds{status}``: ``queued``: seconds since the longest-waiting
   queued request was queued; ``running``: seconds since the longest-running request started (0 when none)
 - ``lethe_audit_events``: chain length
+- ``lethe_requests_due_soon``: open requests (not finished) due within ``LETHE_DUE_SOON_DAYS`` days, overdue ones
+  included (the alert ``LetheRequestNearDeadline``)
 - ``lethe_last_published_figure{model,figure}``: numeric figures of each model's last published erasure
   (nested keys joined by dots; a list of named items such as the gates by its items' names:
   ``gates.forget_i2t_r1.value``, ``gates.forget_i2t_r1.threshold``)
 
-Only the process that dispatches the outbox exports ``lethe_outbox_dispatch_total{result}`` and
-``lethe_outbox_last_dispatch_ok``: the API when ``LETHE_DISPATCHER_IN_API=1``, else the dispatcher process.
+Only the process that dispatches the outbox exports ``lethe_outbox_dispatch_total{result}``,
+``lethe_outbox_last_dispatch_ok`` and ``lethe_sweep_actions_total{action}`` (``service.sweep``: ``requeued``, a
+dead worker's running request queued again; ``failed``, one whose workers died too often; ``resent``, a queued
+request no worker acknowledged, sent again): the API when ``LETHE_DISPATCHER_IN_API=1``, else the dispatcher
+process.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from datetime import timedelta
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -39,7 +45,9 @@ LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
 # files' hashes do not match the registered content hash, or it holds a link that leads out of its directory
 INTEGRITY_CHECKS = ("signature", "content_hash", "link")
 DISPATCH_RESULTS = ("sent", "skipped", "failed")
+SWEEP_ACTIONS = ("requeued", "failed", "resent")
 AGED_STATUSES = (RequestStatus.QUEUED, RequestStatus.RUNNING)
+OPEN_STATUSES = (RequestStatus.RECEIVED.value, RequestStatus.QUEUED.value, RequestStatus.RUNNING.value)
 
 
 def build_info_gauge(registry: CollectorRegistry, component: str, *, with_torch: bool = False) -> Gauge:
@@ -66,8 +74,8 @@ def integrity_failures_counter(registry: CollectorRegistry) -> Counter:
 class DatabaseCollector:
     """Gauges read from the database when Prometheus scrapes."""
 
-    def __init__(self, db):
-        self.db = db
+    def __init__(self, db, due_soon_days: int = 7):
+        self.db, self.due_soon_days = db, due_soon_days
 
     @staticmethod
     def _families() -> dict[str, GaugeMetricFamily]:
@@ -82,6 +90,8 @@ class DatabaseCollector:
                 "Seconds the oldest request of a status has been in it (queued: since queued; running: since "
                 "started; 0: none)", labels=["status"]),
             "events": GaugeMetricFamily("lethe_audit_events", "Events in the audit chain"),
+            "due_soon": GaugeMetricFamily("lethe_requests_due_soon", "Open erasure requests due within "
+                                          "LETHE_DUE_SOON_DAYS days (overdue included)"),
             "figures": GaugeMetricFamily("lethe_last_published_figure",
                                          "Numeric figures of the last published erasure per model",
                                          labels=["model", "figure"]),
@@ -107,6 +117,9 @@ class DatabaseCollector:
                 }
                 head = session.get(AuditChainHead, 1)
                 latest = self._last_published(session)
+                due_soon = session.scalar(select(func.count()).select_from(ErasureRequest).where(
+                    ErasureRequest.status.in_(OPEN_STATUSES),
+                    ErasureRequest.due_at < utcnow() + timedelta(days=self.due_soon_days)))
         except Exception:  # the database is down: /readyz says so; export nothing from it
             return
         now = utcnow()
@@ -118,6 +131,7 @@ class DatabaseCollector:
         for status in AGED_STATUSES:
             families["request_age"].add_metric([status.value], _age_seconds(now, oldest[status]))
         families["events"].add_metric([], head.seq if head else 0)
+        families["due_soon"].add_metric([], due_soon or 0)
         for model, result in latest:
             for name, value in _numeric_items(result or {}):
                 families["figures"].add_metric([model, name], value)
@@ -170,6 +184,16 @@ class DispatchMetrics:
             self.dispatched.labels(name)
         self.dispatch_healthy = Gauge("lethe_outbox_last_dispatch_ok", "1 if the last dispatcher pass could "
                                       "reach the broker", registry=registry)
+        self.swept = Counter("lethe_sweep_actions", "Requests the sweep queued again (requeued: the worker died), "
+                             "failed (workers died too often) or sent again (resent: unacknowledged)", ["action"],
+                             registry=registry)
+        for name in SWEEP_ACTIONS:
+            self.swept.labels(name)
+
+    def record_sweep(self, result) -> None:
+        for name in SWEEP_ACTIONS:
+            if getattr(result, name):
+                self.swept.labels(name).inc(getattr(result, name))
 
     def record_dispatch(self, result) -> None:
         for name in DISPATCH_RESULTS:
@@ -182,7 +206,7 @@ class ServiceMetrics:
     """The API's registry. ``dispatches``: this process sends the outbox (``LETHE_DISPATCHER_IN_API=1``), so it
     exports the dispatch metrics; otherwise the dispatcher process does and the API has none."""
 
-    def __init__(self, db=None, *, dispatches: bool = True):
+    def __init__(self, db=None, *, dispatches: bool = True, due_soon_days: int = 7):
         self.registry = CollectorRegistry()
         self.dispatch = DispatchMetrics(self.registry) if dispatches else None
         self.integrity_failures = integrity_failures_counter(self.registry)
@@ -194,12 +218,16 @@ class ServiceMetrics:
         self.submitted = Counter("lethe_erasure_requests_submitted", "Erasure requests accepted (new, not "
                                  "replays)", registry=self.registry)
         if db is not None:
-            self.registry.register(DatabaseCollector(db))
+            self.registry.register(DatabaseCollector(db, due_soon_days))
 
     def record_dispatch(self, result) -> None:
         if self.dispatch is None:
             raise RuntimeError("this API does not dispatch the outbox (LETHE_DISPATCHER_IN_API=0)")
         self.dispatch.record_dispatch(result)
+
+    def record_sweep(self, result) -> None:
+        if self.dispatch is not None:
+            self.dispatch.record_sweep(result)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

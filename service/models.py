@@ -96,6 +96,25 @@ class ApiToken(Base):
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    # webhooks: where this token's requests are reported when they finish, and the HMAC key of the payloads
+    callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    webhook_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+ALL_CLIENTS = "*"  # a grant of every client of a model
+
+
+class TokenScope(Base):
+    """A (model, client) pair an admin granted a requester token; ``client_id`` ``*``: every client."""
+
+    __tablename__ = "token_scopes"
+    __table_args__ = (UniqueConstraint("token_id", "model_name", "client_id", name="uq_token_scopes_grant"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("api_tokens.id"))
+    model_name: Mapped[str] = mapped_column(String(200))
+    client_id: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Model(Base):
@@ -131,6 +150,10 @@ class ModelVersion(Base):
     files: Mapped[list[Any]] = mapped_column(JSON, default=list, deferred=True)
     created_by_request_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # withdrawn: the erasure that withdrew it (it held the erased data), when; its files go after the retention
+    withdrawn_by_request_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    withdrawn_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    artifacts_deleted_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
     model: Mapped[Model] = relationship(back_populates="versions", foreign_keys=[model_id])
     parent: Mapped[ModelVersion | None] = relationship(remote_side="ModelVersion.id")
@@ -145,6 +168,10 @@ class ErasureRequest(Base):
         Index("ix_erasure_requests_requester_created", "requester_token_id", "created_at"),
         Index("ix_erasure_requests_status", "status"),
         Index("ix_erasure_requests_model_name", "model_name"),
+        Index("ix_erasure_requests_status_heartbeat", "status", "heartbeat_at"),
+        Index("ix_erasure_requests_due_at", "due_at"),
+        Index("ix_erasure_requests_created", "created_at", "id"),
+        Index("ix_erasure_requests_subject_ref", "subject_ref_sha256"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -168,6 +195,18 @@ class ErasureRequest(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # the worker that acknowledged receipt of the task (host:pid) and its last heartbeat for this request
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # how often the sweep found it running with a stale heartbeat and queued it again (service.sweep)
+    worker_losses: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # data-subject request fields: the subject's reference (only its hash), the answer deadline (Art. 12(3))
+    subject_ref_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    due_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    due_extension_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # the signed erasure certificate (a DSSE envelope of an in-toto statement), written by the worker at publication
+    certificate: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, deferred=True)
 
     requester: Mapped[ApiToken] = relationship()
     base_version: Mapped[ModelVersion | None] = relationship(foreign_keys=[base_version_id])
@@ -199,6 +238,52 @@ class AuditChainHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(Integer)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditCheckpoint(Base):
+    """The audit chain's head (seq, hash) signed by a worker at a publication (a DSSE envelope). Whoever holds a
+    checkpoint detects a rewrite of the chain up to that seq, even one that recomputed every hash."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, unique=True)
+    hash: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    envelope: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookStatus(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"  # gave up after the last attempt
+
+
+class WebhookDelivery(Base):
+    """One notification to a callback URL: written with the change it reports (an outbox row), sent by the
+    outbox dispatcher with back-off; the row is the delivery log."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        CheckConstraint(_in("status", WebhookStatus), name="ck_webhook_deliveries_status"),
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_request_id", "request_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("erasure_requests.id"))
+    token_id: Mapped[int] = mapped_column(ForeignKey("api_tokens.id"))
+    event: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default=WebhookStatus.PENDING.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class OutboxMessage(Base):

@@ -14,12 +14,12 @@ from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from service import lifecycle
+from service.db import OUTBOX_CHANNEL
 from service.models import ErasureRequest, OutboxMessage, RequestStatus, utcnow
 
 logger = logging.getLogger("lethe.service")
 
 ERASE_TASK_NAME = "lethe.erase"  # the worker's Celery task (workers.tasks.erase_request)
-OUTBOX_CHANNEL = "lethe_outbox"  # Postgres NOTIFY channel: a transaction that adds rows wakes the dispatchers
 
 Sender = Callable[[str, dict[str, Any]], Any]
 

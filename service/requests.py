@@ -7,13 +7,14 @@ import functools
 import hashlib
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, joinedload
 
-from service import lifecycle, outbox
+from service import lifecycle, outbox, scopes
 from service.audit import canonical_json
 from service.auth import Principal
 from service.errors import ApiError
@@ -26,6 +27,22 @@ from service.versions import VersionKey, check_erasure_target, require_base_vers
 
 def body_fingerprint(body: ErasureRequestCreate) -> str:
     return hashlib.sha256(canonical_json(body.model_dump(mode="json")).encode()).hexdigest()
+
+
+def subject_ref_hash(reference: str) -> str:
+    """THE stored form of a data-subject reference: sha256 of a domain prefix and the reference (the plaintext
+    is never stored; give opaque references: a guessable one, such as an e-mail address, can be guessed back)."""
+    return hashlib.sha256(f"lethe.subject-ref\0{reference.strip()}".encode()).hexdigest()
+
+
+def _check_webhook_secret(session: Session, submission: Submission) -> None:
+    if submission.body.callback_url is None:
+        return
+    secret = session.scalar(select(ApiToken.webhook_secret).where(ApiToken.id == submission.principal.token_id))
+    if not secret:
+        raise ApiError(422, "webhook_secret_missing",
+                       "A callback_url needs a webhook secret on this token (the payloads are HMAC-signed with "
+                       "it); an admin sets one with 'lethe-admin token webhook TOKEN_ID'.", {"field": "callback_url"})
 
 
 def _find_by_idempotency_key(session: Session, token_id: int, key: str) -> ErasureRequest | None:
@@ -96,6 +113,7 @@ _REQUESTS = ErasureRequest.__table__
 
 def submit_erasure_requests(
     session: Session, submissions: list[Submission], task_name: str = outbox.ERASE_TASK_NAME,
+    response_days: int = 30,
 ) -> list[SubmissionOutcome]:
     """Validate each submission, then commit every new request row, its outbox row and its
     ``request.received`` event in one transaction (group commit). Returns one outcome per submission,
@@ -103,22 +121,32 @@ def submit_erasure_requests(
     ``ApiError`` that submission gets (404, 409, 422); one submission's error writes nothing and does
     not affect the others.
 
+    A requester may submit only for the (model, client) pairs granted to its token (``service.scopes``: 403
+    otherwise, checked first).
+
     Core statements, in this order: the base version per model (``versions.base_version``: the latest not
     withdrawn, stored as the request's ``base_version_id``; validation, the pair-id index is cached), the
     request rows (``ON CONFLICT DO NOTHING`` on the idempotency key: a duplicate, even within the batch, is
     a replay), the outbox rows, then the audit events, last, because appending locks the chain head until
     the commit. New requests come back as detached ``ErasureRequest`` objects holding the values written. A
-    database error propagates and nothing is committed."""
+    database error propagates and nothing is committed. ``due_at`` is the receipt plus ``response_days``."""
     outcomes: list[SubmissionOutcome | None] = [None] * len(submissions)
     bases: dict[str, VersionKey] = {}
     pending: list[tuple[int, str, dict[str, Any]]] = []
     now = utcnow()
+    grants = scopes.grants_of(session, [submission.principal.token_id for submission in submissions
+                                        if submission.principal.role is Role.REQUESTER])
     for position, submission in enumerate(submissions):
         body, fingerprint = submission.body, body_fingerprint(submission.body)
         try:
+            principal = submission.principal
+            if principal.role is Role.REQUESTER and not scopes.allowed(grants[principal.token_id], body.model,
+                                                                       body.client_id):
+                raise scopes.out_of_scope(body.model, body.client_id)
             if body.model not in bases:
                 bases[body.model] = require_base_version(session, body.model)
             check_erasure_target(session, bases[body.model], body)
+            _check_webhook_secret(session, submission)
         except ApiError as error:
             # a replay answers with the request made earlier even if the target changed since
             outcomes[position] = _replay_or_error(session, submission, fingerprint, error)
@@ -129,6 +157,8 @@ def submit_erasure_requests(
             "base_version_id": bases[body.model].id, "legal_basis": body.legal_basis.value,
             "reason": body.reason, "idempotency_key": submission.idempotency_key, "body_sha256": fingerprint,
             "status": RequestStatus.RECEIVED.value, "progress": 0.0, "created_at": now, "updated_at": now,
+            "due_at": now + timedelta(days=response_days), "callback_url": body.callback_url,
+            "subject_ref_sha256": subject_ref_hash(body.subject_ref) if body.subject_ref else None,
         }))
     inserted = _insert_ignoring_duplicates(session, _REQUESTS, [values for _, _, values in pending]) \
         if pending else set()
@@ -171,7 +201,8 @@ def submit_erasure_request(
 # --------------------------------------------------------------------------- the request view
 
 _VIEW_FIELDS = ("id", "status", "stage", "progress", "scope", "client_id", "pair_ids", "legal_basis", "reason",
-                "created_at", "updated_at", "started_at", "finished_at", "result", "failure")
+                "created_at", "updated_at", "started_at", "finished_at", "result", "failure", "due_at",
+                "due_extension_reason", "subject_ref_sha256", "callback_url")
 
 
 def _version_ref(model: str | None, number: int | None, content_hash: str | None) -> dict[str, Any] | None:
@@ -276,24 +307,6 @@ def get_visible_request(session: Session, principal: Principal, request_id: uuid
     if request is None or not _visible_to(principal, request.requester_token_id):
         raise _not_visible(request_id)
     return request
-
-
-def list_requests(
-    session: Session, principal: Principal, *, status: str | None = None, model: str | None = None,
-    client_id: str | None = None, limit: int = 50, offset: int = 0,
-) -> list[ErasureRequest]:
-    query = select(ErasureRequest)
-    if principal.role is Role.REQUESTER:
-        query = query.where(ErasureRequest.requester_token_id == principal.token_id)
-    if status:
-        query = query.where(ErasureRequest.status == status)
-    if model:
-        query = query.where(ErasureRequest.model_name == model)
-    if client_id:
-        query = query.where(ErasureRequest.client_id == client_id)
-    query = query.order_by(ErasureRequest.created_at.desc(), ErasureRequest.id.desc())
-    query = query.limit(limit).offset(offset)
-    return list(session.scalars(_with_versions(query)))
 
 
 def cancel_request(session: Session, principal: Principal, request_id: uuid.UUID) -> ErasureRequest:

@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from lethe_format import strict_json_loads
@@ -87,6 +87,34 @@ class Settings(BaseSettings):
                                   "migrates anyway unless --no-migrate)")
     public_base_url: str | None = _setting(None, "prefix of absolute links in answers, http(s)://host[:port] "
                                            "(unset: relative links)")
+    metrics_token_file: Path | None = _setting(None, "a file holding the bearer token that Prometheus sends to "
+                                               "/metrics and /readyz (besides an admin token, the only credential "
+                                               "they accept; unset: admin tokens only)")
+    worker_stale_seconds: float = _setting(45.0, "a queued or running request whose worker has not written its "
+                                           "heartbeat for this long is held by no live worker: the dispatcher's "
+                                           "sweep queues it again", gt=0)
+    sweep_seconds: float = _setting(10.0, "how often the outbox dispatcher sweeps for requests that no live "
+                                    "worker holds", gt=0)
+    max_worker_losses: int = _setting(3, "a request whose worker died this many times ends failed (reason "
+                                      "worker_lost) instead of being queued again", ge=1)
+    queued_resend_seconds: float = _setting(120.0, "a queued request that no worker has acknowledged for this "
+                                            "long is sent to the broker again (the broker may have lost it); the "
+                                            "wait doubles after each re-send", gt=0)
+    queued_resend_max_seconds: float = _setting(900.0, "the longest wait between two re-sends of a queued "
+                                                "request", gt=0)
+    response_days: int = _setting(30, "days an erasure request has to be answered (GDPR Art. 12(3): one month); "
+                                  "its due_at is the receipt plus this", gt=0, le=365)
+    due_soon_days: int = _setting(7, "lethe_requests_due_soon counts the open requests due within this many days",
+                                  ge=0, le=365)
+    withdrawn_retention_days: float = _setting(30.0, "the files of a withdrawn version (it held erased data) are "
+                                               "deleted this many days after the withdrawal (kept meanwhile for an "
+                                               "admin's rollback)", ge=0)
+    retention_sweep_seconds: float = _setting(3600.0, "how often the outbox dispatcher runs the retention sweep "
+                                              "of withdrawn versions (0: never; `lethe-admin versions sweep` runs "
+                                              "it by hand)", ge=0)
+    webhook_max_attempts: int = _setting(8, "deliveries of a webhook before it is marked failed (back-off 10 s "
+                                         "doubling to 1 h)", ge=1, le=50)
+    webhook_timeout_seconds: float = _setting(5.0, "HTTP timeout of one webhook delivery", gt=0, le=60)
     git_commit: str | None = _setting(None, "the commit lethe_build_info reports (the images set it from their "
                                       "build argument GIT_COMMIT; unset: the checkout's HEAD, if any)")
 
@@ -109,16 +137,31 @@ class Settings(BaseSettings):
                                              _WORKER, gt=0)
     lock_wait_seconds: float = _setting(60.0, "how long a job waits for its model's lock (another erasure of the "
                                         "model runs) before the task is retried later", _WORKER, ge=0)
-    task_max_retries: int = _setting(8, "retries of transient errors (database, broker, lock), back-off 5 s "
-                                     "doubling to 5 min", _WORKER, ge=0)
+    task_max_retries: int = _setting(8, "retries of transient errors (database, broker), back-off 5 s doubling to "
+                                     "5 min; waiting for a model lock spends none", _WORKER, ge=0)
+    lock_retry_seconds: float = _setting(5.0, "a job that waited LETHE_LOCK_WAIT_SECONDS for its model's lock is "
+                                         "tried again this much later, without spending a retry", _WORKER, gt=0)
+    heartbeat_seconds: float = _setting(5.0, "how often a worker writes the heartbeat of the request it holds "
+                                        "(keep it well under LETHE_WORKER_STALE_SECONDS)", _WORKER, gt=0)
     worker_metrics_port: int = _setting(9808, "the worker's Prometheus exporter port (0: off; `lethe serve` gives "
                                         "worker i the port + i)", _WORKER, ge=0, le=65535)
-    worker_metrics_addr: str = _setting("0.0.0.0", "the address that exporter listens on", _WORKER)
+    worker_metrics_addr: str = _setting("127.0.0.1", "the address that exporter listens on (docker-compose: "
+                                        "0.0.0.0, for Prometheus)", _WORKER)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
                                    file_secret_settings):
         return (init_settings,) if _ONLY_GIVEN.get() else (init_settings, env_settings)
+
+    @model_validator(mode="after")
+    def _heartbeat_under_staleness(self) -> Settings:
+        if self.heartbeat_seconds * 3 > self.worker_stale_seconds:
+            raise ValueError(f"LETHE_HEARTBEAT_SECONDS={self.heartbeat_seconds:g} must be at most a third of "
+                             f"LETHE_WORKER_STALE_SECONDS={self.worker_stale_seconds:g}, or a live worker's request "
+                             "is taken for lost")
+        if self.queued_resend_max_seconds < self.queued_resend_seconds:
+            raise ValueError("LETHE_QUEUED_RESEND_MAX_SECONDS must be at least LETHE_QUEUED_RESEND_SECONDS")
+        return self
 
     @field_validator("erase_params", "gates", mode="before")
     @classmethod
@@ -147,7 +190,7 @@ class Settings(BaseSettings):
             raise ValueError("not a broker URL (e.g. redis://host:6379/0)")
         return value
 
-    @field_validator("artifact_dir", "signing_key", "signing_public_key")
+    @field_validator("artifact_dir", "signing_key", "signing_public_key", "metrics_token_file")
     @classmethod
     def _expand_user(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
@@ -195,7 +238,10 @@ def _checked(cls: type[Settings], **values: Any) -> Settings:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            where = str(error["loc"][0]) if error["loc"] else "?"
+            if not error["loc"]:  # a rule across several settings: its message names them
+                problems.append(error["msg"].removeprefix("Value error, "))
+                continue
+            where = str(error["loc"][0])
             name = cls.env_name(where) if where in cls.model_fields else where
             shown = repr(error.get("input"))[:200]
             problems.append(f"{name}={shown}: {error['msg'].removeprefix('Value error, ')}")

@@ -17,7 +17,8 @@ from service.models import GENESIS_HASH
 from service.versions import client_index_cache
 
 POSTGRES_URL = os.environ.get("LETHE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-TABLES = ("audit_events", "outbox", "erasure_requests", "model_versions", "models", "api_tokens")
+TABLES = ("audit_events", "audit_checkpoints", "webhook_deliveries", "outbox", "erasure_requests", "model_versions",
+          "models", "token_scopes", "api_tokens")
 
 
 def schema_url(base_url: str, schema: str) -> str:
@@ -72,3 +73,13 @@ def temporary_schemas(prefix: str) -> Iterator[Callable[..., str]]:
             for schema in created:
                 connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         admin.dispose()
+
+
+def grant(session, plaintext: str, model: str, client: str = "*") -> None:
+    """Grant the requester token ``plaintext`` erasure requests for ``client`` of ``model`` (``service.scopes``)."""
+    from service import scopes
+    from service.auth import hash_token
+    from service.models import ApiToken
+
+    token_id = session.query(ApiToken.id).filter(ApiToken.token_sha256 == hash_token(plaintext)).scalar()
+    scopes.grant(session, token_id, model, client, {"test": True})

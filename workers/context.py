@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from service.db import Database
 from service.settings import Settings, get_settings
+from service.signatures import configured_public_key
+from workers.claims import worker_identity
 from workers.signing import ensure_key_pair
 
 DEFAULT_KEY_NAME = "lethe-signing-key.pem"
@@ -19,6 +21,7 @@ class WorkerContext:
     settings: Settings  # every LETHE_* setting, the worker's included
     db: Database
     erase_fn: Any = None  # ease_engine.erasure.erase unless a test injects another
+    worker_name: str = field(default_factory=worker_identity)  # host:pid, the claim on the requests it runs
 
     @property
     def artifact_dir(self) -> Path:
@@ -30,6 +33,15 @@ class WorkerContext:
             return Path(self.settings.signing_key)
         private, _public = ensure_key_pair(self.artifact_dir / ".keys" / DEFAULT_KEY_NAME)
         return private
+
+    def public_key(self) -> Path | None:
+        """The key that checks signatures: LETHE_SIGNING_PUBLIC_KEY, else the signing key's public half."""
+        if self.settings.signing_public_key is not None:
+            return Path(self.settings.signing_public_key)
+        private = self.settings.signing_key or self.artifact_dir / ".keys" / DEFAULT_KEY_NAME
+        if not Path(private).is_file():  # no key: a signed base cannot be checked (the job fails on it)
+            return None
+        return configured_public_key(None, Path(private))
 
 
 @lru_cache(maxsize=4)

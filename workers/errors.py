@@ -9,6 +9,15 @@ class TransientError(RuntimeError):
     """Worth retrying later (the job left the request ``running``; a retry resumes it)."""
 
 
+class IntegrityFailure(RuntimeError):
+    """The base version's files are not what was registered (``service.integrity``); ``check`` says which
+    check failed. The request ends ``failed`` with reason ``integrity_error``."""
+
+    def __init__(self, check: str, message: str, details: dict | None = None):
+        super().__init__(message)
+        self.check, self.details = check, details or {}
+
+
 def is_transient(exc: BaseException) -> bool:
     """Database, broker and lock time-outs: yes; anything else (``UnlearningError``, bad settings, a signing
     failure): no, the request ends ``failed``."""
@@ -30,6 +39,8 @@ def failure_reason(exc: BaseException) -> str:
 
     if isinstance(exc, SigningError):
         return "signing_error"
+    if isinstance(exc, IntegrityFailure):
+        return "integrity_error"
     if isinstance(exc, UnlearningError):
         return "engine_error"
     return "internal_error"

@@ -141,7 +141,7 @@ class BrokerQueueCollector:
 _started: dict[str, object] = {}
 
 
-def start_exporter(port: int, addr: str = "0.0.0.0", broker_url: str | None = None,
+def start_exporter(port: int, addr: str = "127.0.0.1", broker_url: str | None = None,
                    queue: str | None = None, heartbeat_seconds: float = HEARTBEAT_SECONDS) -> int | None:
     """Start the HTTP exporter and the heartbeat thread once per process; returns the port, or None when
     disabled or busy."""

@@ -4,7 +4,10 @@ Delivery is at least once (outbox re-sends, Redis re-delivers after the visibili
 worker's job comes back), so the job is idempotent:
 
 1. The request row is read under its row lock; anything but ``queued`` or ``running`` is skipped
-   (cancelled, rejected, finished).
+   (cancelled, rejected, finished), and so is a request another worker holds with a fresh heartbeat (a
+   duplicate delivery). Otherwise the worker claims it (acknowledges receipt: ``workers.claims``) and a
+   thread writes its heartbeat until the task ends; the dispatcher's sweep queues a request whose heartbeat
+   went stale again.
 2. The per-model lock (``workers.locks``) is taken for the whole job: erasures of one model run one
    after another, so two requests give two chained versions.
 3. Under the lock the status is checked again. ``running`` then means that the worker that started
@@ -15,10 +18,15 @@ worker's job comes back), so the job is idempotent:
    in between, or the stored one was withdrawn), the request is moved onto it: the row's
    ``base_version_id`` changes and a ``request.rebased`` event says from which version to which, so a
    chain never forks. The target is checked on the base with the format's rule; a target that is no
-   longer valid (the client was erased meanwhile) ends the request ``rejected``.
+   longer valid (the client was erased meanwhile) ends the request ``rejected``. Before the engine loads
+   the base, its files are checked against the registration (``service.integrity``: no link, the content
+   hash, the signature of a published version); a base that fails ends the request ``failed`` (reason
+   ``integrity_error``, an audit event ``model.version_integrity_failed``).
 5. The new version is written to ``<model>/.staging/<request id>/version`` and signed there
    (``model.sig``); ``service.versions.register_staged_version`` numbers it, moves it to ``<model>/v<N>``
-   and records it, and ``mark_published`` follows, in one transaction. A journal
+   and records it; the versions that still hold the erased data are withdrawn
+   (``service.withdrawal``), ``mark_published`` follows, and the erasure certificate and the audit checkpoint
+   are signed (``workers.certify``), in one transaction. A journal
    (``.staging/<request id>.json``) names the final directory while it is not committed, so a retry
    after a crash in that window removes the orphan.
 
@@ -45,10 +53,14 @@ from sqlalchemy.orm import Session
 from lethe_format import FormatError
 from service import lifecycle, versions
 from service.audit import append_event, jsonable
+from service.integrity import IntegrityError, RegisteredVersion, SignatureUnavailable, check_version
 from service.models import ErasureRequest, ModelVersion, RequestStatus, Stage, VersionStatus, utcnow
+from service.withdrawal import withdraw_holding_versions
 from workers import metrics
+from workers.certify import certify_publication
+from workers.claims import RequestHeartbeat, claim, holder_elsewhere
 from workers.context import WorkerContext, data_cache, default_context
-from workers.errors import failure_reason, is_transient
+from workers.errors import IntegrityFailure, failure_reason, is_transient
 from workers.figures import StageClock, job_figures
 from workers.locks import model_lock
 from workers.signing import SIGNATURE_NAME, SigningError, public_key_path, sign_directory, verify_directory
@@ -65,6 +77,8 @@ def process_request(request_id: str | uuid.UUID, context: WorkerContext | None =
     context = context or default_context()
     request_id = uuid.UUID(str(request_id))
     began = time.perf_counter()
+    settings, me = context.settings, context.worker_name
+    holder = None
     with context.db.transaction() as session:  # waits for a dispatcher still committing `queued`
         try:
             request = lifecycle.load_for_update(session, request_id)
@@ -73,13 +87,21 @@ def process_request(request_id: str | uuid.UUID, context: WorkerContext | None =
             logger.warning("erasure request %s does not exist; task ignored", request_id)
             return outcome
         status, model_name = request.status, request.model_name
-    if status not in _ACTIVE:
+        if status in _ACTIVE:
+            holder = holder_elsewhere(request, me, settings.worker_stale_seconds)
+            if holder is None:
+                claim(request, me)  # receipt acknowledged: the sweep leaves it alone while the heartbeat is fresh
+    if status not in _ACTIVE or holder is not None:
         outcome = _count("skipped", began)  # counted before the log line (observers wait for the line)
-        logger.info("erasure request %s is %s; task ignored", request_id, status)
+        if holder is not None:
+            logger.info("erasure request %s is held by live worker %s; task ignored", request_id, holder)
+        else:
+            logger.info("erasure request %s is %s; task ignored", request_id, status)
         return outcome
     metrics.IN_PROGRESS.inc()
     try:
-        with model_lock(context.db, context.artifact_dir, model_name, context.settings.lock_wait_seconds):
+        with RequestHeartbeat(context.db, request_id, me, settings.heartbeat_seconds), \
+                model_lock(context.db, context.artifact_dir, model_name, settings.lock_wait_seconds):
             outcome = _run_locked(request_id, context)
     finally:
         metrics.IN_PROGRESS.dec()
@@ -102,6 +124,7 @@ class _Job:
     pair_ids: list[str] | None
     base_path: str
     base_number: int
+    base: RegisteredVersion
     resumed: bool
 
 
@@ -133,8 +156,10 @@ def _start(request_id: uuid.UUID, context: WorkerContext) -> _Job | str:
                 "worker": socket.gethostname(), "pid": os.getpid(),
             }, request_id=request.id)
         lifecycle.mark_running(session, request, Stage.LOADING, 0.0)
+        claim(request, context.worker_name)
         return _Job(request.id, request.model_name, request.scope, request.client_id,
-                    list(request.pair_ids) if request.pair_ids else None, base.path, base.version, resumed)
+                    list(request.pair_ids) if request.pair_ids else None, base.path, base.version,
+                    RegisteredVersion.of(base, request.model_name), resumed)
 
 
 def _settle_base(session: Session, request: ErasureRequest) -> ModelVersion | None:
@@ -189,12 +214,17 @@ def _run_locked(request_id: uuid.UUID, context: WorkerContext) -> str:
         if is_transient(exc):
             raise
         logger.exception("erasure request %s failed", request_id)
+        reason = failure_reason(exc)
         with context.db.transaction() as session:
             request = lifecycle.load_for_update(session, request_id)
+            if isinstance(exc, IntegrityFailure):  # admin-visible: the stored base is not what was registered
+                append_event(session, "model.version_integrity_failed", {
+                    "model": job.model_name, "version": job.base_number, "check": exc.check, "message": str(exc),
+                    "details": exc.details, "during": "erasure"}, request_id=request.id)
             if request.status in _ACTIVE:
-                lifecycle.mark_failed(session, request, exc)
+                lifecycle.mark_failed(session, request, exc, reason=reason)
         _cleanup_staging(context, job)
-        metrics.record_failure(failure_reason(exc))
+        metrics.record_failure(reason)
         return "failed"
 
 
@@ -244,9 +274,11 @@ def _erase_and_publish(job: _Job, context: WorkerContext) -> str:
             return
         with context.db.transaction() as session:
             request = lifecycle.load_for_update(session, job.request_id)
+            claim(request, context.worker_name)  # (again, should a sweep have queued it while we starved)
             lifecycle.mark_running(session, request, stage, progress)
 
     clock.enter(Stage.LOADING.value)
+    _check_base(job, context)
     result = erase_fn(context.artifact_dir / job.base_path, target, settings.erase_method,
                       dict(settings.erase_params), out_dir, gates, on_stage=on_stage, device=settings.device,
                       data_cache=data_cache())
@@ -285,17 +317,46 @@ def _erase_and_publish(job: _Job, context: WorkerContext) -> str:
 
     with context.db.transaction() as session:
         request = lifecycle.load_for_update(session, job.request_id)
-        version, _created = versions.register_staged_version(
-            session, context.artifact_dir, job.model_name, out_dir, journal, parent_version=job.base_number,
-            status=VersionStatus.PUBLISHED, created_by_request_id=request.id,
-            actor={"worker": socket.gethostname(), "pid": os.getpid()},
-        )
-        figures["version"] = {"number": version.version, "path": version.path, "parent_version": job.base_number,
-                              "content_hash": version.content_hash}
-        lifecycle.mark_published(session, request, version, figures)
+        if request.status == RequestStatus.QUEUED.value:  # a sweep queued it again while this worker starved
+            claim(request, context.worker_name)
+            lifecycle.mark_running(session, request, Stage.SIGNING, 0.95)
+        version = publish_staged(session, request, context.artifact_dir, out_dir, journal, job.base_number, figures,
+                                 context.signing_key())
     _cleanup_staging(context, job)
     logger.info("erasure request %s published as %s v%s", job.request_id, job.model_name, version.version)
     return "published"
+
+
+def _check_base(job: _Job, context: WorkerContext) -> None:
+    """The base version's files against its registration (``service.integrity``), before the engine loads it."""
+    try:
+        check_version(context.artifact_dir / job.base_path, job.base, context.public_key())
+    except IntegrityError as exc:
+        metrics.INTEGRITY_FAILURES.labels(exc.check).inc()
+        raise IntegrityFailure(exc.check, f"the base version is not what was registered: {exc.message}",
+                               exc.details) from None
+    except SignatureUnavailable as exc:  # a set-up problem (no key at all), not tampering
+        raise SigningError(f"{exc}; check LETHE_SIGNING_KEY") from None
+
+
+def publish_staged(session: Session, request: ErasureRequest, artifact_dir: Path, staged: Path, journal: Path,
+                   base_number: int, figures: dict, signing_key: Path) -> ModelVersion:
+    """The publication, in the caller's transaction (the request row locked): number, move and record the signed
+    staged version, withdraw the versions that still hold the erased data, mark the request published, sign its
+    certificate and the audit checkpoint."""
+    version, _created = versions.register_staged_version(
+        session, artifact_dir, request.model_name, staged, journal, parent_version=base_number,
+        status=VersionStatus.PUBLISHED, created_by_request_id=request.id,
+        actor={"worker": socket.gethostname(), "pid": os.getpid()},
+    )
+    figures["version"] = {"number": version.version, "path": version.path, "parent_version": base_number,
+                          "content_hash": version.content_hash}
+    withdrawn = withdraw_holding_versions(session, version, request.id, request.scope, request.client_id,
+                                          request.pair_ids)
+    figures["withdrawn_versions"] = [item.version for item in withdrawn]
+    lifecycle.mark_published(session, request, version, figures)
+    certify_publication(session, request, version, withdrawn, figures, signing_key)
+    return version
 
 
 def _sign(out_dir: Path, context: WorkerContext) -> None:

@@ -17,16 +17,15 @@ import os
 from pathlib import Path
 
 from lethe_format import layout
+from service.signatures import VerificationError, hashing_config, verify_directory, write_public_key
 
 SIGNATURE_NAME = layout.SIGNATURE
+__all__ = ["SIGNATURE_NAME", "SigningError", "VerificationError", "ensure_key_pair", "public_key_path",
+           "sign_directory", "verify_directory", "write_public_key"]
 
 
 class SigningError(RuntimeError):
     """The version could not be signed (missing or unreadable key, or the library failed)."""
-
-
-class VerificationError(ValueError):
-    """The signature does not match the directory (or the key), or it is missing."""
 
 
 def public_key_path(private_key: Path) -> Path:
@@ -66,27 +65,6 @@ def ensure_key_pair(private_key: Path) -> tuple[Path, Path]:
     return private_key, public
 
 
-def write_public_key(private_key: Path, out: Path) -> Path:
-    """Write the public half of ``private_key`` to ``out`` (atomically: a temporary file, then a rename)."""
-    from cryptography.hazmat.primitives import serialization
-
-    key = serialization.load_pem_private_key(Path(private_key).read_bytes(), password=None)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    temporary.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                        serialization.PublicFormat.SubjectPublicKeyInfo))
-    os.replace(temporary, out)
-    return out
-
-
-def _hashing_config(signature: Path, directory: Path):
-    from model_signing import hashing
-
-    ignored = [signature.relative_to(directory)] if signature.is_relative_to(directory) else []
-    return hashing.Config().set_ignored_paths(paths=ignored, ignore_git_paths=True)
-
-
 def sign_directory(directory: str | Path, private_key: str | Path, signature: str | Path | None = None) -> Path:
     """Sign every file of ``directory``; the signature goes to ``signature`` (default
     ``<directory>/model.sig``). Raises ``SigningError``."""
@@ -101,26 +79,9 @@ def sign_directory(directory: str | Path, private_key: str | Path, signature: st
         import model_signing
 
         config = model_signing.signing.Config().use_elliptic_key_signer(private_key=private_key)
-        config.set_hashing_config(_hashing_config(signature, directory))
+        config.set_hashing_config(hashing_config(signature, directory))
         config.sign(directory, signature)
     except Exception as exc:  # the library raises many kinds; all mean "not signed"
         signature.unlink(missing_ok=True)
         raise SigningError(f"signing {directory} failed: {type(exc).__name__}: {exc}") from exc
     return signature
-
-
-def verify_directory(directory: str | Path, public_key: str | Path, signature: str | Path | None = None) -> None:
-    """Check ``directory`` against its signature with the public key; raises ``VerificationError``
-    naming what differs (a changed, extra or missing file)."""
-    directory = Path(directory).resolve()
-    signature = Path(signature).resolve() if signature else directory / SIGNATURE_NAME
-    if not signature.is_file():
-        raise VerificationError(f"no signature at {signature}")
-    try:
-        import model_signing
-
-        config = model_signing.verifying.Config().use_elliptic_key_verifier(public_key=Path(public_key))
-        config.set_hashing_config(_hashing_config(signature, directory))
-        config.verify(directory, signature)
-    except Exception as exc:
-        raise VerificationError(f"{directory}: {exc}") from exc

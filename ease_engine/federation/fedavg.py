@@ -28,24 +28,25 @@ from tqdm.auto import tqdm
 
 from ease_engine.atomic import new_directory, write_json
 from ease_engine.data.dataset import NO_CLIENT, CaptionDataset
-from ease_engine.evaluation.evaluate import retrieval_metrics
 from ease_engine.federation.config import FederationConfig
 from ease_engine.federation.data_cache import FederationDataCache
 from ease_engine.federation.ledger import Ledger
 from ease_engine.federation.training import EncodedCaptions, derive_seed, train_local
-from ease_engine.federation.update_store import StoredRound, save_round, store_nbytes
+from ease_engine.federation.update_store import StoredRound, save_round
+from ease_engine.federation.version import (
+    clients_index,
+    federation_metadata,
+    history_entry,
+    write_federation_version,
+)
 from ease_engine.linalg.forget_lock import ForgetLock
 from ease_engine.models.blocks import (
-    TOKEN_EMBEDDING,
     ParameterBlock,
-    blocks_numel,
     read_blocks,
     trainable_blocks,
     write_blocks,
 )
 from ease_engine.models.factory import ClipBundle, build_model
-from ease_engine.models.version_io import write_model_files
-from lethe_format import ClientsIndex, layout
 
 CHECKPOINT = "checkpoint"
 
@@ -146,6 +147,65 @@ def round_participants(config: FederationConfig, clients: list[int], round_index
     return sorted(int(k) for k in rng.choice(pool, size=m, replace=False))
 
 
+class RoundAggregate:
+    """The server side of one FedAvg round: theta^t = theta^(t-1) + sum_k p_k Delta_k^t.
+
+    ``add`` takes one client's trained block values, forms its raw update against the round's
+    start, filters it through the Forget Lock (if any), weights it by p_k = n_k / sum n and
+    records the weighted update in the ledger (if any). ``result`` is the new global model.
+    Clients must be added in a fixed order (the built-in simulation and the Flower strategy
+    both add them in increasing client id) for runs to agree bit for bit.
+    """
+
+    def __init__(
+        self,
+        start: dict[str, torch.Tensor],
+        sizes: dict[int, int],
+        round_index: int,
+        ledger: Ledger | None = None,
+        lock: ForgetLock | None = None,
+        keep_raw: bool = False,
+    ) -> None:
+        self.start = start
+        self.sizes = sizes
+        self.total = sum(sizes.values())
+        self.round_index = round_index
+        self.ledger = ledger
+        self.lock = lock
+        self.aggregate = {name: torch.zeros_like(v) for name, v in start.items()}
+        self.raw_updates: dict[int, dict[str, torch.Tensor]] | None = {} if keep_raw else None
+        self.weights: dict[int, float] = {}
+
+    def add(self, client: int, local: dict[str, torch.Tensor]) -> dict:
+        """Aggregate client ``client``'s trained values; returns its weight and lock interventions."""
+        weight = self.sizes[client] / self.total
+        start = self.start
+        raw = {name: local[name] - start[name] for name in start}
+        interventions = 0
+        if self.lock is not None:
+            raw, counts = self.lock.apply_to_updates(raw, theta_current=start)
+            raw = {name: v.to(start[name].dtype) for name, v in raw.items()}
+            interventions = sum(counts.values())
+        if self.raw_updates is not None:
+            self.raw_updates[client] = raw
+        weighted = {name: weight * delta for name, delta in raw.items()}
+        for name, delta in weighted.items():
+            self.aggregate[name] += delta
+        if self.ledger is not None:
+            self.ledger.record(client, self.round_index, weighted)
+        self.weights[client] = weight
+        return {"weight": weight, "lock_interventions": interventions}
+
+    def result(self) -> dict[str, torch.Tensor]:
+        return {name: self.start[name] + self.aggregate[name] for name in self.start}
+
+    def save_updates(self, directory: Path) -> None:
+        """Keep the round's raw (lock-filtered) updates and its start (see :mod:`update_store`)."""
+        if self.raw_updates is None:
+            raise ValueError("this round was aggregated without keep_raw=True; its raw updates are gone")
+        save_round(directory, StoredRound(self.round_index, self.start, self.raw_updates, dict(self.weights)))
+
+
 def fedavg_round(
     setup: FederationSetup,
     round_index: int,
@@ -162,51 +222,42 @@ def fedavg_round(
     the round's raw updates there (see :mod:`update_store`); ``lock`` (an erased version's
     Forget Lock) filters every client update before aggregation and counts interventions.
     """
-    tc = setup.config.training
     model = setup.bundle.model
     items_of = items_of or setup.client_items
     start = read_blocks(model, setup.blocks)
     sizes = {k: len(items_of(k)) for k in participants}
-    total = sum(sizes.values())
-    aggregate = {name: torch.zeros_like(v) for name, v in start.items()}
-    raw_updates: dict[int, dict[str, torch.Tensor]] = {}
+    round_aggregate = RoundAggregate(start, sizes, round_index, ledger, lock, keep_raw=store_to is not None)
     stats = {}
     for k in participants:
         write_blocks(model, setup.blocks, start)
-        result = train_local(
-            setup.bundle,
-            setup.train,
-            setup.captions,
-            items_of(k),
-            epochs=tc.local_epochs,
-            batch_size=tc.batch_size,
-            lr=lr,
-            weight_decay=tc.weight_decay,
-            seed=derive_seed(tc.seed, round_index, k),
-            device=setup.device,
-            amp=tc.amp,
-        )
-        weight = sizes[k] / total
-        local = read_blocks(model, setup.blocks)
-        raw = {name: local[name] - start[name] for name in start}
-        interventions = 0
-        if lock is not None:
-            raw, counts = lock.apply_to_updates(raw, theta_current=start)
-            raw = {name: v.to(start[name].dtype) for name, v in raw.items()}
-            interventions = sum(counts.values())
-        if store_to is not None:
-            raw_updates[k] = raw
-        weighted = {name: weight * delta for name, delta in raw.items()}
-        for name, delta in weighted.items():
-            aggregate[name] += delta
-        if ledger is not None:
-            ledger.record(k, round_index, weighted)
-        stats[k] = {**result, "weight": weight, "lock_interventions": interventions}
-    write_blocks(model, setup.blocks, {name: start[name] + aggregate[name] for name in start})
+        result = train_client(setup, items_of(k), round_index, k, lr)
+        stats[k] = {**result, **round_aggregate.add(k, read_blocks(model, setup.blocks))}
+    write_blocks(model, setup.blocks, round_aggregate.result())
     if store_to is not None:
-        weights = {k: s["weight"] for k, s in stats.items()}
-        save_round(store_to, StoredRound(round_index, start, raw_updates, weights))
+        round_aggregate.save_updates(store_to)
     return stats
+
+
+def train_client(setup: FederationSetup, items: np.ndarray, round_index: int, client: int, lr: float) -> dict:
+    """Client ``client``'s local training of round ``round_index`` on ``items``, in place on the model.
+
+    The seed comes from (run seed, round, client): the built-in simulation and a Flower
+    ClientApp train identically.
+    """
+    tc = setup.config.training
+    return train_local(
+        setup.bundle,
+        setup.train,
+        setup.captions,
+        items,
+        epochs=tc.local_epochs,
+        batch_size=tc.batch_size,
+        lr=lr,
+        weight_decay=tc.weight_decay,
+        seed=derive_seed(tc.seed, round_index, client),
+        device=setup.device,
+        amp=tc.amp,
+    )
 
 
 def _config_hash(config: FederationConfig) -> str:
@@ -234,14 +285,6 @@ def _load_checkpoint(work: Path, setup: FederationSetup) -> tuple[dict, Ledger |
     write_blocks(setup.bundle.model, setup.blocks, load_file(str(path / "global.safetensors")))
     ledger = Ledger.load(path / "ledger", setup.fingerprint) if (path / "ledger").exists() else None
     return progress, ledger
-
-
-def clients_index(train: CaptionDataset, excluded: list[int]) -> ClientsIndex:
-    """``clients.json`` of a trained federation: each client's pair ids; excluded clients marked."""
-    return ClientsIndex.from_pairs(
-        {str(k): [train.pair_ids[i] for i in train.client_indices(k)] for k in train.clients},
-        excluded=[str(k) for k in excluded],
-    )
 
 
 def run_federation(
@@ -297,20 +340,8 @@ def run_federation(
         store = config.ledger.store_updates_every
         store_to = work / "updates" if store and t % store == 0 else None
         stats = fedavg_round(setup, t, participants, lr, ledger, store_to=store_to)
-        loss = sum(s["loss"] * s["weight"] for s in stats.values())
-        entry = {
-            "round": t,
-            "lr": lr,
-            "loss": loss,
-            "participants": participants,
-            "samples": sum(s["samples"] for s in stats.values()),
-            "steps": sum(s["steps"] for s in stats.values()),
-            "train_seconds": sum(s["train_seconds"] for s in stats.values()),
-            "seconds": time.perf_counter() - t0,
-            "ledger_bytes": ledger.nbytes() if ledger else 0,
-        }
-        if tc.eval_every and (t + 1) % tc.eval_every == 0:
-            entry["test"] = retrieval_metrics(setup.bundle, setup.test, setup.device)
+        entry = history_entry(setup, t, lr, participants, stats, time.perf_counter() - t0, ledger)
+        loss = entry["loss"]
         history.append(entry)
         bar.set_postfix(loss=f"{loss:.3f}")
         _save_checkpoint(
@@ -326,30 +357,8 @@ def run_federation(
         if stop_after_round is not None and t + 1 >= stop_after_round and t + 1 < tc.rounds:
             return None
 
-    train_seconds = sum(h["seconds"] for h in history)
-    metrics = {"test": retrieval_metrics(setup.bundle, setup.test, setup.device)} if len(setup.test) else {}
-    metadata = {
-        "kind": "federation",
-        "name": config.name,
-        "config": config.model_dump(mode="json"),
-        "model_fingerprint": setup.fingerprint,
-        "trainable_parameters": blocks_numel(setup.blocks),
-        "token_embedding_rows": sum(1 for b in setup.blocks if b.param == TOKEN_EMBEDDING and b.rows),
-        "rounds": tc.rounds,
-        "train_seconds": train_seconds,
-        "wall_seconds_this_process": time.perf_counter() - began,
-        "samples_processed": sum(h["samples"] for h in history),
-    }
-    with new_directory(out_dir, overwrite=True) as tmp:
-        write_model_files(setup.bundle, tmp, metadata)
-        if ledger is not None:
-            ledger.save(tmp / "ledger")
-        write_json(tmp / layout.CLIENTS, clients_index(setup.train, list(tc.exclude_clients)).to_json())
-        write_json(tmp / "history.json", history)
-        write_json(tmp / "metrics.json", metrics)
-        if (work / "updates").is_dir():
-            shutil.copytree(work / "updates", tmp / "updates")
-            metadata["stored_update_bytes"] = store_nbytes(tmp / "updates")
-            write_json(tmp / "metadata.json", metadata)
+    metadata = federation_metadata(setup, history, wall_seconds_this_process=time.perf_counter() - began)
+    clients = clients_index(setup.train, list(tc.exclude_clients))
+    write_federation_version(out_dir, setup, ledger, history, metadata, clients, work / "updates")
     shutil.rmtree(work, ignore_errors=True)
     return out_dir

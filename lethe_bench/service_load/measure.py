@@ -20,7 +20,7 @@ def wait_ready(base: str, server: subprocess.Popen, timeout: float = 30) -> None
         if server.poll() is not None:
             raise SystemExit(f"the API exited with status {server.returncode}; see its output above")
         try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:  # (the database is known up)
                 return
         except httpx.HTTPError:
             pass

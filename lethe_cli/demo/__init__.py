@@ -48,13 +48,16 @@ from service.settings import Settings, SettingsError
 
 __all__ = ["DemoError", "DemoFailure", "federation_identity", "prepare_workdir", "run_demo"]
 
-ROLES = ("aggregator", "requester", "compliance")
+ROLES = ("aggregator", "requester", "compliance", "admin")
 
 
-def _start_service_state(layout: Layout) -> tuple[dict[str, str], Settings, dict[str, str]]:
-    """The children's environment and settings, the migrated database and one token per role."""
+def _start_service_state(layout: Layout, model: str, client: str) -> tuple[dict[str, str], Settings, dict[str, str]]:
+    """The children's environment and settings, the migrated database and one token per role (the requester
+    granted the one client the demo erases)."""
+    from service import scopes
     from service.auth import create_token
     from service.db import Database, upgrade_database
+    from service.models import ApiToken
 
     key_existed = (layout.var / "keys").is_dir() and any((layout.var / "keys").iterdir())
     env, settings = demo_environment(layout)
@@ -63,12 +66,16 @@ def _start_service_state(layout: Layout) -> tuple[dict[str, str], Settings, dict
     try:
         with database.transaction() as session:
             tokens = {role: create_token(session, f"demo-{role}", role) for role in ROLES}
+            requester_id = session.query(ApiToken.id).filter(ApiToken.name == "demo-requester").order_by(
+                ApiToken.id.desc()).limit(1).scalar()
+            scopes.grant(session, requester_id, model, client, {"demo": True})
     finally:
         database.dispose()
     say(f"database: {show(layout.database)} (SQLite, migrated); broker: {settings.broker_url}")
     say(f"signing key: {show(settings.signing_key)} ({'kept' if key_existed else 'generated'}; public "
         f"{show(settings.signing_public_key)})")
-    say("tokens: aggregator, requester, compliance (stored hashed in the database)")
+    say(f"tokens: aggregator, requester (granted client {client} of {model}), compliance, admin (stored hashed in "
+        "the database)")
     return env, settings, tokens
 
 
@@ -113,10 +120,29 @@ def _check_results(api: Api, layout: Layout, model: str, request_id: str, view: 
             checks.add(f"signature of v{number} (key from /v1/keys)", True)
         except VerificationError as exc:
             checks.add(f"signature of v{number} (key from /v1/keys)", False, str(exc)[:1000])
+        _check_certificate(api, layout, model, request_id, paths["new"], served_key, checks)
+        parent = view["base_version"]["version"]
+        gone = api.call("GET", f"/v1/models/{model}/versions/{parent}/download", "aggregator", expect=(200, 410))
+        checks.add(f"v{parent} withdrawn (its download answers 410)", gone.status_code == 410)
     chain = api.call("GET", "/v1/audit/verify", "compliance").json()
     checks.add(f"audit chain ({chain.get('events_checked')} events, head {chain.get('head', {}).get('seq')})",
                chain.get("ok") is True, "" if chain.get("ok") else json.dumps(chain.get("first_broken_link")))
     return paths
+
+
+def _check_certificate(api: Api, layout: Layout, model: str, request_id: str, version_dir: Path, key: Path,
+                       checks: Checks) -> None:
+    """The erasure certificate, verified as an auditor would (``lethe_format.certificate``): signature, version,
+    audit chain with its signed checkpoints."""
+    from lethe_format.certificate import verify_certificate
+
+    certificate = layout.reports / f"certificate-{request_id}.json"
+    certificate.write_bytes(api.call("GET", f"/v1/erasure-requests/{request_id}/certificate", "compliance").content)
+    export = api.call("GET", "/v1/audit/export", "compliance").json()
+    (layout.reports / "audit-export.json").write_text(json.dumps(export))
+    results = verify_certificate(json.loads(certificate.read_text()), key.read_bytes(), version_dir, export)
+    failed = [f"{r.name}: {r.detail}" for r in results if not r.ok]
+    checks.add(f"certificate ({', '.join(r.name for r in results)})", not failed, "; ".join(failed)[:1000])
 
 
 def _print_where(layout: Layout, settings: Settings, base_url: str, source: Path, model: str,
@@ -143,7 +169,7 @@ def run_demo(federation: Path | None, config: Path, workdir: Path, keep_running:
         layout = prepare_workdir(workdir)
         source = obtain_federation(federation, config)
         model, client = federation_identity(source)
-        env, settings, tokens = _start_service_state(layout)
+        env, settings, tokens = _start_service_state(layout, model, client)
     except (DemoError, SettingsError) as exc:
         say(f"error: {exc}", fg=typer.colors.RED, err=True)
         return 2

@@ -85,7 +85,8 @@ class Children:
         while True:
             self.check()
             with contextlib.suppress(httpx.HTTPError):
-                if api.http.get("/readyz", timeout=2).status_code == 200:
+                if api.http.get("/readyz", timeout=2,  # readiness is for admins (or Prometheus's token)
+                                headers={"Authorization": f"Bearer {api.tokens['admin']}"}).status_code == 200:
                     return
             if time.monotonic() > deadline:
                 raise DemoFailure(f"the API was not ready within {timeout:.0f} s; end of its log:\n"

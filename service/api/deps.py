@@ -25,7 +25,9 @@ async def get_metrics(request: Request) -> ServiceMetrics:
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 
+RequesterOnly = Depends(require_roles(Role.REQUESTER))  # submit and cancel (compliance is read-only)
 RequesterOrCompliance = Depends(require_roles(Role.REQUESTER, Role.COMPLIANCE))
+AdminOnly = Depends(require_roles())
 ComplianceOnly = Depends(require_roles(Role.COMPLIANCE))
 AggregatorOnly = Depends(require_roles(Role.AGGREGATOR))
 
@@ -37,7 +39,8 @@ def link(settings: Settings, path: str) -> str:
 def request_links(settings: Settings, request_id) -> Links:
     base = f"/v1/erasure-requests/{request_id}"
     return Links(self=link(settings, base), report=link(settings, f"{base}/report.json"),
-                 cancel=link(settings, f"{base}/cancel"))
+                 report_pdf=link(settings, f"{base}/report.pdf"), report_html=link(settings, f"{base}/report.html"),
+                 certificate=link(settings, f"{base}/certificate"), cancel=link(settings, f"{base}/cancel"))
 
 
 def request_out(settings: Settings, request: ErasureRequest) -> ErasureRequestOut:

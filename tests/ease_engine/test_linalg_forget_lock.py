@@ -120,7 +120,8 @@ def test_without_epsilon_apply_with_state_equals_apply():
     update = torch.randn(D, generator=torch.Generator().manual_seed(8), dtype=torch.float64) * 5
     a, count_a = lock.apply("text.layer0.lora_A", update)
     b, count_b = lock.apply_with_state("text.layer0.lora_A", update, theta_after + 100 * e[:, 0])
-    assert torch.equal(a, b) and count_a == count_b
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)  # two code paths: equal within rounding
+    assert count_a == count_b
 
 
 def test_empty_and_unknown_blocks():
@@ -166,9 +167,11 @@ def test_save_and_load_round_trip(tmp_path):
         assert torch.equal(a.displacement, b.displacement) and torch.equal(a.anchor, b.anchor)
         assert a.epsilon == b.epsilon
     update = torch.randn(D, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
-    assert torch.equal(
+    # the stored tensors are bit-equal (serialisation is exact); the two projections are separate float64
+    # computations, which BLAS libraries (MKL on AMD) need not round identically: equal within tolerance
+    torch.testing.assert_close(
         lock.apply_with_state("text.layer0.lora_A", update, theta_after)[0],
-        loaded.apply_with_state("text.layer0.lora_A", update, theta_after)[0],
+        loaded.apply_with_state("text.layer0.lora_A", update, theta_after)[0], rtol=1e-12, atol=1e-12,
     )
 
 

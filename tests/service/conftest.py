@@ -22,7 +22,7 @@ from service.app import create_app
 from service.auth import create_token
 from service.db import Database
 from service.settings import Settings
-from tests.db_helpers import temporary_schemas
+from tests.db_helpers import grant, temporary_schemas
 
 
 @pytest.fixture(scope="session")
@@ -97,13 +97,16 @@ def client(app):
 def tokens(db) -> dict[str, str]:
     """Plaintext tokens: one per role, and a second requester."""
     with db.transaction() as session:
-        return {
+        tokens = {
             "requester": create_token(session, "alice", "requester"),
             "requester2": create_token(session, "bob", "requester"),
             "compliance": create_token(session, "carol", "compliance"),
             "aggregator": create_token(session, "agg", "aggregator"),
             "admin": create_token(session, "root", "admin"),
         }
+        for role in ("requester", "requester2"):  # both may ask erasure for every client of the test model
+            grant(session, tokens[role], MODEL)
+        return tokens
 
 
 @pytest.fixture

@@ -221,7 +221,7 @@ def test_a_mixed_batch_commits_the_valid_ones_and_answers_each_like_alone(db, to
         Submission(alice, _body(client_id="0"), "k1"),                      # same key, other body: 409
         Submission(bob, _body(), "k1"),                                     # another token's key space: new
         Submission(alice, _body(client_id="2"), "earlier"),                 # replay of a committed request
-        Submission(alice, _body(model="no-such-model"), None),              # 404 unknown model
+        Submission(alice, _body(model="no-such-model"), None),              # 403: no grant for that model
         Submission(alice, _body(scope="samples", client_id="0", pair_ids=["p1", "p15"]), None),  # 422 pairs
         Submission(alice, _body(scope="samples", client_id="0", pair_ids=["p1", "p2"]), None),  # new
     ]
@@ -233,7 +233,7 @@ def test_a_mixed_batch_commits_the_valid_ones_and_answers_each_like_alone(db, to
     assert isinstance(outcomes[1], ApiError) and outcomes[1].code == "unknown_client"
     assert isinstance(outcomes[3], ApiError) and outcomes[3].status_code == 409
     assert outcomes[5][0].id == earlier.id and outcomes[5][1] is False
-    assert isinstance(outcomes[6], ApiError) and outcomes[6].code == "model_not_found"
+    assert isinstance(outcomes[6], ApiError) and outcomes[6].code == "out_of_scope"
     assert isinstance(outcomes[7], ApiError) and outcomes[7].code == "pair_ids_not_in_client"
     with db.session() as session:
         assert session.scalar(select(func.count()).select_from(ErasureRequest)) == 4  # earlier + 3 new

@@ -15,10 +15,11 @@ from sqlalchemy import inspect
 from service.audit import append_event, verify_chain
 from service.db import Database, downgrade_database, make_engine, upgrade_database
 from service.models import Base
+from tests.db_helpers import grant
 
 REPO = Path(__file__).resolve().parents[2]
-EXPECTED_TABLES = {"alembic_version", "api_tokens", "models", "model_versions", "erasure_requests",
-                   "audit_events", "audit_chain_head", "outbox"}
+EXPECTED_TABLES = {"alembic_version", "api_tokens", "models", "model_versions", "erasure_requests", "audit_checkpoints",
+                   "audit_events", "audit_chain_head", "outbox", "webhook_deliveries", "token_scopes"}
 
 
 def _check_schema(url: str) -> None:
@@ -102,6 +103,8 @@ def test_embedded_default_api_on_sqlite(tmp_path, make_version_dir, artifact_dir
     with db.transaction() as session:
         requester = create_token(session, "alice", "requester")
         aggregator = create_token(session, "agg", "aggregator")
+        admin = create_token(session, "root", "admin")
+        grant(session, requester, "clip-test", "1")
     make_version_dir("clip-test/v1")
     sent = []
     settings = Settings(database_url=url, artifact_dir=artifact_dir, outbox_poll_seconds=0)
@@ -115,6 +118,6 @@ def test_embedded_default_api_on_sqlite(tmp_path, make_version_dir, artifact_dir
         assert client.post(f"{accepted.headers['Location']}/cancel", headers=bearer(requester)).status_code == 200
         report = client.get(f"{accepted.headers['Location']}/report.json", headers=bearer(requester)).json()
         assert report["audit_chain"]["verification"]["ok"] is True
-        assert client.get("/readyz").status_code == 200
+        assert client.get("/readyz", headers=bearer(admin)).status_code == 200
     assert sent == ["lethe.erase"]
     db.dispose()

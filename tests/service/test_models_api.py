@@ -108,7 +108,7 @@ def test_register_validation(client, auth, make_version_dir):
 def test_download_streams_a_zip_of_the_directory(client, auth, make_version_dir):
     make_version_dir("clip-test/v1", weights=bytes(range(256)) * 20_000)  # ~5 MB: several chunks
     _register(client, auth, "clip-test/v1")
-    response = client.get("/v1/models/clip-test/versions/1/download", headers=auth("requester"))
+    response = client.get("/v1/models/clip-test/versions/1/download", headers=auth("aggregator"))
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/zip"
     assert response.headers["x-content-hash"].startswith("sha256:")

@@ -25,7 +25,7 @@ def test_broker_down_keeps_the_request_and_sends_later(client, auth, registered_
     assert message.sent_at is None and message.attempts == 1 and "broker unreachable" in message.last_error
     status = client.get(f"/v1/erasure-requests/{request_id}", headers=auth("requester")).json()["status"]
     assert status == "received"
-    metrics = client.get("/metrics").text
+    metrics = client.get("/metrics", headers=auth("admin")).text
     assert "lethe_outbox_unsent 1.0" in metrics and "lethe_queue_depth 1.0" in metrics
 
     # still down: the dispatcher counts the attempt and stops the pass at the first failure

@@ -1,10 +1,13 @@
-"""Plots in report.pdf, drawn from the figures the worker recorded (no database needed)."""
+"""Plots in report.pdf, drawn from the figures the worker recorded (no database needed); odd or missing figures
+give fewer plots, never an error."""
 
 from __future__ import annotations
 
 import pytest
 
-from service.reports import render_pdf, report_plots
+from service.reporting import summary
+from service.reporting.pdf import render_pdf
+from service.reporting.plots import report_plots
 
 FIGURES = {
     "metrics": {split: {"i2t_r1": 3.0, "i2t_r5": 9.0, "i2t_r10": 15.0, "t2i_r1": 2.0, "t2i_r5": 8.0,
@@ -21,26 +24,35 @@ FIGURES = {
         "nonmembers_mean": 0.25, "nonmembers_median": 0.25, "members_split": "forget", "nonmembers_split": "test",
     }},
 }
-TITLES = ["Retrieval before and after the erasure", "Verification gates", "Entanglement: principal angles",
-          "Membership inference: similarity of forget pairs vs non-members"]
+TITLES = ["recall", "gates", "angles", "similarity"]
 
 
 def report(status: str = "published", result=None, failure=None) -> dict:
+    """A report as ``build_report`` makes it, without a database."""
+    figures, failed = result if isinstance(result, dict) else {}, failure if isinstance(failure, dict) else {}
     return {
-        "request": {"id": "r1", "status": status, "scope": "client", "client_id": "0", "model": "m"},
+        "generated_at": "2026-11-28T00:00:00Z",
+        "request": {"id": "r1", "status": status, "scope": "client", "client_id": "0", "model": "m",
+                    "requester": "alice", "created_at": "2026-11-28T00:00:00Z", "pair_ids": None},
         "legal_basis": {"code": "federation_exit", "description": "exit", "reason": None},
-        "timeline": [{"seq": 1, "at": "2026-11-28T00:00:00.000000Z", "type": "request.received"}],
-        "lineage": {"ancestry": [{"version": 1, "status": "registered", "content_hash": "sha256:x"}]},
+        "outcome": summary.verdict(status, figures, failed),
+        "gates": summary.gate_rows(figures, failed),
+        "timeline": [{"seq": 1, "at": "2026-11-28T00:00:00.000000Z", "type": "request.received",
+                      "summary": "Request received", "payload": {}}],
+        "lineage": {"model": "m", "ancestry": [{"version": 1, "status": "registered", "content_hash": "sha256:x"}],
+                    "withdrawn": []},
         "verification": {"status": status, "result": result, "failure": failure},
+        "certificate": {"available": False, "digest": None, "link": "/c"},
         "audit_chain": {"events": [{"seq": 1, "hash": "a" * 64}], "head": {"seq": 1, "hash": "a" * 64},
-                        "verification": {"ok": True}, "rule": "hash = ..."},
+                        "verification": {"ok": True}, "rule": "hash = ...", "checkpoint": None},
+        "verify_offline": [{"step": "look", "command": "true"}],
     }
 
 
 def test_all_four_plots_from_published_figures():
     plots = report_plots(report(result=FIGURES))
-    assert [title for title, _ in plots] == TITLES
-    assert all(png.startswith(b"\x89PNG") for _, png in plots)
+    assert [key for key, _, _ in plots] == TITLES
+    assert all(png.startswith(b"\x89PNG") for _, _, png in plots)
     with_plots, without = render_pdf(report(result=FIGURES)), render_pdf(report())
     assert with_plots.startswith(b"%PDF") and with_plots.count(b"/Subtype /Image") == 4
     assert without.count(b"/Subtype /Image") == 0
@@ -49,7 +61,7 @@ def test_all_four_plots_from_published_figures():
 def test_similarity_plot_needs_only_the_distribution():
     """Without the AUC (no membership figures) the title loses it but the plot is drawn."""
     figures = {"distributions": FIGURES["distributions"]}
-    assert [title for title, _ in report_plots(report(result=figures))] == TITLES[3:]
+    assert [key for key, _, _ in report_plots(report(result=figures))] == TITLES[3:]
     failed = {**FIGURES, "gates": []}
     pdf = render_pdf(report("verification_failed", result=failed))
     assert pdf.startswith(b"%PDF") and pdf.count(b"/Subtype /Image") == 3
@@ -77,7 +89,7 @@ def similarity(**changes) -> dict:
     similarity(nonmembers=[True, 1, 1, 1]),
 ])
 def test_missing_or_malformed_distributions_omit_the_similarity_plot(result):
-    titles = [title for title, _ in report_plots(report(result=result))]
+    titles = [key for key, _, _ in report_plots(report(result=result))]
     assert titles == TITLES[:3]
     assert render_pdf(report(result=result)).count(b"/Subtype /Image") == 3
 
@@ -85,7 +97,7 @@ def test_missing_or_malformed_distributions_omit_the_similarity_plot(result):
 def test_failed_gates_are_plotted_from_the_failure():
     failure = {"kind": "verification", "failed_gates": ["mia_loss_auc"], "gates": FIGURES["gates"]}
     plots = report_plots(report("verification_failed", failure=failure))
-    assert [title for title, _ in plots] == ["Verification gates"]
+    assert [key for key, _, _ in plots] == ["gates"]
 
 
 @pytest.mark.parametrize("result", [{}, {"metrics": "odd", "gates": [{"name": "g"}], "angles": []},

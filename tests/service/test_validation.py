@@ -12,16 +12,20 @@ from lethe_format import ClientsIndex
 
 
 def _error(response) -> dict:
+    """RFC 9457 problem details, and the earlier ``error`` member saying the same."""
+    assert response.headers["content-type"].startswith("application/problem+json")
     body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}, body
-    assert body["error"]["message"]
+    assert set(body) == {"type", "title", "status", "detail", "code", "details", "error"}, body
+    assert body["status"] == response.status_code and body["type"] == f"urn:lethe:problem:{body['code']}"
+    assert body["detail"] and body["title"]
+    assert body["error"] == {"code": body["code"], "message": body["detail"], "details": body["details"]}
     return body["error"]
 
 
 @pytest.mark.parametrize(
     ("body", "status", "code"),
     [
-        (erasure_body(model="no-such-model"), 404, "model_not_found"),
+        (erasure_body(model="no-such-model"), 403, "out_of_scope"),  # no grant (checked before the model)
         (erasure_body(client_id="99"), 422, "unknown_client"),
         (erasure_body(scope="samples", client_id="1", pair_ids=["p11", "p2", "p3", "nope"]), 422,
          "pair_ids_not_in_client"),

@@ -19,7 +19,7 @@ from service.app import create_app
 from service.auth import create_token
 from service.db import Database
 from service.settings import Settings
-from tests.db_helpers import temporary_schemas
+from tests.db_helpers import grant, temporary_schemas
 from workers.signing import ensure_key_pair
 
 
@@ -100,9 +100,11 @@ def client(settings, db, sender):
 @pytest.fixture
 def tokens(db) -> dict[str, str]:
     with db.transaction() as session:
-        return {"requester": create_token(session, "alice", "requester"),
-                "aggregator": create_token(session, "agg", "aggregator"),
-                "compliance": create_token(session, "carol", "compliance")}
+        tokens = {"requester": create_token(session, "alice", "requester"),
+                  "aggregator": create_token(session, "agg", "aggregator"),
+                  "compliance": create_token(session, "carol", "compliance")}
+        grant(session, tokens["requester"], MODEL)
+        return tokens
 
 
 @pytest.fixture

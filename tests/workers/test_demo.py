@@ -18,13 +18,14 @@ from typer.testing import CliRunner
 
 from lethe_cli.demo import DemoError, federation_identity, prepare_workdir
 from lethe_cli.main import app
+from tests.pdf_text import pdf_pages
 from workers.signing import verify_directory
 
 REPO = Path(__file__).resolve().parents[2]
 ERASE_PARAMS = {"steps": 20}  # a short displacement: seconds
 DEFAULT_GATES: dict = {}  # the production gates as shipped
-# a residual band no real erasure meets (EASE's is about -0.2 on this federation): the gate fails visibly
-STRICT_GATES = {"residual_max": 0.01}
+# bands without tolerance or noise allowance: no real erasure puts its membership-inference AUC at exactly 0.5
+STRICT_GATES = {"z": 0.001, "r1_tolerance": 0.0, "mia_tolerance": 0.0}
 
 
 def run_demo(cwd: Path, federation: Path, workdir: Path, gates: dict) -> subprocess.CompletedProcess:
@@ -67,13 +68,20 @@ def test_demo_runs_the_whole_service_and_stops(gate_versions, tmp_path):
     assert (v1 / "clients.json").is_file() and (v2 / "model.sig").is_file()
     verify_directory(v2, workdir / "var" / "keys" / "lethe-signing-key.pem.pub")  # raises if it does not verify
     assert re.search(r"ok\s+signature of v2", output) and re.search(r"ok\s+audit chain \(\d+ events", output)
+    assert re.search(r"ok\s+certificate \(signature, statement, version, audit chain, audit head\)", output)
+    assert re.search(r"ok\s+v1 withdrawn \(its download answers 410\)", output)
     assert (workdir / "var" / "lethe.db").is_file()
+    pages = pdf_pages(report_pdf.read_bytes())  # page 1: verdict, gate table, signature digest; no raw JSON
+    assert "Verdict: " in pages[0] and "What it measures" in pages[0] and "No-op control" in pages[0]
+    assert report["signature"]["digest"] and report["signature"]["digest"] in pages[0]
+    assert all(gate["name"] in pages[0] for gate in report["gates"]) and report["gates"]
+    assert not any(re.search(r'[{\[]\s*"|"\s*:\s*[{\["\d]', page) for page in pages)
 
     # a second run in the same folder: a fresh state (v1 again), the key kept; strict gates fail visibly
     failed = run_demo(tmp_path, federation, workdir, STRICT_GATES)
     output = failed.stdout + failed.stderr
     assert failed.returncode == 1, output[-6000:]
-    assert "verification_failed" in output and "FAIL  ledger_residual" in output and "demo FAILED" in output
+    assert "verification_failed" in output and "FAIL  mia_" in output and "demo FAILED" in output
     assert "lethe-signing-key.pem (kept" in output
     assert re.search(r"ok\s+audit chain", output) and re.search(r"ok\s+report\.pdf is a PDF", output)
     assert not (workdir / "artifacts" / "gates" / "v2").exists()

@@ -37,7 +37,8 @@ def mounts(service: dict) -> dict[str, tuple[str, str]]:
 
 def test_services_and_build_files(compose):
     services = compose["services"]
-    assert set(services) == {"postgres", "redis", "migrate", "keygen", "api", "dispatcher", "worker", "prometheus",
+    assert set(services) == {"postgres", "redis", "migrate", "keygen", "scrape-token", "api", "dispatcher", "worker",
+                             "prometheus",
                              "grafana"}
     for name, dockerfile in (("api", "deploy/Dockerfile.api"), ("dispatcher", "deploy/Dockerfile.api"),
                              ("migrate", "deploy/Dockerfile.api"), ("worker", "deploy/Dockerfile.worker"),
@@ -89,6 +90,21 @@ def test_ports_match_prometheus_targets(compose):
     assert services["dispatcher"]["environment"]["LETHE_DISPATCHER_METRICS_ADDR"] == "0.0.0.0"
     mounted = {volume.split(":")[0] for volume in services["prometheus"]["volumes"]}
     assert "./deploy/prometheus.yml" in mounted
+
+
+def test_prometheus_scrapes_the_api_with_the_token_the_api_reads(compose):
+    """/metrics needs a token: Prometheus reads the file the API is configured with, from the same volume."""
+    services = compose["services"]
+    job = {job["job_name"]: job for job in yaml.safe_load((DEPLOY / "prometheus.yml").read_text())["scrape_configs"]}
+    authorization = job["lethe-api"]["authorization"]
+    assert authorization["type"] == "Bearer"
+    in_prometheus = Path("/etc/prometheus") / authorization["credentials_file"]  # relative to the config file
+    token_file = Path(services["api"]["environment"]["LETHE_METRICS_TOKEN_FILE"])
+    assert mounts(services["prometheus"])[str(in_prometheus.parent)][0] == mounts(services["api"])[
+        str(token_file.parent)][0] == "metrics-token"
+    assert in_prometheus.name == token_file.name
+    assert services["api"]["depends_on"]["scrape-token"]["condition"] == "service_completed_successfully"
+    assert token_file.name in " ".join(services["scrape-token"]["command"])
 
 
 def test_grafana_dashboard_uses_existing_metrics(compose):
@@ -231,6 +247,9 @@ def test_images_hold_the_packages_their_code_imports():
 
     include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
     packages = {pattern.rstrip("*") for pattern in include}
-    assert packages <= _copied("Dockerfile.worker"), packages - _copied("Dockerfile.worker")
+    # lethe_flower needs the `flower` extra, which the worker image does not install: it has its own image
+    in_worker = packages - {"lethe_flower"}
+    assert in_worker <= _copied("Dockerfile.worker"), in_worker - _copied("Dockerfile.worker")
+    assert {"lethe_format", "ease_engine", "lethe_flower"} <= _copied("flower/Dockerfile")
     assert {"service", "lethe_format", "migrations", "lethe_cli"} <= _copied("Dockerfile.api")  # lethe-admin
-    assert not {"ease_engine", "workers", "lethe_bench"} & _copied("Dockerfile.api")
+    assert not {"ease_engine", "workers", "lethe_bench", "lethe_flower"} & _copied("Dockerfile.api")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-
 from fastapi import APIRouter
 
+from lethe_format.dsse import key_id
 from service.api.deps import SettingsDep
+from service.api.problems import problems
 from service.errors import ApiError
 from service.settings import Settings
 
@@ -27,7 +27,8 @@ def public_key_pem(settings: Settings) -> str | None:
     return None
 
 
-@router.get("/keys")
+@router.get("/keys", summary="The signing public key", responses=problems(503, descriptions={
+    503: "The configured signing key cannot be read"}))
 def keys(settings: SettingsDep):
     """No authentication needed. ``keys`` is empty when no signing key is configured."""
     try:
@@ -38,5 +39,4 @@ def keys(settings: SettingsDep):
                        "LETHE_SIGNING_PUBLIC_KEY.") from exc
     if pem is None:
         return {"keys": [], "message": "No signing key is configured (LETHE_SIGNING_PUBLIC_KEY)."}
-    return {"keys": [{"kid": hashlib.sha256(pem.strip().encode()).hexdigest()[:16], "format": "PEM",
-                      "pem": pem}]}
+    return {"keys": [{"kid": key_id(pem), "format": "PEM", "pem": pem}]}
