@@ -25,6 +25,7 @@ from pathlib import Path
 from ease_engine.atomic import write_json
 from lethe_bench.markdown import replace_section, table
 from lethe_bench.pretrain import ensure as ensure_pretrained
+from lethe_bench.references import ensure_references
 from lethe_bench.run_seed import run_seed
 from lethe_bench.scenarios import SCENARIOS
 from lethe_bench.summary import R1, gap_table, gate_case_table, scenario_table, summarise_scenario
@@ -80,6 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=Path("docs/results/unlearning.json"))
     parser.add_argument("--reactivation-rounds", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="tiny scenarios, one seed, nothing written to docs/")
+    parser.add_argument("--references-only", action="store_true",
+                        help="only train (or find cached) the original and retrain of each scenario and seed: "
+                             "several such processes with disjoint --scenarios/--seeds fill the cache in parallel")
     args = parser.parse_args(argv)
 
     def log(message: str) -> None:
@@ -95,12 +99,18 @@ def main(argv: list[str] | None = None) -> None:
         if scenario.needs_pretrained:
             ensure_pretrained()
         started = time.perf_counter()
+        if args.references_only:
+            for seed in args.seeds:
+                ensure_references(args.root, scenario, seed, args.quick, log=log)
+            continue
         rounds = args.reactivation_rounds if name == REACTIVATION_SCENARIO and not args.quick else 0
         runs = [run_seed(scenario, seed, args.root, args.quick, rounds, REINJECTED if rounds else 0, log=log)
                 for seed in args.seeds]
         summaries[name] = summarise_scenario(runs)
         walls[name] = time.perf_counter() - started
         log(f"{name}: {walls[name]:.0f} s")
+    if args.references_only:
+        return
     result = {"scenarios": summaries, "seconds": {"total": time.perf_counter() - began, **walls},
               "command": "lethe bench" + (" --quick" if args.quick else "")}
     out_json = args.root / "unlearning.json" if args.quick else args.json

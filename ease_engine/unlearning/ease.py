@@ -65,7 +65,7 @@ class EaseParams(BaseModel):
     # closure 2
     displace: bool = True
     towers: Literal["both", "image", "text"] = "both"
-    steps: int = Field(60, ge=0)
+    steps: int = Field(30, ge=0, description="displacement steps (the equal-tuning winner)")
     lr: float = Field(2e-3, gt=0)
     batch_size: int = Field(64, ge=2)
     retain_weight: float = Field(5.0, ge=0)

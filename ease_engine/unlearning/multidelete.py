@@ -47,7 +47,7 @@ class MultiDeleteParams(BaseModel):
     multimodal_weight: float = Field(1.0, ge=0, description="weight of the joint-similarity retention loss")
     unimodal_weight: float = Field(1.0, ge=0, description="weight of the per-tower embedding retention loss")
     steps: int = Field(60, ge=0, description="optimisation steps")
-    lr: float = Field(1e-4, gt=0, description="Adam learning rate")
+    lr: float = Field(3e-4, gt=0, description="Adam learning rate (the equal-tuning winner)")
     batch_size: int = Field(64, ge=2, description="forget pairs and retained pairs per step (each)")
     retain_proxy_size: int = Field(512, ge=2, description="retained pairs the server uses as its proxy")
     seed: int = Field(0, description="seed of the proxy, the batches and the mismatched captions")

@@ -41,6 +41,7 @@ MAX_ROWS_PER_CLIENT = 2048  # representation rows (tokens x pairs) a client cont
 class SfuParams(AscentParams):
     """SFU settings: the representation subspace and the ascent's budget."""
 
+    lr: float = Field(0.03, gt=0, description="SGD step size of the ascent (the equal-tuning winner)")
     representation_energy: float = Field(0.99, gt=0, le=1, description="energy of the retained representations "
                                          "kept in each layer's subspace M (GPM's threshold)")
     pairs_per_client: int = Field(64, ge=2, description="retained pairs per client whose layer inputs describe M")
