@@ -30,7 +30,7 @@ from ease_engine.federation.exclusive import ExclusiveContribution
 from ease_engine.models.version_io import write_model_files
 from ease_engine.unlearning import ErasureTarget, UnlearningContext, UnlearningError, UnlearningOutcome, get_method
 from ease_engine.verification.gates import GateConfig
-from ease_engine.verification.report import VerificationReport, measure, verify
+from ease_engine.verification.report import VerificationReport, concept_pairs_kept, measure, verify
 from ease_engine.verification.splits import VerificationSplits, build_verification_splits
 from lethe_format import build_manifest, content_hash, directory_digests, layout
 
@@ -123,7 +123,8 @@ def erase(
 
         retrained = measure(load_version(reference_dir, device)[0], splits, gates, concept, exclusive, blocks, device)
         reference = {"kind": "retrain", "path": str(reference_dir), **retrained.model_dump(mode="json")}
-    report = verify(outcome.bundle, parent, splits, gates, concept, exclusive, blocks, reference, device)
+    kept = concept_pairs_kept(context.setup.train, context.retain_items(target), concept)
+    report = verify(outcome.bundle, parent, splits, gates, concept, exclusive, blocks, reference, device, kept)
     written = None
     if out_dir is not None and (report.passed or publish_on_failure):
         written = write_erased_version(

@@ -15,7 +15,7 @@ from ease_engine.federation.exclusive import ExclusiveContribution
 from ease_engine.models.factory import ClipBundle
 from ease_engine.unlearning import ErasureTarget, UnlearningContext
 from ease_engine.verification.gates import GateConfig
-from ease_engine.verification.report import Figures, VerificationReport, measure, verify
+from ease_engine.verification.report import Figures, VerificationReport, concept_pairs_kept, measure, verify
 from ease_engine.verification.splits import VerificationSplits
 
 SPLITS = ("forget", "retain", "test")
@@ -71,5 +71,6 @@ class Bench:
 
     def verify(self, bundle: ClipBundle) -> VerificationReport:
         """The production verdict of ``bundle`` as a candidate (the parent is the no-op control)."""
+        kept = concept_pairs_kept(self.context.setup.train, self.context.retain_items(self.target), self.concept)
         return verify(bundle, self.parent, self.splits, self.gates, self.concept, self.exclusive,
-                      self.context.setup.blocks, device=self.context.device)
+                      self.context.setup.blocks, device=self.context.device, concept_elsewhere=kept)

@@ -119,10 +119,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         return
     seeds = " ".join(map(str, args.seeds))
-    text = (f"## Unlearning benchmark (issues 9 and 10)\n\nCommand: `lethe bench --seeds {seeds}"
+    chosen = "" if args.scenarios == list(SCENARIOS) else " --scenarios " + " ".join(args.scenarios)
+    text = (f"## Unlearning benchmark (issues 9 and 10)\n\nCommand: `lethe bench{chosen} --seeds {seeds}"
             f"` ({date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} CPU cores, torch threads 1, "
-            f"other work running beside it); {result['seconds']['total'] / 60:.0f} min with the references cached "
-            f"(machine-readable: `docs/results/unlearning.json`).\n\n")
+            f"other work running beside it); this invocation took {result['seconds']['total'] / 60:.0f} min: the "
+            f"references and each seed's rows are cached under `--root` (runs/bench), so a scenario measured "
+            f"before, or by another process (`--references-only`, disjoint `--scenarios`), is read, not re-run "
+            f"(machine-readable: `docs/results/unlearning.json`; wall times per method are those of the run "
+            f"that measured them).\n\n")
     text += "### Production gate cases\n\n" + gate_case_table(summaries) + "\n\n"
     text += "### Avg. Gap to the retrain mean (R@1 points; lowest non-retrain method in bold)\n\n"
     text += gap_table(summaries) + "\n\n### EASE against issue 10's bars\n\n" + bars(summaries) + "\n\n"

@@ -11,8 +11,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, Field, computed_field
 
+from ease_engine.data.dataset import CaptionDataset
 from ease_engine.evaluation.evaluate import concept_items, concept_probe, retrieval_metrics
 from ease_engine.federation.exclusive import ExclusiveContribution
 from ease_engine.models.blocks import ParameterBlock, read_blocks
@@ -68,7 +70,8 @@ def measure(
                    similarity=similarity)
 
 
-def _forgetting_gates(candidate: Figures, parent: Figures, splits: VerificationSplits, config: GateConfig) -> list:
+def _forgetting_gates(candidate: Figures, parent: Figures, splits: VerificationSplits, config: GateConfig,
+                      probe_gated: bool = True) -> list:
     gates = []
     n = splits.matched_size
     if candidate.matched:
@@ -100,7 +103,7 @@ def _forgetting_gates(candidate: Figures, parent: Figures, splits: VerificationS
             "share of the client's exclusive contribution (what no other client's updates span, from the "
             "ledger) still in the weights; 1 for the parent, near 0 for a model never trained on the client",
             candidate.residual["all"], -config.residual_max, config.residual_max, parent.residual["all"]))
-    if candidate.probe is not None and parent.probe is not None:
+    if probe_gated and candidate.probe is not None and parent.probe is not None:
         chance = candidate.probe["chance"]
         se = proportion_se(chance, int(candidate.probe["n_images"]))
         gates.append(Gate.check(
@@ -152,6 +155,14 @@ def _inconclusive_reasons(parent: Figures, splits: VerificationSplits, gates: li
     return reasons
 
 
+def concept_pairs_kept(dataset: CaptionDataset, kept_items: np.ndarray, concept: tuple[str, str] | None) -> int:
+    """How many of the training pairs that stay (``kept_items`` of ``dataset``) show ``concept``: the concept
+    probe is a gate only when none does (a concept the retained clients also hold is not theirs to lose)."""
+    if concept is None or dataset.structure is None or not len(kept_items):
+        return 0
+    return len(concept_items(dataset.subset(np.asarray(kept_items)), *concept))
+
+
 class VerificationReport(BaseModel):
     verdict: Verdict
     reasons: list[str] = Field(default_factory=list)
@@ -186,11 +197,15 @@ def verify(
     blocks: list[ParameterBlock] | None = None,
     reference: dict | None = None,
     device: str = "cpu",
+    concept_elsewhere: int = 0,
 ) -> VerificationReport:
     """Measure ``candidate``, check the gates against ``parent`` (its :func:`measure` figures, the no-op
-    control) and give the verdict."""
+    control) and give the verdict. ``concept_elsewhere``: how many training pairs that stay show the named
+    concept (:func:`concept_pairs_kept`); when any do, the retained clients teach it too, a retrain would know
+    it, and the probe is reported but not gated."""
     figures = measure(candidate, splits, config, concept, exclusive, blocks, device)
-    gates = _forgetting_gates(figures, parent, splits, config) + _utility_gates(figures, parent, splits, config)
+    gates = (_forgetting_gates(figures, parent, splits, config, probe_gated=concept_elsewhere == 0)
+             + _utility_gates(figures, parent, splits, config))
     reasons = [f"failed: {g.summary()}" for g in gates if not g.passed]
     verdict = Verdict.FAILED if reasons else Verdict.PASSED
     if verdict == Verdict.PASSED:
@@ -200,7 +215,8 @@ def verify(
         verdict=verdict, reasons=reasons, gates=gates, metrics=figures.recall, before=parent.recall,
         matched={"gallery_size": splits.matched_size, "candidate": figures.matched, "parent": parent.matched},
         membership=figures.membership, membership_before=parent.membership,
-        probe={"concept": list(concept) if concept else None, "candidate": figures.probe, "parent": parent.probe},
+        probe={"concept": list(concept) if concept else None, "candidate": figures.probe, "parent": parent.probe,
+               "gated": bool(concept) and concept_elsewhere == 0, "kept_pairs_with_concept": concept_elsewhere},
         residual={"candidate": figures.residual, "parent": parent.residual},
         reference=reference or {}, distributions={"similarity": figures.similarity} if figures.similarity else {},
         config=config.model_dump(mode="json"),

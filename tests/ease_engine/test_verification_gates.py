@@ -4,6 +4,7 @@ exclusive concept (``gate_federation_config``)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from ease_engine.models.version_io import load_version
@@ -129,3 +130,32 @@ def test_gate_bands_and_summary():
     floor = Gate.check("y", "utility", "d", 2.0, 3.0, None)
     assert not floor.passed and floor.comparison == ">=" and floor.threshold == 3.0
     assert "FAIL" in floor.summary() and ">= 3" in floor.summary()
+
+
+def test_the_concept_probe_gates_only_a_concept_no_kept_pair_shows():
+    from ease_engine.verification import report as module
+
+    probe = {"accuracy": 60.0, "chance": 12.5, "n_images": 300.0}
+    candidate, parent = _figures(residual=0.0), _figures()
+    candidate.probe, parent.probe = dict(probe), dict(probe)
+    config = GateConfig()
+    gated = {g.name: g for g in module._forgetting_gates(candidate, parent, _Sizes(), config)}
+    assert not gated["concept_probe"].passed  # 60% on a concept that only the erased data taught: it fails
+    shared = {g.name for g in module._forgetting_gates(candidate, parent, _Sizes(), config, probe_gated=False)}
+    assert "concept_probe" not in shared  # retained clients teach it too: reported, not gated
+
+
+def test_concept_pairs_kept_counts_the_pairs_that_stay(gate_versions):
+    from ease_engine.evaluation.evaluate import concept_items
+    from ease_engine.verification.report import concept_pairs_kept
+
+    context = UnlearningContext.load(gate_versions[0])
+    train, concept = context.setup.train, ("colour", "purple")
+    owner = context.setup.client_items(0)
+    kept = context.retain_items(ErasureTarget(0))
+    assert concept_pairs_kept(train, kept, concept) == 0  # client 0 alone holds purple (exclusive partition)
+    purple_of_owner = np.intersect1d(owner, concept_items(train, *concept))
+    assert len(purple_of_owner) > 0
+    with_two = np.concatenate([kept, purple_of_owner[:2]])  # two purple pairs held by a retained client
+    assert concept_pairs_kept(train, with_two, concept) == 2
+    assert concept_pairs_kept(train, kept, None) == 0
