@@ -55,6 +55,7 @@ class Bench:
     concept: tuple[str, str] | None
     gates: GateConfig
     parent: Figures
+    concept_kept: int = 0  # training pairs that stay and show the concept (the probe is a gate only at 0)
 
     @classmethod
     def build(cls, context: UnlearningContext, target: ErasureTarget, gates: GateConfig | None = None,
@@ -63,7 +64,8 @@ class Bench:
         splits, exclusive = verification_inputs(context, target, gates, cache or FederationDataCache(1))
         parent = measure(context.setup.bundle, splits, gates, concept, exclusive, context.setup.blocks,
                          context.device)
-        return cls(context, target, splits, exclusive, concept, gates, parent)
+        kept = concept_pairs_kept(context.setup.train, context.retain_items(target), concept)
+        return cls(context, target, splits, exclusive, concept, gates, parent, kept)
 
     def measure(self, bundle: ClipBundle) -> Figures:
         return measure(bundle, self.splits, self.gates, self.concept, self.exclusive, self.context.setup.blocks,
@@ -71,6 +73,5 @@ class Bench:
 
     def verify(self, bundle: ClipBundle) -> VerificationReport:
         """The production verdict of ``bundle`` as a candidate (the parent is the no-op control)."""
-        kept = concept_pairs_kept(self.context.setup.train, self.context.retain_items(self.target), self.concept)
         return verify(bundle, self.parent, self.splits, self.gates, self.concept, self.exclusive,
-                      self.context.setup.blocks, device=self.context.device, concept_elsewhere=kept)
+                      self.context.setup.blocks, device=self.context.device, concept_elsewhere=self.concept_kept)
