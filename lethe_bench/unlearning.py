@@ -16,6 +16,7 @@ standard deviation over seeds; each gap to the retrain mean is judged against th
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import time
@@ -92,7 +93,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.seeds, args.root = args.seeds[:1], args.root.with_name(args.root.name + "-quick")
         args.scenarios = [s for s in args.scenarios if s not in ("real-images", "pretrained-lora")]
-    began = time.perf_counter()
     summaries, walls = {}, {}
     for name in args.scenarios:
         scenario = SCENARIOS[name]
@@ -111,35 +111,64 @@ def main(argv: list[str] | None = None) -> None:
         log(f"{name}: {walls[name]:.0f} s")
     if args.references_only:
         return
-    result = {"scenarios": summaries, "seconds": {"total": time.perf_counter() - began, **walls},
-              "command": "lethe bench" + (" --quick" if args.quick else "")}
-    out_json = args.root / "unlearning.json" if args.quick else args.json
-    write_json(out_json, result)
-    log(f"wrote {out_json}")
+    command = "lethe bench" + (" --quick" if args.quick else "")
+    for name, summary in summaries.items():
+        summary["measured"] = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, "
+                               f"{os.cpu_count()} CPU cores, torch threads 1",
+                               "command": f"lethe bench --scenarios {name} --seeds " + " ".join(map(str, args.seeds)),
+                               "minutes_this_invocation": round(walls[name] / 60, 1)}
+        if name == REACTIVATION_SCENARIO:
+            summary["reactivation_rounds"], summary["reinjected"] = args.reactivation_rounds, REINJECTED
     if args.quick:
+        out_json = args.root / "unlearning.json"
+        write_json(out_json, {"scenarios": summaries, "command": command})
+        log(f"wrote {out_json}")
         return
-    seeds = " ".join(map(str, args.seeds))
-    chosen = "" if args.scenarios == list(SCENARIOS) else " --scenarios " + " ".join(args.scenarios)
-    text = (f"## Unlearning benchmark (issues 9 and 10)\n\nCommand: `lethe bench{chosen} --seeds {seeds}"
-            f"` ({date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} CPU cores, torch threads 1, "
-            f"other work running beside it); this invocation took {result['seconds']['total'] / 60:.0f} min: the "
-            f"references and each seed's rows are cached under `--root` (runs/bench), so a scenario measured "
-            f"before, or by another process (`--references-only`, disjoint `--scenarios`), is read, not re-run "
-            f"(machine-readable: `docs/results/unlearning.json`; wall times per method are those of the run "
-            f"that measured them).\n\n")
+    merged = merge_results(args.json, summaries)
+    write_json(args.json, merged)
+    log(f"wrote {args.json} ({', '.join(merged['scenarios'])})")
+    replace_section(args.docs, "unlearning", docs_section(merged["scenarios"]))
+    log(f"wrote the unlearning section of {args.docs}")
+
+
+def merge_results(path: Path, measured: dict[str, dict]) -> dict:
+    """The results file with the scenarios just measured replacing their earlier entries; scenarios measured
+    by earlier invocations stay (each carries its own ``measured`` record), in the order of ``SCENARIOS``."""
+    earlier = json.loads(path.read_text()).get("scenarios", {}) if path.is_file() else {}
+    scenarios = {**earlier, **measured}
+    ordered = {name: scenarios[name] for name in SCENARIOS if name in scenarios}
+    return {"scenarios": ordered, "command": "lethe bench (per scenario: scenarios.NAME.measured.command)"}
+
+
+def _measured_line(name: str, summary: dict) -> str:
+    record = summary.get("measured")
+    if record is None:
+        return (f"- {name}: `lethe bench --scenarios {name} --seeds 0 1 2`, measured by an earlier version of this "
+                f"script")
+    return (f"- {name}: `{record['command']}` ({record['date']}, {record['machine']}; "
+            f"{record['minutes_this_invocation']:.0f} min in that invocation)")
+
+
+def docs_section(summaries: dict[str, dict]) -> str:
+    text = ("## Unlearning benchmark (issues 9 and 10)\n\nEach scenario was measured by the command beside it "
+            "(other work running beside it on the same machine); the references and each seed's rows are cached "
+            "under `--root` (runs/bench), so a scenario measured before, or by another process (`--references-only`, "
+            "disjoint `--scenarios`), is read, not re-run, and an invocation over some scenarios keeps the others' "
+            "results (machine-readable: `docs/results/unlearning.json`; wall times per method are those of the run "
+            "that measured them):\n\n" + "\n".join(_measured_line(n, s) for n, s in summaries.items()) + "\n\n")
     text += "### Production gate cases\n\n" + gate_case_table(summaries) + "\n\n"
     text += "### Avg. Gap to the retrain mean (R@1 points; lowest non-retrain method in bold)\n\n"
     text += gap_table(summaries) + "\n\n### EASE against issue 10's bars\n\n" + bars(summaries) + "\n\n"
     for name, summary in summaries.items():
         text += scenario_table(f"{name}: {SCENARIOS[name].summary}", summary) + "\n"
         if "reactivation" in summary:
-            text += (f"Reactivation: {args.reactivation_rounds} more FedAvg rounds on the retained clients at the "
+            rounds = summary.get("reactivation_rounds", 20)
+            reinjected = summary.get("reinjected", REINJECTED)
+            text += (f"Reactivation: {rounds} more FedAvg rounds on the retained clients at the "
                      f"federation's peak learning rate; client 1 holds 30% of the purple images and, as a relearning "
-                     f"attack, {REINJECTED} of the erased client's pairs are re-injected into the first retained "
-                     f"client:\n\n"
-                     + reactivation_table(summary) + "\n\n")
-    replace_section(args.docs, "unlearning", text)
-
+                     f"attack, {reinjected} of the erased client's pairs are re-injected into the first retained "
+                     f"client:\n\n" + reactivation_table(summary) + "\n\n")
+    return text
 
 if __name__ == "__main__":
     main()

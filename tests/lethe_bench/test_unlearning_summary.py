@@ -48,3 +48,25 @@ def test_tables_render_every_method_and_case():
     gaps = gap_table({"exclusive": summary})
     assert "**0.17**" in gaps and "| finetune | 9.00 |" in gaps  # ease: |11.5 - 11| x 2 / 6, the lowest: bold
     assert "| over_ascent | fail | fail (fail/fail) |" in gate_case_table({"exclusive": summary})
+
+
+def test_a_partial_run_replaces_its_scenarios_and_keeps_the_others(tmp_path):
+    import json
+
+    from lethe_bench.unlearning import docs_section, merge_results
+
+    old = summarise_scenario([_run(0, 10.0, 11.0), _run(1, 12.0, 12.0)])
+    path = tmp_path / "unlearning.json"
+    path.write_text(json.dumps({"scenarios": {"samples": old, "exclusive": old}}))
+    new = summarise_scenario([_run(0, 20.0, 21.0), _run(1, 22.0, 22.0)])
+    new["measured"] = {"date": "2026-12-03", "machine": "x86_64", "command": "lethe bench --scenarios samples",
+                       "minutes_this_invocation": 70.0}
+    merged = merge_results(path, {"samples": new, "dirichlet": new})
+    assert list(merged["scenarios"]) == ["exclusive", "dirichlet", "samples"]  # the order of SCENARIOS
+    assert merged["scenarios"]["exclusive"] == old  # not re-measured: kept as it was
+    assert merged["scenarios"]["samples"]["methods"]["ease"]["metrics"]["forget_i2t_r1"]["mean"] == 21.5
+    text = docs_section(merged["scenarios"])
+    assert "`lethe bench --scenarios samples` (2026-12-03" in text
+    assert "exclusive: `lethe bench --scenarios exclusive --seeds 0 1 2`, measured by an earlier version" in text
+    assert text.count("#### ") == 3
+    assert merge_results(tmp_path / "absent.json", {"samples": new})["scenarios"] == {"samples": new}
