@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import threading
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -21,6 +18,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from service.audit import append_event
+from service.bounded_cache import BoundedCache
 from service.errors import ApiError
 from service.models import ApiToken, Role
 
@@ -71,44 +69,11 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="lethe"'})
 
 
-class PrincipalCache:
-    """token sha256 -> Principal for ``ttl`` seconds, so a request does not look its token up again.
-
-    Only valid tokens are cached, at most ``capacity`` of them. ``revoke_token`` clears the cache of
-    its own process at once; other processes (another uvicorn worker, the CLI) notice a revocation
-    within ``ttl`` seconds (``LETHE_AUTH_CACHE_SECONDS``; 0 turns the cache off).
-    """
-
-    def __init__(self, capacity: int = 1024):
-        self.capacity = capacity
-        self._items: OrderedDict[tuple[str, str], tuple[float, Principal]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[str, str]) -> Principal | None:
-        with self._lock:
-            item = self._items.get(key)
-            if item is None:
-                return None
-            if item[0] <= time.monotonic():
-                del self._items[key]
-                return None
-            return item[1]
-
-    def put(self, key: tuple[str, str], principal: Principal, ttl: float) -> None:
-        if ttl <= 0:
-            return
-        with self._lock:
-            self._items[key] = (time.monotonic() + ttl, principal)
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-
-principal_cache = PrincipalCache()
+# token sha256 (per database) -> Principal for ``LETHE_AUTH_CACHE_SECONDS``, so a request does not look its token
+# up again. Only valid tokens are cached, at most 1024 of them. ``revoke_token`` clears the cache of its own
+# process at once; other processes (another uvicorn worker, the CLI) notice a revocation within the TTL
+# (0 turns the cache off).
+principal_cache: BoundedCache[Principal] = BoundedCache(1024)
 
 
 def bearer_credentials(authorization: str | None) -> str:

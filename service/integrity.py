@@ -22,13 +22,12 @@ cannot set back, so a changed file is hashed again.
 from __future__ import annotations
 
 import os
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 from lethe_format import FormatError, content_hash, directory_digests
 from lethe_format.hashing import regular_files
+from service.bounded_cache import BoundedCache
 from service.signatures import VerificationError, verify_directory
 
 CHECKS = ("signature", "content_hash", "link")
@@ -63,29 +62,8 @@ class RegisteredVersion:
                    record.created_by_request_id is not None)
 
 
-class _VerifiedCache:
-    def __init__(self, capacity: int = 64):
-        self.capacity = capacity
-        self._items: OrderedDict[tuple, tuple] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def passed(self, key: tuple, fingerprint: tuple) -> bool:
-        with self._lock:
-            return self._items.get(key) == fingerprint
-
-    def remember(self, key: tuple, fingerprint: tuple) -> None:
-        with self._lock:
-            self._items[key] = fingerprint
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-
-verified_cache = _VerifiedCache()
+# directory key -> the fingerprint of its files when they last passed
+verified_cache: BoundedCache[tuple] = BoundedCache(64)
 
 
 def _fingerprint(files: list[tuple[str, Path]]) -> tuple:
@@ -106,7 +84,7 @@ def check_version(directory: Path, version: RegisteredVersion, public_key: Path 
                              f"({exc.details.get('file', '?')}); it is not read", exc.details) from None
     key = (str(directory), version.content_hash, version.files, version.signed, str(public_key))
     fingerprint = _fingerprint(files)
-    if verified_cache.passed(key, fingerprint):
+    if verified_cache.get(key) == fingerprint:
         return files
     try:
         digests = directory_digests(directory)
@@ -133,5 +111,5 @@ def check_version(directory: Path, version: RegisteredVersion, public_key: Path 
         except VerificationError:
             raise IntegrityError("signature", f"the signature of {version.label} does not verify with the "
                                  "public key") from None
-    verified_cache.remember(key, fingerprint)
+    verified_cache.put(key, fingerprint)
     return files
