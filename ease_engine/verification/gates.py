@@ -50,7 +50,8 @@ class GateConfig(BaseModel):
     probe_margin: float = Field(5.0, ge=0, description="concept-probe points allowed above chance")
     utility_keep: float = Field(0.5, gt=0, le=1, description="share of the parent's above-chance Recall@1 on "
                                 "retained data the candidate must keep (the retrain reference of the default "
-                                "federation keeps 55-60%: the erased client's pairs taught general skills too)")
+                                "federation keeps 84-90%, shared-concept's 69-79%: the erased client's pairs "
+                                "taught general skills too)")
     min_nonmembers: int = Field(20, ge=4, description="fewer matched non-members: the pair-level gates do not apply")
     max_split_items: int = Field(500, ge=10, description="each verification split (and the erased pairs' Recall@K "
                                  "gallery) is a seeded sample of at most this many pairs")
