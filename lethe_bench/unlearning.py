@@ -145,11 +145,13 @@ def _measured_line(name: str, summary: dict) -> str:
     if record is None:
         return (f"- {name}: `lethe bench --scenarios {name} --seeds 0 1 2`, measured by an earlier version of this "
                 f"script")
-    return (f"- {name}: `{record['command']}` ({record['date']}, {record['machine']}; "
-            f"{record['minutes_this_invocation']:.0f} min in that invocation)")
+    minutes = record.get("minutes_this_invocation")
+    took = "" if minutes is None else f"; {minutes:.0f} min in that invocation"
+    return f"- {name}: `{record['command']}` ({record['date']}, {record['machine']}{took})"
 
 
 def docs_section(summaries: dict[str, dict]) -> str:
+    summaries = {name: summaries[name] for name in SCENARIOS if name in summaries}
     text = ("## Unlearning benchmark (issues 9 and 10)\n\nEach scenario was measured by the command beside it "
             "(other work running beside it on the same machine); the references and each seed's rows are cached "
             "under `--root` (runs/bench), so a scenario measured before, or by another process (`--references-only`, "
