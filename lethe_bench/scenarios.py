@@ -49,7 +49,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("pretrained-lora", "pretrained-lora.toml", concept=("colour", "purple"), needs_pretrained=True,
              summary="LoRA on both towers of a backbone pretrained without purple; client 0 alone holds purple"),
     Scenario("samples", "samples.toml", client=1, sample_pairs=150,
-             summary="a data subject: 150 pairs of client 1 (six IID clients, 120 epochs: memorised)"),
+             summary="a data subject: 150 pairs of client 1 (three IID clients, 120 epochs: memorised; 35% of each "
+                     "client held out)"),
     Scenario("real-images", "real-images.toml",
              summary="emoji renders with Unicode names, one category per client; client 0 (Animals & Nature)"),
 ]}
