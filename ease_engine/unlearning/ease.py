@@ -32,6 +32,12 @@ excised knowledge loses that component.
 
 Samples scope (``ease_samples``): no per-pair contribution is recorded, so there is no excision; the
 displacement moves only inside the subject's exclusive gradient directions, and the lock holds those.
+Measured (the ``samples`` scenario, 3 seeds): this does not forget a memorised subject. The model stays where
+it was (membership AUC 0.610 against the parent's 0.611, retrain 0.532) and fails the membership gate: the
+hinge on pair similarity has almost nothing to push (forget and non-member mean similarity 0.783 and 0.778),
+and the exclusive directions are few (rank <= 8 in 31 blocks). More steps, a wider basis (sin >= 0.5) or a
+contrastive-margin decoupling did not change that; a 5x step size did, on the benchmark's own seed, so it is
+not the default (docs/ease.md, "Ablations and results").
 """
 
 from __future__ import annotations

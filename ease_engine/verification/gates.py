@@ -12,7 +12,9 @@ Forgetting gates (docs/verification.md has the reasoning):
 - ``mia_{similarity,loss}_auc``: membership-inference AUC of the erased pairs against the same
   matched non-members, within 0.5 +-(``mia_tolerance`` + z SE);
 - ``ledger_residual`` (client scope, ledger with theta_0): the share of the client's exclusive
-  contribution still in the weights, |r| <= ``residual_max``;
+  contribution still in the weights, r <= ``residual_max`` (one-sided: a negative r means the weights lie
+  beyond a model without that contribution along it, which is not knowledge kept; over-removal shows in the
+  utility and membership gates);
 - ``concept_probe`` (when the request names a concept): accuracy on the erased pairs' concept at most
   chance + ``probe_margin`` + z SE.
 
@@ -41,8 +43,8 @@ class GateConfig(BaseModel):
     z: float = Field(2.0, gt=0, description="bands are z standard errors wide (each side)")
     r1_tolerance: float = Field(2.0, ge=0, description="Recall@1 points added to the member vs non-member band")
     mia_tolerance: float = Field(0.03, ge=0, description="AUC added to the membership-inference band around 0.5")
-    residual_max: float = Field(0.7, gt=0, description="largest |ledger residual| (share of the client's exclusive "
-                                "contribution still in the weights)")
+    residual_max: float = Field(0.7, gt=0, description="largest ledger residual (share of the client's exclusive "
+                                "contribution still in the weights; one-sided)")
     exclusive_energy: float = Field(0.999, gt=0, le=1, description="energy of the retained support the client's "
                                     "exclusive contribution is measured against")
     exclusivity_ratio: float = Field(0.0, ge=0, description="a block is exclusive to the client when its exclusive "

@@ -102,7 +102,7 @@ def _forgetting_gates(candidate: Figures, parent: Figures, splits: VerificationS
             "ledger_residual", "forgetting",
             "share of the client's exclusive contribution (what no other client's updates span, from the "
             "ledger) still in the weights; 1 for the parent, near 0 for a model never trained on the client",
-            candidate.residual["all"], -config.residual_max, config.residual_max, parent.residual["all"]))
+            candidate.residual["all"], None, config.residual_max, parent.residual["all"]))
     if probe_gated and candidate.probe is not None and parent.probe is not None:
         chance = candidate.probe["chance"]
         se = proportion_se(chance, int(candidate.probe["n_images"]))

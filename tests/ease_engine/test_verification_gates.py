@@ -159,3 +159,12 @@ def test_concept_pairs_kept_counts_the_pairs_that_stay(gate_versions):
     with_two = np.concatenate([kept, purple_of_owner[:2]])  # two purple pairs held by a retained client
     assert concept_pairs_kept(train, with_two, concept) == 2
     assert concept_pairs_kept(train, kept, None) == 0
+
+
+def test_the_ledger_residual_gate_is_one_sided():
+    parent = _figures(residual=1.0)
+    kept = _gates(_figures(residual=0.8), parent)[0]["ledger_residual"]
+    removed = _gates(_figures(residual=0.05), parent)[0]["ledger_residual"]
+    beyond = _gates(_figures(residual=-0.9), parent)[0]["ledger_residual"]  # retrain on non-IID data: down to -0.77
+    assert not kept.passed and removed.passed and beyond.passed
+    assert kept.control_passed is False and kept.comparison == "<="
