@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 
 from lethe_bench.markdown import table
-from lethe_bench.rows import EXPECTED
+from lethe_bench.rows import EXPECTED, NOT_A_CONTROL
 
 R1 = ("forget_i2t_r1", "forget_t2i_r1", "retain_i2t_r1", "retain_t2i_r1", "test_i2t_r1", "test_t2i_r1")
 OTHER = ("probe", "mia_similarity_auc", "ledger_residual", "retained_heldout_i2t_r1", "retained_heldout_t2i_r1")
@@ -106,11 +106,17 @@ def gap_table(summaries: dict[str, dict]) -> str:
 
 
 def gate_case_table(summaries: dict[str, dict]) -> str:
-    rows = []
+    rows, notes = [], {}
     for case, expected in EXPECTED.items():
         cells = []
         for summary in summaries.values():
             words = summary["gate_cases_by_seed"][case]
-            cells.append(f"{summary['gate_cases'][case]} ({'/'.join(words)})")
+            cell = f"{summary['gate_cases'][case]} ({'/'.join(words)})"
+            reason = NOT_A_CONTROL.get((summary["scope"], case))
+            if reason:
+                mark = notes.setdefault(reason, "†" * (len(notes) + 1))
+                cell += f" {mark} (no control here)"
+            cells.append(cell)
         rows.append([case, expected, *cells])
-    return table(["case", "expected", *summaries], rows)
+    footnotes = "".join(f"\n\n{mark} {reason}" for reason, mark in notes.items())
+    return table(["case", "expected", *summaries], rows) + footnotes

@@ -16,10 +16,13 @@ standard deviation over seeds; each gap to the retrain mean is judged against th
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -93,6 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.seeds, args.root = args.seeds[:1], args.root.with_name(args.root.name + "-quick")
         args.scenarios = [s for s in args.scenarios if s not in ("real-images", "pretrained-lora")]
+    if not (args.quick or args.references_only):
+        load_results(args.json)  # a results file that cannot be merged into stops the run now, not in hours
     summaries, walls = {}, {}
     for name in args.scenarios:
         scenario = SCENARIOS[name]
@@ -111,31 +116,64 @@ def main(argv: list[str] | None = None) -> None:
         log(f"{name}: {walls[name]:.0f} s")
     if args.references_only:
         return
-    command = "lethe bench" + (" --quick" if args.quick else "")
+    quick = " --quick" if args.quick else ""
     for name, summary in summaries.items():
         summary["measured"] = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, "
                                f"{os.cpu_count()} CPU cores, torch threads 1",
-                               "command": f"lethe bench --scenarios {name} --seeds " + " ".join(map(str, args.seeds)),
-                               "minutes_this_invocation": round(walls[name] / 60, 1)}
-        if name == REACTIVATION_SCENARIO:
-            summary["reactivation_rounds"], summary["reinjected"] = args.reactivation_rounds, REINJECTED
+                               "command": f"lethe bench{quick} --scenarios {name} --seeds "
+                                          + " ".join(map(str, args.seeds))}
+        rounds = args.reactivation_rounds if name == REACTIVATION_SCENARIO and not args.quick else 0
+        if rounds:
+            summary["reactivation_rounds"], summary["reinjected"] = rounds, REINJECTED
     if args.quick:
         out_json = args.root / "unlearning.json"
-        write_json(out_json, {"scenarios": summaries, "command": command})
+        write_json(out_json, {"scenarios": summaries, "command": f"lethe bench{quick}"})
         log(f"wrote {out_json}")
         return
-    merged = merge_results(args.json, summaries)
-    write_json(args.json, merged)
-    log(f"wrote {args.json} ({', '.join(merged['scenarios'])})")
-    replace_section(args.docs, "unlearning", docs_section(merged["scenarios"]))
-    log(f"wrote the unlearning section of {args.docs}")
+    with results_lock(args.root):  # other bench processes merge into the same files
+        merged = merge_results(load_results(args.json), summaries, log)
+        write_json(args.json, merged)
+        log(f"wrote {args.json} ({', '.join(merged['scenarios'])})")
+        replace_section(args.docs, "unlearning", docs_section(merged["scenarios"]))
+        log(f"wrote the unlearning section of {args.docs}")
 
 
-def merge_results(path: Path, measured: dict[str, dict]) -> dict:
-    """The results file with the scenarios just measured replacing their earlier entries; scenarios measured
-    by earlier invocations stay (each carries its own ``measured`` record), in the order of ``SCENARIOS``."""
-    earlier = json.loads(path.read_text()).get("scenarios", {}) if path.is_file() else {}
-    scenarios = {**earlier, **measured}
+@contextmanager
+def results_lock(root: Path) -> Iterator[None]:
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "results.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def load_results(path: Path) -> dict[str, dict]:
+    """The scenarios of an existing results file ({} when there is none); a file that cannot be read stops the
+    benchmark before it spends hours measuring."""
+    if not path.is_file():
+        return {}
+    try:
+        scenarios = json.loads(path.read_text())["scenarios"]
+        if not isinstance(scenarios, dict):
+            raise TypeError("'scenarios' is not an object")
+        return scenarios
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"{path} is not a results file of this benchmark ({exc}); move it aside or pass "
+                         "--json") from None
+
+
+def merge_results(earlier: dict[str, dict], measured: dict[str, dict], log=print) -> dict:
+    """The earlier results with the scenarios just measured replacing theirs, in the order of ``SCENARIOS``.
+    A scenario measured here over fewer seeds than before keeps its earlier entry (a per-seed process must not
+    replace a three-seed result: run once more over all seeds to write it)."""
+    scenarios = dict(earlier)
+    for name, summary in measured.items():
+        missing = sorted(set(earlier.get(name, {}).get("seeds", [])) - set(summary["seeds"]))
+        if missing:
+            log(f"kept the earlier {name} results: they include seeds {missing}, which this run did not measure")
+            continue
+        scenarios[name] = summary
+    for name in sorted(set(scenarios) - set(SCENARIOS)):
+        log(f"dropped {name} from the results: it is no longer a scenario of this benchmark")
     ordered = {name: scenarios[name] for name in SCENARIOS if name in scenarios}
     return {"scenarios": ordered, "command": "lethe bench (per scenario: scenarios.NAME.measured.command)"}
 
@@ -143,21 +181,21 @@ def merge_results(path: Path, measured: dict[str, dict]) -> dict:
 def _measured_line(name: str, summary: dict) -> str:
     record = summary.get("measured")
     if record is None:
-        return (f"- {name}: `lethe bench --scenarios {name} --seeds 0 1 2`, measured by an earlier version of this "
-                f"script")
-    minutes = record.get("minutes_this_invocation")
-    took = "" if minutes is None else f"; {minutes:.0f} min in that invocation"
-    return f"- {name}: `{record['command']}` ({record['date']}, {record['machine']}{took})"
+        seeds = " ".join(map(str, summary["seeds"]))
+        return (f"- {name}: `lethe bench --scenarios {name} --seeds {seeds}`, written by an earlier version of "
+                "this script")
+    return f"- {name}: `{record['command']}` ({record['date']}, {record['machine']})"
 
 
 def docs_section(summaries: dict[str, dict]) -> str:
     summaries = {name: summaries[name] for name in SCENARIOS if name in summaries}
-    text = ("## Unlearning benchmark (issues 9 and 10)\n\nEach scenario was measured by the command beside it "
-            "(other work running beside it on the same machine); the references and each seed's rows are cached "
-            "under `--root` (runs/bench), so a scenario measured before, or by another process (`--references-only`, "
-            "disjoint `--scenarios`), is read, not re-run, and an invocation over some scenarios keeps the others' "
-            "results (machine-readable: `docs/results/unlearning.json`; wall times per method are those of the run "
-            "that measured them):\n\n" + "\n".join(_measured_line(n, s) for n, s in summaries.items()) + "\n\n")
+    text = ("## Unlearning benchmark (issues 9 and 10)\n\nEach scenario's tables were written by the command "
+            "beside it, on the machine named (other work running beside it). The references and each seed's rows "
+            "are cached under `--root` (runs/bench): the rows were computed by that command or, before it, by "
+            "processes over single seeds (`--seeds S`) filling the same cache, and are read, not re-run; an "
+            "invocation over some scenarios keeps the others' results (machine-readable: "
+            "`docs/results/unlearning.json`; wall times per method are those of the process that computed the "
+            "row):\n\n" + "\n".join(_measured_line(n, s) for n, s in summaries.items()) + "\n\n")
     text += "### Production gate cases\n\n" + gate_case_table(summaries) + "\n\n"
     text += "### Avg. Gap to the retrain mean (R@1 points; lowest non-retrain method in bold)\n\n"
     text += gap_table(summaries) + "\n\n### EASE against issue 10's bars\n\n" + bars(summaries) + "\n\n"

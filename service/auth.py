@@ -122,7 +122,7 @@ async def current_principal(request: Request) -> Principal:
     principal = principal_cache.get(key)
     if principal is None:
         principal = await run_in_threadpool(_lookup_in_own_session, state.db, digest)
-        principal_cache.put(key, principal, state.settings.auth_cache_seconds)
+        principal_cache.put(key, principal, ttl=state.settings.auth_cache_seconds)
     return principal
 
 

@@ -35,8 +35,9 @@ class BoundedCache(Generic[V]):
                 return None
             return item[1]
 
-    def put(self, key: Hashable, value: V, ttl: float | None = None) -> None:
-        """Store ``value`` for ``ttl`` seconds (None: until evicted or cleared; 0 or less: not at all)."""
+    def put(self, key: Hashable, value: V, *, ttl: float | None) -> None:
+        """Store ``value`` for ``ttl`` seconds (None: until evicted or cleared, said explicitly; 0 or less: not
+        at all)."""
         if ttl is not None and ttl <= 0:
             return
         expires = float("inf") if ttl is None else self._clock() + ttl

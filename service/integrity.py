@@ -111,5 +111,5 @@ def check_version(directory: Path, version: RegisteredVersion, public_key: Path 
         except VerificationError:
             raise IntegrityError("signature", f"the signature of {version.label} does not verify with the "
                                  "public key") from None
-    verified_cache.put(key, fingerprint)
+    verified_cache.put(key, fingerprint, ttl=None)  # a changed file changes the fingerprint
     return files

@@ -40,3 +40,7 @@ def test_every_scenario_has_the_checked_shape(name):
     assert set(summary["gate_cases"].values()) <= VERDICTS
     for case, words in summary["gate_cases_by_seed"].items():
         assert len(words) == len(summary["seeds"]) and set(words) <= VERDICTS, case
+
+
+def test_every_scenario_of_the_benchmark_is_in_the_file():
+    assert set(_scenarios()) == set(SCENARIOS)

@@ -53,20 +53,62 @@ def test_tables_render_every_method_and_case():
 def test_a_partial_run_replaces_its_scenarios_and_keeps_the_others(tmp_path):
     import json
 
-    from lethe_bench.unlearning import docs_section, merge_results
+    from lethe_bench.unlearning import docs_section, load_results, merge_results
 
     old = summarise_scenario([_run(0, 10.0, 11.0), _run(1, 12.0, 12.0)])
     path = tmp_path / "unlearning.json"
-    path.write_text(json.dumps({"scenarios": {"samples": old, "exclusive": old}}))
+    path.write_text(json.dumps({"scenarios": {"samples": old, "exclusive": old, "retired": old}}))
     new = summarise_scenario([_run(0, 20.0, 21.0), _run(1, 22.0, 22.0)])
-    new["measured"] = {"date": "2026-12-03", "machine": "x86_64", "command": "lethe bench --scenarios samples",
-                       "minutes_this_invocation": 70.0}
-    merged = merge_results(path, {"samples": new, "dirichlet": new})
-    assert list(merged["scenarios"]) == ["exclusive", "dirichlet", "samples"]  # the order of SCENARIOS
+    new["measured"] = {"date": "2026-12-03", "machine": "x86_64", "command": "lethe bench --scenarios samples"}
+    merged = merge_results(load_results(path), {"samples": new, "dirichlet": new})
+    assert list(merged["scenarios"]) == ["exclusive", "dirichlet", "samples"]  # SCENARIOS' order, "retired" gone
     assert merged["scenarios"]["exclusive"] == old  # not re-measured: kept as it was
     assert merged["scenarios"]["samples"]["methods"]["ease"]["metrics"]["forget_i2t_r1"]["mean"] == 21.5
     text = docs_section(merged["scenarios"])
-    assert "`lethe bench --scenarios samples` (2026-12-03" in text
-    assert "exclusive: `lethe bench --scenarios exclusive --seeds 0 1 2`, measured by an earlier version" in text
+    assert "`lethe bench --scenarios samples` (2026-12-03, x86_64)" in text
+    assert "exclusive: `lethe bench --scenarios exclusive --seeds 0 1`, written by an earlier version" in text
     assert text.count("#### ") == 3
-    assert merge_results(tmp_path / "absent.json", {"samples": new})["scenarios"] == {"samples": new}
+    assert merge_results(load_results(tmp_path / "absent.json"), {"samples": new})["scenarios"] == {"samples": new}
+
+
+def test_a_run_over_fewer_seeds_does_not_replace_a_fuller_result():
+    from lethe_bench.unlearning import merge_results
+
+    three = summarise_scenario([_run(0, 10.0, 11.0), _run(1, 12.0, 12.0), _run(2, 14.0, 13.0)])
+    one = summarise_scenario([_run(1, 30.0, 31.0)])
+    said = []
+    merged = merge_results({"exclusive": three}, {"exclusive": one}, log=said.append)
+    assert merged["scenarios"]["exclusive"] == three and "seeds [0, 2]" in said[0]
+    assert merge_results({"exclusive": one}, {"exclusive": three})["scenarios"]["exclusive"] == three
+
+
+def test_an_unreadable_results_file_stops_the_run_before_it_measures(tmp_path):
+    from lethe_bench.unlearning import main
+
+    bad = tmp_path / "unlearning.json"
+    bad.write_text("{not json")
+    with pytest.raises(SystemExit, match="not a results file"):
+        main(["--scenarios", "samples", "--seeds", "0", "--json", str(bad), "--root", str(tmp_path / "runs")])
+
+
+def test_main_merges_two_invocations_into_one_file_and_section(tmp_path, monkeypatch):
+    import json
+
+    from lethe_bench import unlearning
+
+    def fake_run_seed(scenario, seed, root, quick, rounds, reinjected, log):
+        run = _run(seed, 10.0 + seed, 11.0 + seed)
+        run["scope"] = scenario.scope
+        return run
+
+    monkeypatch.setattr(unlearning, "run_seed", fake_run_seed)
+    out, docs = tmp_path / "unlearning.json", tmp_path / "benchmarks.md"
+    common = ["--seeds", "0", "1", "2", "--json", str(out), "--docs", str(docs), "--root", str(tmp_path / "runs")]
+    unlearning.main(["--scenarios", "exclusive", *common])
+    unlearning.main(["--scenarios", "samples", *common])
+    scenarios = json.loads(out.read_text())["scenarios"]
+    assert list(scenarios) == ["exclusive", "samples"]
+    assert scenarios["samples"]["measured"]["command"] == "lethe bench --scenarios samples --seeds 0 1 2"
+    text = docs.read_text()
+    assert text.count("<!-- unlearning:begin -->") == 1 and "#### exclusive" in text and "#### samples" in text
+    assert "† in samples scope" in text  # finetune is no negative control there, and the table says so

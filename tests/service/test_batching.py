@@ -191,7 +191,7 @@ def test_an_overloaded_or_unreachable_service_answers_503_with_retry_after(app, 
             for cached in (False, True):  # the token lookup fails first; with the token cached, the batch does
                 if cached:
                     digest = hash_token(requester["Authorization"].removeprefix("Bearer "))
-                    principal_cache.put((dead.url, digest), Principal(1, "alice", Role.REQUESTER), 60)
+                    principal_cache.put((dead.url, digest), Principal(1, "alice", Role.REQUESTER), ttl=60)
                 for response in (down.post("/v1/erasure-requests", json=erasure_body(), headers=requester),
                                  down.get(f"/v1/erasure-requests/{uuid.uuid4()}", headers=requester)):
                     assert response.status_code == 503, response.text
