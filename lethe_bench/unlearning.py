@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
         args.scenarios = [s for s in args.scenarios if s not in ("real-images", "pretrained-lora")]
     if not (args.quick or args.references_only):
         load_results(args.json)  # a results file that cannot be merged into stops the run now, not in hours
-    summaries, walls = {}, {}
+    quick = " --quick" if args.quick else ""
+    summaries = {}
     for name in args.scenarios:
         scenario = SCENARIOS[name]
         if scenario.needs_pretrained:
@@ -111,20 +112,16 @@ def main(argv: list[str] | None = None) -> None:
         rounds = args.reactivation_rounds if name == REACTIVATION_SCENARIO and not args.quick else 0
         runs = [run_seed(scenario, seed, args.root, args.quick, rounds, REINJECTED if rounds else 0, log=log)
                 for seed in args.seeds]
-        summaries[name] = summarise_scenario(runs)
-        walls[name] = time.perf_counter() - started
-        log(f"{name}: {walls[name]:.0f} s")
-    if args.references_only:
-        return
-    quick = " --quick" if args.quick else ""
-    for name, summary in summaries.items():
+        summary = summaries[name] = summarise_scenario(runs)
         summary["measured"] = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, "
                                f"{os.cpu_count()} CPU cores, torch threads 1",
                                "command": f"lethe bench{quick} --scenarios {name} --seeds "
                                           + " ".join(map(str, args.seeds))}
-        rounds = args.reactivation_rounds if name == REACTIVATION_SCENARIO and not args.quick else 0
         if rounds:
             summary["reactivation_rounds"], summary["reinjected"] = rounds, REINJECTED
+        log(f"{name}: {time.perf_counter() - started:.0f} s")
+    if args.references_only:
+        return
     if args.quick:
         out_json = args.root / "unlearning.json"
         write_json(out_json, {"scenarios": summaries, "command": f"lethe bench{quick}"})
@@ -202,13 +199,13 @@ def docs_section(summaries: dict[str, dict]) -> str:
     for name, summary in summaries.items():
         text += scenario_table(f"{name}: {SCENARIOS[name].summary}", summary) + "\n"
         if "reactivation" in summary:
-            rounds = summary.get("reactivation_rounds", 20)
-            reinjected = summary.get("reinjected", REINJECTED)
+            rounds, reinjected = summary["reactivation_rounds"], summary["reinjected"]
             text += (f"Reactivation: {rounds} more FedAvg rounds on the retained clients at the "
                      f"federation's peak learning rate; client 1 holds 30% of the purple images and, as a relearning "
                      f"attack, {reinjected} of the erased client's pairs are re-injected into the first retained "
                      f"client:\n\n" + reactivation_table(summary) + "\n\n")
     return text
+
 
 if __name__ == "__main__":
     main()
