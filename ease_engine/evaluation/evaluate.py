@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ease_engine.data.dataset import CaptionDataset
-from ease_engine.data.scenes import probe_captions
+from ease_engine.data.scenes import STAND_INS, probe_captions
 from ease_engine.evaluation.probe import probe_accuracy
 from ease_engine.evaluation.retrieval import recall_at_k
 from ease_engine.models.factory import ClipBundle
@@ -66,21 +66,35 @@ def concept_probe(
     """For every image showing ``attribute = value``: is its true caption preferred over the
     captions that differ only in that attribute (e.g. the same scene with purple replaced by
     each other colour)? Returns accuracy in percent, the chance level and the image count.
-    Needs a data set with scene structure (``scenes``).
+
+    A model that never learnt ``value`` still beats chance by elimination (the image is plainly not
+    red, nor blue, ...). So the probe is repeated with the true caption naming, instead of ``value``,
+    each word of ``STAND_INS[attribute]`` (words no scenes caption contains): ``untrained`` is the mean
+    accuracy over them, the level of a model ignorant of the word, and ``untrained_std`` their spread
+    (how much one untrained word's random embedding moves it). An attribute without stand-ins
+    (position) has neither. Needs a data set with scene structure (``scenes``).
     """
     if dataset.structure is None:
         raise ValueError(f"data set {dataset.name!r} has no scene structure; the concept probe needs `scenes`")
     items = concept_items(dataset, attribute, value)
     if len(items) == 0:
         raise ValueError(f"no image in {dataset.name!r} has {attribute} = {value!r}")
-    candidates, truth = [], []
-    for i in items:
-        caps, true_index = probe_captions(dataset.structure[i], attribute, value)
-        candidates.append(caps)
-        truth.append(true_index)
-    flat = [c for caps in candidates for c in caps]
-    text_emb = encode_texts(bundle, flat, device=device)
-    per_image = len(candidates[0])
     image_emb = encode_images(bundle, dataset, items, device=device)
-    accuracy = probe_accuracy(image_emb, text_emb.view(len(items), per_image, -1), np.asarray(truth))
-    return {"accuracy": accuracy, "chance": 100.0 / per_image, "n_images": len(items)}
+
+    def accuracy(stand_in: str | None) -> tuple[float, int]:
+        candidates, truth = [], []
+        for i in items:
+            caps, true_index = probe_captions(dataset.structure[i], attribute, value, stand_in)
+            candidates.append(caps)
+            truth.append(true_index)
+        flat = [c for caps in candidates for c in caps]
+        per_image = len(candidates[0])
+        text_emb = encode_texts(bundle, flat, device=device)
+        return probe_accuracy(image_emb, text_emb.view(len(items), per_image, -1), np.asarray(truth)), per_image
+
+    true_accuracy, per_image = accuracy(None)
+    result = {"accuracy": true_accuracy, "chance": 100.0 / per_image, "n_images": len(items)}
+    untrained = [accuracy(word)[0] for word in STAND_INS.get(attribute, ())]
+    if untrained:
+        result.update(untrained=float(np.mean(untrained)), untrained_std=float(np.std(untrained, ddof=1)))
+    return result

@@ -16,7 +16,9 @@ Forgetting gates (docs/verification.md has the reasoning):
   beyond a model without that contribution along it, which is not knowledge kept; over-removal shows in the
   utility and membership gates);
 - ``concept_probe`` (when the request names a concept): accuracy on the erased pairs' concept at most
-  chance + ``probe_margin`` + z SE.
+  the level of a model that never learnt the word + ``probe_margin`` + z SE. That level is measured on the
+  candidate itself: the same probe with the true caption naming words no training caption contains (a model
+  ignorant of "purple" still beats chance by ruling out the colours it knows), and never below chance.
 
 Utility gates: Recall@1 (both directions) on the retained clients' training pairs and on their audit
 pairs must keep ``utility_keep`` of the parent's skill above chance, minus z SE:
@@ -49,7 +51,8 @@ class GateConfig(BaseModel):
                                     "exclusive contribution is measured against")
     exclusivity_ratio: float = Field(0.0, ge=0, description="a block is exclusive to the client when its exclusive "
                                      "share exceeds this times the largest share a retained client shows")
-    probe_margin: float = Field(5.0, ge=0, description="concept-probe points allowed above chance")
+    probe_margin: float = Field(5.0, ge=0, description="concept-probe points allowed above the level of a model "
+                                "that never learnt the word (chance at least)")
     utility_keep: float = Field(0.5, gt=0, le=1, description="share of the parent's above-chance Recall@1 on "
                                 "retained data the candidate must keep (the retrain reference of the default "
                                 "federation keeps 84-90%, shared-concept's 69-79%: the erased client's pairs "

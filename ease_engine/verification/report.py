@@ -104,14 +104,23 @@ def _forgetting_gates(candidate: Figures, parent: Figures, splits: VerificationS
             "ledger) still in the weights; 1 for the parent, near 0 for a model never trained on the client",
             candidate.residual["all"], None, config.residual_max, parent.residual["all"]))
     if probe_gated and candidate.probe is not None and parent.probe is not None:
-        chance = candidate.probe["chance"]
-        se = proportion_se(chance, int(candidate.probe["n_images"]))
         gates.append(Gate.check(
             "concept_probe", "forgetting",
             "how often the model picks the true caption of an erased image over the same caption with the named "
-            "concept swapped; a model that never learnt the concept is at or below chance",
-            candidate.probe["accuracy"], None, chance + config.probe_margin + config.z * se, parent.probe["accuracy"]))
+            "concept swapped; a model that never learnt the concept scores what it scores when the true caption "
+            "names a word no training caption contains (it wins by ruling the others out), or chance",
+            candidate.probe["accuracy"], None, probe_ceiling(candidate.probe, config), parent.probe["accuracy"]))
     return gates
+
+
+def probe_ceiling(probe: dict[str, float], config: GateConfig) -> float:
+    """The highest concept-probe accuracy of a model that does not know the concept: the level it reaches
+    without the word (its accuracy with never-trained stand-in words, at least chance) plus the margin and
+    z standard errors (the level's sampling error on these images, and the spread between stand-in words,
+    which is the luck of one untrained word's embedding)."""
+    level = max(probe["chance"], probe.get("untrained", probe["chance"]))
+    se = math.hypot(proportion_se(level, int(probe["n_images"])), probe.get("untrained_std", 0.0))
+    return level + config.probe_margin + config.z * se
 
 
 def _utility_gates(candidate: Figures, parent: Figures, splits: VerificationSplits, config: GateConfig) -> list:

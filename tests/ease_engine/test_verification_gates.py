@@ -168,3 +168,37 @@ def test_the_ledger_residual_gate_is_one_sided():
     beyond = _gates(_figures(residual=-0.9), parent)[0]["ledger_residual"]  # retrain on non-IID data: down to -0.77
     assert not kept.passed and removed.passed and beyond.passed
     assert kept.control_passed is False and kept.comparison == "<="
+
+
+def test_the_probe_ceiling_is_the_untrained_level_not_chance():
+    """A model that never learnt "purple" beats chance by ruling out the colours it knows; the ceiling is
+    that level, measured on the candidate with words no caption contains, never below chance."""
+    from ease_engine.verification.report import probe_ceiling
+
+    config = GateConfig()
+    ignorant = {"accuracy": 25.0, "chance": 12.5, "n_images": 1350.0, "untrained": 24.0, "untrained_std": 1.5}
+    ceiling = probe_ceiling(ignorant, config)
+    assert ceiling == pytest.approx(24.0 + 5.0 + 2.0 * np.hypot(np.sqrt(24 * 76 / 1350), 1.5))
+    assert ignorant["accuracy"] <= ceiling
+    assert 12.5 + 5.0 + 2.0 * np.sqrt(12.5 * 87.5 / 1350) < 25.0  # judged against chance it would fail
+    knows = {**ignorant, "accuracy": 60.0}
+    assert knows["accuracy"] > probe_ceiling(knows, config)
+    below_chance = {**ignorant, "untrained": 5.0}
+    assert probe_ceiling(below_chance, config) > 12.5 + 5.0  # the level is never below chance
+    no_stand_ins = {"accuracy": 20.0, "chance": 25.0, "n_images": 400.0}  # e.g. position
+    assert probe_ceiling(no_stand_ins, config) == pytest.approx(25.0 + 5.0 + 2.0 * np.sqrt(25 * 75 / 400))
+
+
+def test_a_model_that_never_saw_the_word_scores_where_untrained_words_score(gate_versions):
+    """The retrain reference never saw a purple caption: its "purple" is one more untrained word, so its probe
+    accuracy lies within the stand-in words' level and spread (the premise of the ceiling), and passes."""
+    from ease_engine.evaluation.evaluate import concept_probe
+    from ease_engine.verification.report import probe_ceiling
+
+    context = UnlearningContext.load(gate_versions[0])
+    members = context.setup.train.subset(context.setup.client_items(0))
+    retrain = concept_probe(load_version(gate_versions[1])[0], members, "colour", "purple")
+    spread = np.hypot(np.sqrt(retrain["untrained"] * (100 - retrain["untrained"]) / retrain["n_images"]),
+                      retrain["untrained_std"])
+    assert abs(retrain["accuracy"] - retrain["untrained"]) <= 2.5 * spread, retrain
+    assert retrain["accuracy"] <= probe_ceiling(retrain, GateConfig())
