@@ -24,7 +24,7 @@ from lethe_bench.rows import GATE_CASES, Row, rows_for
 from lethe_bench.scenarios import Scenario
 
 RESULTS_VERSION = 3  # bump when what a row measures or how it is verified changes (2: the residual gate is
-# one-sided; 3: the concept probe is judged against the untrained-word level)
+# one-sided; 3: the concept probe ranks the word among untrained words)
 
 
 def verdict_word(report: VerificationReport) -> str:

@@ -111,8 +111,14 @@ def evaluate(
         return
     for name, metrics in result["retrieval"].items():
         typer.echo(_format_metrics(name, metrics))
+    _echo_probes(result)
+
+
+def _echo_probes(result: dict) -> None:
     for name, p in result.get("probe", {}).items():
-        typer.echo(f"probe {name:<16} accuracy={p['accuracy']:.1f}%  chance={p['chance']:.1f}%  (n={p['n_images']})")
+        untrained = f"  untrained word={p['untrained']:.1f}% (sd {p['untrained_std']:.1f})" if "untrained" in p else ""
+        typer.echo(f"probe {name:<16} accuracy={p['accuracy']:.1f}%  chance={p['chance']:.1f}%{untrained}  "
+                   f"(n={p['n_images']})")
 
 
 @app.command("federation-demo")
@@ -139,8 +145,7 @@ def federation_demo(
     result = evaluate_version(out, ["test", f"client:{owner}", f"retain:{owner}"], f"{attribute}={value}", gallery=500)
     for name, metrics in result["retrieval"].items():
         typer.echo(_format_metrics(name, metrics))
-    for name, p in result.get("probe", {}).items():
-        typer.echo(f"probe {name:<16} accuracy={p['accuracy']:.1f}%  chance={p['chance']:.1f}%  (n={p['n_images']})")
+    _echo_probes(result)
     typer.echo(f"version: {out}  (ledger: {out / 'ledger'})")
 
 

@@ -44,16 +44,6 @@ VOCABULARIES: dict[str, tuple[str, ...]] = {
     "position": POSITIONS,
 }
 
-#: Words no scenes caption contains (nor any of their BPE tokens, tests/ease_engine/test_data_scenes.py checks),
-#: so no model trained on scenes ever learnt them: the concept probe puts one in place of the erased value to
-#: measure what a model that never learnt a word scores by elimination (``probe_captions(stand_in=...)``).
-#: Positions are two words and have none: their probe is judged against chance.
-STAND_INS: dict[str, tuple[str, ...]] = {
-    "colour": ("magenta", "violet", "teal", "maroon", "beige", "crimson"),
-    "shape": ("hexagon", "star", "oval", "heart", "pentagon", "arrow"),
-    "size": ("tiny", "huge", "medium", "giant", "miniature", "enormous"),
-}
-
 #: RGB value of each colour name; pairwise distances are all above 85.
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -263,9 +253,7 @@ def _with_value(obj: SceneObject, attribute: str, old: str, new: str) -> SceneOb
     return replace(obj, **{attribute: new}) if getattr(obj, attribute) == old else obj
 
 
-def probe_captions(
-    objects: Sequence[SceneObject], attribute: str, value: str, stand_in: str | None = None
-) -> tuple[list[str], int]:
+def probe_captions(objects: Sequence[SceneObject], attribute: str, value: str) -> tuple[list[str], int]:
     """Captions for the concept probe: one per possible value of ``attribute``.
 
     In caption j every object whose ``attribute`` equals ``value`` gets the j-th value of the
@@ -273,28 +261,38 @@ def probe_captions(
     order of the true scene). Returns the captions and the index of the true one (the
     index of ``value`` in the vocabulary). For ``attribute="position"`` an alternative may
     place two objects in one quadrant; the caption is still well formed.
-
-    With ``stand_in`` (a word of ``STAND_INS[attribute]``) the true caption names the stand-in instead of
-    ``value``: picking it is what a model that never learnt the word achieves by ruling out the others.
     """
+    vocabulary = _vocabulary(attribute, value)
+    captions = [caption_naming(objects, attribute, value, alternative) for alternative in vocabulary]
+    return captions, vocabulary.index(value)
+
+
+def caption_naming(objects: Sequence[SceneObject], attribute: str, value: str, word: str) -> str:
+    """The scene's probe caption (template 0, canonical order) with every ``value`` of ``attribute`` named
+    ``word`` instead: any word, e.g. one no caption contains (the concept probe's untrained-word null)."""
+    _vocabulary(attribute, value)
+    objects = canonical_order(objects)
+    if not any(getattr(o, attribute) == value for o in objects):
+        raise ValueError(f"no object of this scene has {attribute} {value!r}")
+    return scene_caption([_with_value(o, attribute, value, word) for o in objects], 0, range(len(objects)))
+
+
+def _vocabulary(attribute: str, value: str) -> tuple[str, ...]:
     if attribute not in VOCABULARIES:
         raise ValueError(f"unknown attribute {attribute!r}; choose one of {', '.join(ATTRIBUTES)}")
     vocabulary = VOCABULARIES[attribute]
     if value not in vocabulary:
         raise ValueError(f"{value!r} is not a {attribute}; choose one of {', '.join(vocabulary)}")
-    if stand_in is not None and stand_in not in STAND_INS.get(attribute, ()):
-        raise ValueError(f"{stand_in!r} is not a stand-in for {attribute}; choose one of "
-                         f"{', '.join(STAND_INS.get(attribute, ())) or 'none (this attribute has none)'}")
-    objects = canonical_order(objects)
-    if not any(getattr(o, attribute) == value for o in objects):
-        raise ValueError(f"no object of this scene has {attribute} {value!r}")
-    order = range(len(objects))
-    captions = []
-    for alternative in vocabulary:
-        named = stand_in if alternative == value and stand_in is not None else alternative
-        changed = [_with_value(o, attribute, value, named) for o in objects]
-        captions.append(scene_caption(changed, 0, order))
-    return captions, vocabulary.index(value)
+    return vocabulary
+
+
+def grammar_captions() -> list[str]:
+    """Captions that together contain every word a scenes caption can contain: every template over objects
+    of every shape, colour, size and position, in groups of one to four."""
+    objects = [SceneObject(shape, colour, size, position)
+               for shape in SHAPES for colour in COLOURS for size in SIZES for position in POSITIONS]
+    groups = [objects[i:i + n] for n in (1, 4) for i in range(0, len(objects), n)]
+    return [scene_caption(group, template, range(len(group))) for group in groups for template in range(N_TEMPLATES)]
 
 
 def scene_concepts(objects: Sequence[SceneObject]) -> dict[str, frozenset[str]]:

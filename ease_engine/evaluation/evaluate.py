@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from ease_engine.data.dataset import CaptionDataset
-from ease_engine.data.scenes import STAND_INS, probe_captions
+from ease_engine.data.scenes import caption_naming, probe_captions
 from ease_engine.evaluation.probe import probe_accuracy
 from ease_engine.evaluation.retrieval import recall_at_k
+from ease_engine.evaluation.untrained_words import stand_in_words
 from ease_engine.models.factory import ClipBundle
 
 
@@ -61,40 +62,43 @@ def concept_items(dataset: CaptionDataset, attribute: str, value: str) -> np.nda
 
 
 def concept_probe(
-    bundle: ClipBundle, dataset: CaptionDataset, attribute: str, value: str, device: str = "cpu"
+    bundle: ClipBundle, dataset: CaptionDataset, attribute: str, value: str, device: str = "cpu",
+    ranked_images: int = 300,
 ) -> dict[str, float]:
     """For every image showing ``attribute = value``: is its true caption preferred over the
     captions that differ only in that attribute (e.g. the same scene with purple replaced by
     each other colour)? Returns accuracy in percent, the chance level and the image count.
 
-    A model that never learnt ``value`` still beats chance by elimination (the image is plainly not
-    red, nor blue, ...). So the probe is repeated with the true caption naming, instead of ``value``,
-    each word of ``STAND_INS[attribute]`` (words no scenes caption contains): ``untrained`` is the mean
-    accuracy over them, the level of a model ignorant of the word, and ``untrained_std`` their spread
-    (how much one untrained word's random embedding moves it). An attribute without stand-ins
-    (position) has neither. Needs a data set with scene structure (``scenes``).
+    And, where the value is one word and the tokenizer has a vocabulary, where the value's word ranks
+    among untrained words (``ease_engine.evaluation.untrained_words``): on a seeded sample of at most
+    ``ranked_images`` of the images, the mean cosine similarity of each image to its caption naming the
+    word, for the value and for each stand-in; ``beats_untrained`` is the share (percent) of the
+    ``n_untrained`` stand-ins the value outscores. Needs a data set with scene structure (``scenes``).
     """
     if dataset.structure is None:
         raise ValueError(f"data set {dataset.name!r} has no scene structure; the concept probe needs `scenes`")
     items = concept_items(dataset, attribute, value)
     if len(items) == 0:
         raise ValueError(f"no image in {dataset.name!r} has {attribute} = {value!r}")
+    candidates, truth = [], []
+    for i in items:
+        caps, true_index = probe_captions(dataset.structure[i], attribute, value)
+        candidates.append(caps)
+        truth.append(true_index)
+    flat = [c for caps in candidates for c in caps]
+    text_emb = encode_texts(bundle, flat, device=device)
+    per_image = len(candidates[0])
     image_emb = encode_images(bundle, dataset, items, device=device)
-
-    def accuracy(stand_in: str | None) -> tuple[float, int]:
-        candidates, truth = [], []
-        for i in items:
-            caps, true_index = probe_captions(dataset.structure[i], attribute, value, stand_in)
-            candidates.append(caps)
-            truth.append(true_index)
-        flat = [c for caps in candidates for c in caps]
-        per_image = len(candidates[0])
-        text_emb = encode_texts(bundle, flat, device=device)
-        return probe_accuracy(image_emb, text_emb.view(len(items), per_image, -1), np.asarray(truth)), per_image
-
-    true_accuracy, per_image = accuracy(None)
-    result = {"accuracy": true_accuracy, "chance": 100.0 / per_image, "n_images": len(items)}
-    untrained = [accuracy(word)[0] for word in STAND_INS.get(attribute, ())]
-    if untrained:
-        result.update(untrained=float(np.mean(untrained)), untrained_std=float(np.std(untrained, ddof=1)))
+    accuracy = probe_accuracy(image_emb, text_emb.view(len(items), per_image, -1), np.asarray(truth))
+    result = {"accuracy": accuracy, "chance": 100.0 / per_image, "n_images": len(items)}
+    words = stand_in_words(bundle.tokenizer) if len(value.split()) == 1 else []
+    if words:
+        rng = np.random.default_rng(len(items))
+        sample = np.sort(rng.choice(len(items), size=min(ranked_images, len(items)), replace=False))
+        named = [caption_naming(dataset.structure[items[i]], attribute, value, word)
+                 for word in [value, *words] for i in sample]
+        text = encode_texts(bundle, named, device=device).view(len(words) + 1, len(sample), -1)
+        scores = (text * image_emb[sample][None]).sum(-1).mean(1)  # (1 + K,) mean similarity per word
+        result.update(beats_untrained=100.0 * float((scores[1:] < scores[0]).double().mean()),
+                      n_untrained=len(words))
     return result

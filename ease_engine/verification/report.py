@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, computed_field
 
 from ease_engine.data.dataset import CaptionDataset
 from ease_engine.evaluation.evaluate import concept_items, concept_probe, retrieval_metrics
+from ease_engine.evaluation.untrained_words import most_beaten_share
 from ease_engine.federation.exclusive import ExclusiveContribution
 from ease_engine.models.blocks import ParameterBlock, read_blocks
 from ease_engine.models.factory import ClipBundle
@@ -104,23 +105,31 @@ def _forgetting_gates(candidate: Figures, parent: Figures, splits: VerificationS
             "ledger) still in the weights; 1 for the parent, near 0 for a model never trained on the client",
             candidate.residual["all"], None, config.residual_max, parent.residual["all"]))
     if probe_gated and candidate.probe is not None and parent.probe is not None:
-        gates.append(Gate.check(
-            "concept_probe", "forgetting",
-            "how often the model picks the true caption of an erased image over the same caption with the named "
-            "concept swapped; a model that never learnt the concept scores what it scores when the true caption "
-            "names a word no training caption contains (it wins by ruling the others out), or chance",
-            candidate.probe["accuracy"], None, probe_ceiling(candidate.probe, config), parent.probe["accuracy"]))
+        gates.append(_probe_gate(candidate.probe, parent.probe, config))
     return gates
 
 
-def probe_ceiling(probe: dict[str, float], config: GateConfig) -> float:
-    """The highest concept-probe accuracy of a model that does not know the concept: the level it reaches
-    without the word (its accuracy with never-trained stand-in words, at least chance) plus the margin and
-    z standard errors (the level's sampling error on these images, and the spread between stand-in words,
-    which is the luck of one untrained word's embedding)."""
-    level = max(probe["chance"], probe.get("untrained", probe["chance"]))
-    se = math.hypot(proportion_se(level, int(probe["n_images"])), probe.get("untrained_std", 0.0))
-    return level + config.probe_margin + config.z * se
+def _probe_gate(candidate: dict[str, float], parent: dict[str, float], config: GateConfig) -> Gate:
+    """Where the concept is one word: its rank among never-trained words (a permutation test, the same
+    bound for the parent). Otherwise (positions are two words): multiple-choice accuracy at most chance +
+    margin + z SE, which a model ignorant of the concept can exceed by elimination (docs/verification.md)."""
+    if "beats_untrained" in candidate and "beats_untrained" in parent:
+        count = int(candidate["n_untrained"])
+        ceiling = most_beaten_share(count, config.z)
+        return Gate.check(
+            "concept_probe", "forgetting",
+            f"share of {count} words no training caption contains that the concept's word outscores on the "
+            "erased images (their mean similarity to the caption naming each word); a model that never learnt "
+            f"the concept's word ranks it like one more untrained word, and beats more than {ceiling:.1f}% of "
+            "them only by a chance as small as the other gates' (permutation test)",
+            candidate["beats_untrained"], None, ceiling, parent["beats_untrained"])
+    chance = candidate["chance"]
+    se = proportion_se(chance, int(candidate["n_images"]))
+    return Gate.check(
+        "concept_probe", "forgetting",
+        "how often the model picks the true caption of an erased image over the same caption with the named "
+        "concept swapped, against chance (no untrained-word ranking for a concept of several words)",
+        candidate["accuracy"], None, chance + config.probe_margin + config.z * se, parent["accuracy"])
 
 
 def _utility_gates(candidate: Figures, parent: Figures, splits: VerificationSplits, config: GateConfig) -> list:

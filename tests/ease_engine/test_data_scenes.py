@@ -21,7 +21,14 @@ from ease_engine.data import (
     probe_captions,
     scene_caption,
 )
-from ease_engine.data.scenes import PALETTE, _Renderer, quadrant_slices, scene_capacity
+from ease_engine.data.scenes import (
+    PALETTE,
+    _Renderer,
+    caption_naming,
+    grammar_captions,
+    quadrant_slices,
+    scene_capacity,
+)
 
 SMALL = ScenesConfig(n_train=200, n_test=50, seed=3)
 COLOUR_MATCH_DISTANCE = 60.0
@@ -286,42 +293,20 @@ def test_probe_rejects_values_not_in_the_scene():
         probe_captions(objects, "colour", "mauve")
 
 
-def _grammar_tokens(tokenize) -> set[int]:
-    """Every token id any scenes caption can contain: all templates over objects of every shape, colour,
-    size and position (each vocabulary word appears in some object, each template joins several)."""
-    objects = [SceneObject(shape, colour, size, position)
-               for shape in SHAPES for colour in COLOURS for size in SIZES for position in POSITIONS]
-    captions = [scene_caption(objects[i:i + 4], template, range(len(objects[i:i + 4])))
-                for i in range(0, len(objects), 4) for template in range(3)]
-    captions += [scene_caption(objects[i:i + 1], template, [0]) for i in range(0, 32) for template in range(3)]
-    return {int(t) for t in tokenize(captions).flatten()}
 
-
-def test_stand_in_words_share_no_token_with_any_scenes_caption():
-    """The concept probe's untrained level is only that if no training caption ever taught a stand-in."""
-    from ease_engine.data.scenes import STAND_INS
-    from ease_engine.models.config import ModelConfig
-    from ease_engine.models.factory import build_model
-
-    tokenize = build_model(ModelConfig(architecture="lethe-tiny")).tokenize
-    grammar = _grammar_tokens(tokenize)
-    special = {int(t) for t in tokenize([""]).flatten()}  # start, end and padding
-    assert len(grammar - special) > 30  # the grammar itself was tokenised
-    for attribute, words in STAND_INS.items():
-        assert len(words) >= 3 and not set(words) & set(VOCABULARIES[attribute])
-        for word in words:
-            assert not ({int(t) for t in tokenize([word]).flatten()} - special) & grammar, (attribute, word)
-
-
-def test_a_stand_in_replaces_the_true_value_and_only_it():
+def test_caption_naming_puts_any_word_where_the_value_was():
     objects = [SceneObject("circle", "purple", "large", "top left"), SceneObject("ring", "red", "small", "top right")]
     captions, true_index = probe_captions(objects, "colour", "purple")
-    standing, same_index = probe_captions(objects, "colour", "purple", stand_in="teal")
-    assert same_index == true_index
-    assert standing[true_index] == captions[true_index].replace("purple", "teal")
-    assert [c for i, c in enumerate(standing) if i != true_index] == [
-        c for i, c in enumerate(captions) if i != true_index]
-    with pytest.raises(ValueError, match="not a stand-in"):
-        probe_captions(objects, "colour", "purple", stand_in="blue")
-    with pytest.raises(ValueError, match="this attribute has none"):
-        probe_captions(objects, "position", "top left", stand_in="middle")
+    assert caption_naming(objects, "colour", "purple", "purple") == captions[true_index]
+    assert caption_naming(objects, "colour", "purple", "teal") == captions[true_index].replace("purple", "teal")
+    with pytest.raises(ValueError, match="no object"):
+        caption_naming(objects, "colour", "blue", "teal")
+
+
+def test_grammar_captions_contain_every_word_a_caption_can():
+    words = {w.strip(",.:") for caption in grammar_captions() for w in caption.split()}
+    for vocabulary in VOCABULARIES.values():
+        assert {w for value in vocabulary for w in value.split()} <= words
+    objects = (SceneObject("cross", "cyan", "small", "bottom right"), SceneObject("ring", "white", "large", "top left"))
+    for template in range(3):
+        assert {w.strip(",.:") for w in scene_caption(objects, template, (1, 0)).split()} <= words
