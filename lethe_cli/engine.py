@@ -116,7 +116,8 @@ def evaluate(
 
 def _echo_probes(result: dict) -> None:
     for name, p in result.get("probe", {}).items():
-        untrained = f"  untrained word={p['untrained']:.1f}% (sd {p['untrained_std']:.1f})" if "untrained" in p else ""
+        untrained = (f"  outscores {p['beats_untrained']:.1f}% of {p['n_untrained']} untrained words"
+                     if "beats_untrained" in p else "")
         typer.echo(f"probe {name:<16} accuracy={p['accuracy']:.1f}%  chance={p['chance']:.1f}%{untrained}  "
                    f"(n={p['n_images']})")
 

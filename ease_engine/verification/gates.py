@@ -15,10 +15,10 @@ Forgetting gates (docs/verification.md has the reasoning):
   contribution still in the weights, r <= ``residual_max`` (one-sided: a negative r means the weights lie
   beyond a model without that contribution along it, which is not knowledge kept; over-removal shows in the
   utility and membership gates);
-- ``concept_probe`` (when the request names a concept): accuracy on the erased pairs' concept at most
-  the level of a model that never learnt the word + ``probe_margin`` + z SE. That level is measured on the
-  candidate itself: the same probe with the true caption naming words no training caption contains (a model
-  ignorant of "purple" still beats chance by ruling out the colours it knows), and never below chance.
+- ``concept_probe`` (when the request names a concept): a model that never learnt the concept's word
+  treats it as one more untrained token, so the word must not outscore nearly all of 199 words no training
+  caption contains (``ease_engine.evaluation.untrained_words``; a permutation test at the level z gives).
+  A two-word value (a position) is judged by multiple-choice accuracy against chance + ``probe_margin`` + z SE.
 
 Utility gates: Recall@1 (both directions) on the retained clients' training pairs and on their audit
 pairs must keep ``utility_keep`` of the parent's skill above chance, minus z SE:
@@ -51,8 +51,8 @@ class GateConfig(BaseModel):
                                     "exclusive contribution is measured against")
     exclusivity_ratio: float = Field(0.0, ge=0, description="a block is exclusive to the client when its exclusive "
                                      "share exceeds this times the largest share a retained client shows")
-    probe_margin: float = Field(5.0, ge=0, description="concept-probe points allowed above the level of a model "
-                                "that never learnt the word (chance at least)")
+    probe_margin: float = Field(5.0, ge=0, description="concept-probe points allowed above chance, for a concept "
+                                "of several words (positions); one-word concepts are ranked among untrained words")
     utility_keep: float = Field(0.5, gt=0, le=1, description="share of the parent's above-chance Recall@1 on "
                                 "retained data the candidate must keep (the retrain reference of the default "
                                 "federation keeps 84-90%, shared-concept's 69-79%: the erased client's pairs "
