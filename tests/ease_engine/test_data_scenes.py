@@ -293,7 +293,6 @@ def test_probe_rejects_values_not_in_the_scene():
         probe_captions(objects, "colour", "mauve")
 
 
-
 def test_caption_naming_puts_any_word_where_the_value_was():
     objects = [SceneObject("circle", "purple", "large", "top left"), SceneObject("ring", "red", "small", "top right")]
     captions, true_index = probe_captions(objects, "colour", "purple")

@@ -170,7 +170,6 @@ def test_the_ledger_residual_gate_is_one_sided():
     assert kept.control_passed is False and kept.comparison == "<="
 
 
-
 def test_the_concept_probe_fails_a_word_that_outranks_nearly_every_untrained_word():
     from ease_engine.verification.report import _probe_gate
 
