@@ -11,7 +11,7 @@ class Row:
     label: str
     method: str
     params: dict = field(default_factory=dict)
-    client_scope_only: bool = False  # meaningless in samples scope (no recorded contribution to excise or reset)
+    scopes: tuple[str, ...] = ("client", "samples")  # the erasure scopes where the row means something
 
 
 ROWS: list[Row] = [
@@ -20,11 +20,13 @@ ROWS: list[Row] = [
     Row("federaser", "federaser"),
     Row("sfu", "sfu"),
     Row("multidelete", "multidelete"),
-    Row("multidelete + exclusive-row reset", "multidelete", {"reset_wholly_exclusive": True}, client_scope_only=True),
+    # a subject's erasure resets no row: the rest of the client's pairs use the same words
+    Row("multidelete + exclusive-row reset", "multidelete", {"reset_wholly_exclusive": True}, scopes=("client",)),
     Row("ease", "ease"),
-    Row("ease w/o excision", "ease", {"excise": False}, client_scope_only=True),
-    # in samples scope EASE without its displacement is the parent unchanged (nothing is excised there)
-    Row("ease w/o displacement", "ease", {"displace": False}, client_scope_only=True),
+    Row("ease w/o excision", "ease", {"excise": False}),
+    Row("ease w/o displacement", "ease", {"displace": False}),
+    # the earlier samples-scope design: nothing excised, the displacement inside the subject's gradient directions
+    Row("ease subject-gradient basis", "ease", {"sample_excision": "none"}, scopes=("samples",)),
     Row("ease image tower only", "ease", {"towers": "image"}),
     Row("ease text tower only", "ease", {"towers": "text"}),
 ]
@@ -49,4 +51,4 @@ NOT_A_CONTROL = {("samples", "finetune"): "in samples scope more rounds on the r
 
 
 def rows_for(scope: str) -> list[Row]:
-    return [row for row in ROWS if scope == "client" or not row.client_scope_only]
+    return [row for row in ROWS if scope in row.scopes]

@@ -23,9 +23,9 @@ from lethe_bench.references import ensure_references
 from lethe_bench.rows import GATE_CASES, Row, rows_for
 from lethe_bench.scenarios import Scenario
 
-RESULTS_VERSION = 4  # bump when what a row measures or how it is verified changes (2: the residual gate is
+RESULTS_VERSION = 5  # bump when what a row measures or how it is verified changes (2: the residual gate is
 # one-sided; 3: a stand-in level for the concept probe, never published; 4: the probe ranks the word among
-# untrained words)
+# untrained words; 5: samples-scope EASE excises the client's exclusive contribution)
 
 
 def verdict_word(report: VerificationReport) -> str:

@@ -61,6 +61,20 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
 
 
+def gallery_contrastive_loss(images: torch.Tensor, texts: torch.Tensor, gallery_images: torch.Tensor,
+                             gallery_texts: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """Each pair's symmetric InfoNCE loss against a gallery of other pairs (one value per pair): its own
+    caption among the gallery's captions, and its own image among the gallery's images. Features are
+    normalised here; ``scale`` is the inverse temperature. (The membership auditor's loss attack and EASE's
+    per-pair gradients in samples scope.)"""
+    images, texts = F.normalize(images, dim=-1), F.normalize(texts, dim=-1)
+    gallery_images, gallery_texts = F.normalize(gallery_images, dim=-1), F.normalize(gallery_texts, dim=-1)
+    own = (images * texts).sum(dim=-1, keepdim=True)
+    i2t = scale * torch.cat([own, images @ gallery_texts.T], dim=1)
+    t2i = scale * torch.cat([own, texts @ gallery_images.T], dim=1)
+    return 0.5 * (-F.log_softmax(i2t, dim=1)[:, 0] - F.log_softmax(t2i, dim=1)[:, 0])
+
+
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW; weight decay only on matrices that are not embeddings.
 

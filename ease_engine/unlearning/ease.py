@@ -30,14 +30,28 @@ displacement along it and the erased value, saved with the version; aggregators 
 client update (``ease_engine.linalg.forget_lock``), so an update that would move the model back toward the
 excised knowledge loses that component.
 
-Samples scope (``ease_samples``): no per-pair contribution is recorded, so there is no excision; the
-displacement moves only inside the subject's exclusive gradient directions, and the lock holds those.
-Measured (the ``samples`` scenario, 3 seeds): this does not forget a memorised subject. The model stays where
-it was (membership AUC 0.610 against the parent's 0.611, retrain 0.532) and fails the membership gate: the
-hinge on pair similarity has almost nothing to push (forget and non-member mean similarity 0.783 and 0.778),
-and the exclusive directions are few (rank <= 8 in 31 blocks). More steps, a wider basis (sin >= 0.5) or a
-contrastive-margin decoupling did not change that; a 5x step size did, on the benchmark's own seed, so it is
-not the default (docs/ease.md, "Ablations and results").
+Samples scope (a data subject's pairs inside one client). No per-pair contribution is recorded; the finest
+contribution the ledger holds is the subject's client's, and on data like its neighbours' what that client
+alone taught (x_c, its sine part) is its memorisation of its own pairs, the subject's among them; what it
+shares with the others (the cosine part) is general knowledge and stays. So closure 1 excises x_c, closure 2
+runs as in client scope (the hinge on the subject's pairs; the retain proxy holds the rest of the client's
+pairs, so their utility is restored through directions off x_c), and the lock holds x_c's directions.
+Where a client alone holds a concept, x_c holds it too: excising it for one subject removes it from the
+model, and only the displacement's anchor on the client's remaining pairs brings their utility back.
+Measured reasons (the ``samples`` scenario, docs/ease.md):
+- the earlier design (``sample_excision = "none"``: no excision; the displacement moves only inside the
+  subject's own exclusive gradient directions, ``ease_samples``) does not forget a memorised subject
+  (membership AUC 0.610 against the parent's 0.611, retrain 0.532): the exclusive directions are few (rank
+  <= 8 in 31 blocks) and the hinge has almost nothing to push. The server cannot see what to push either: on
+  the client's 70 calibration pairs the parent's similarity AUC is 0.563 and the retrain reference's 0.550
+  (the auditor's, on its own pairs: 0.628 and 0.537), so a stopping rule on the server's non-members stops at
+  once; a decoupling on each pair's in-batch contrastive loss, the gradient directions against the other
+  clients' support only, excising the client's contribution inside the subject's directions, and a
+  contrastive retain loss in place of the anchor did not forget on seed 0 (fail, or pass only at a step size
+  that is unstable: lr 1e-2 passes with 30 steps and fails with 60);
+- excising x_c and displacing (3 seeds): forget Recall@1 45.3/43.3 against retrain 44.0/41.4, membership AUC
+  0.525 against 0.532, retain Recall@1 22.6/21.3 against 24.9/23.7; without the displacement retain falls to
+  6.3/8.8, without the excision forget stays at 51.8/50.1 (docs/benchmarks.md, samples).
 """
 
 from __future__ import annotations
@@ -85,9 +99,12 @@ class EaseParams(BaseModel):
     lock: bool = True
     lock_epsilon: float | None = Field(None, gt=0)
     # samples scope
-    sample_rank: int = Field(8, ge=1)
-    sin_min: float = Field(0.95, gt=0, le=1, description="samples scope: a gradient direction is exclusive if "
-                           "sin(angle to the ledger's support) >= this")
+    sample_excision: Literal["client", "none"] = Field(
+        "client", description="samples scope: excise the subject's client's exclusive contribution (client), or "
+        "excise nothing and move only inside the subject's exclusive gradient directions (none)")
+    sample_rank: int = Field(8, ge=1, description="samples scope without excision: gradient basis rank")
+    sin_min: float = Field(0.95, gt=0, le=1, description="samples scope without excision: a gradient direction is "
+                           "exclusive if sin(angle to the ledger's support) >= this")
     seed: int = 0
 
 
@@ -138,7 +155,7 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
         bundle = context.fresh_bundle()
         blocks = context.setup.blocks
         before = context.original_values
-        if target.scope == "client":
+        if target.scope == "client" or params.sample_excision == "client":
             exclusive = ExclusiveContribution.from_ledger(context.ledger, target.client, params.retained_energy,
                                                           params.exclusivity_ratio)
             details["angles"] = {"principal_angles_deg": exclusive.angles_deg, **exclusive.summary()}

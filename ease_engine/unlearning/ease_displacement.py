@@ -17,7 +17,7 @@ optimisation of BOTH towers (``towers``),
 
 After each step the move is projected per block: ``off`` removes its components along the excised
 directions (client scope: the displacement must not put back what closure 1 took out), ``onto`` keeps
-only the components inside the exclusive basis (samples scope, where nothing was excised). Blocks not in
+only the components inside the exclusive basis (samples scope with ``sample_excision = "none"``). Blocks not in
 the plan do not move (wholly exclusive blocks: excision put them exactly where a model never trained on
 the client has them).
 """

@@ -1,4 +1,5 @@
-"""EASE in samples scope (a data subject's pairs inside one client), used by ``ease.py``.
+"""EASE in samples scope without excision (``sample_excision = "none"``: the earlier design, kept as an
+ablation row; the default excises the client's exclusive contribution), used by ``ease.py``.
 
 There is no recorded contribution per pair, so U_s (per block) comes from the gradients of each forget
 pair's contrastive loss at the current weights (SVD, rank <= ``sample_rank``); the exclusive basis E
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ease_engine.federation.exclusive import retained_support
-from ease_engine.federation.training import derive_seed
+from ease_engine.federation.training import derive_seed, gallery_contrastive_loss
 from ease_engine.linalg.subspace import exclusive_basis, orthonormal_basis
 from ease_engine.models.blocks import ParameterBlock
 from ease_engine.models.factory import ClipBundle
@@ -51,12 +52,9 @@ def per_sample_gradient_bases(context: UnlearningContext, bundle: ClipBundle, ta
         g_img = F.normalize(model.encode_image(bundle.image_batch(setup.train, gallery, device)), dim=-1)
         g_txt = F.normalize(model.encode_text(setup.captions.pick(gallery, generator).to(device)), dim=-1)
     for i in context.forget_items(target):
-        img = F.normalize(model.encode_image(bundle.image_batch(setup.train, np.array([i]), device)), dim=-1)
-        txt = F.normalize(model.encode_text(setup.captions.pick(np.array([i]), generator).to(device)), dim=-1)
-        scale = model.logit_scale.exp().clamp(max=100.0)
-        i2t = scale * torch.cat([img @ txt.T, img @ g_txt.T], dim=1)
-        t2i = scale * torch.cat([txt @ img.T, txt @ g_img.T], dim=1)
-        loss = 0.5 * (-F.log_softmax(i2t, dim=1)[0, 0] - F.log_softmax(t2i, dim=1)[0, 0])
+        img = model.encode_image(bundle.image_batch(setup.train, np.array([i]), device))
+        txt = model.encode_text(setup.captions.pick(np.array([i]), generator).to(device))
+        loss = gallery_contrastive_loss(img, txt, g_img, g_txt, model.logit_scale.exp().clamp(max=100.0))[0]
         model.zero_grad(set_to_none=True)
         loss.backward()
         for name, g in _block_grads(model, setup.blocks).items():

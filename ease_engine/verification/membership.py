@@ -26,6 +26,7 @@ from scipy.stats import mannwhitneyu
 
 from ease_engine.data.dataset import CaptionDataset
 from ease_engine.evaluation.evaluate import encode_images, encode_texts
+from ease_engine.federation.training import gallery_contrastive_loss
 from ease_engine.models.factory import ClipBundle
 
 
@@ -60,13 +61,7 @@ def loss_scores(
     temperature: float,
 ) -> np.ndarray:
     """Minus the symmetric InfoNCE loss of each pair against a non-member gallery."""
-    images, texts = F.normalize(images, dim=1), F.normalize(texts, dim=1)
-    gallery_images, gallery_texts = F.normalize(gallery_images, dim=1), F.normalize(gallery_texts, dim=1)
-    own = (images * texts).sum(dim=1, keepdim=True)
-    i2t = torch.cat([own, images @ gallery_texts.T], dim=1) / temperature
-    t2i = torch.cat([own, texts @ gallery_images.T], dim=1) / temperature
-    loss = 0.5 * (-F.log_softmax(i2t, dim=1)[:, 0] - F.log_softmax(t2i, dim=1)[:, 0])
-    return (-loss).numpy()
+    return (-gallery_contrastive_loss(images, texts, gallery_images, gallery_texts, 1.0 / temperature)).numpy()
 
 
 SIMILARITY_BINS = 40

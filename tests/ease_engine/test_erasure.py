@@ -206,3 +206,27 @@ def test_sample_scope_erasure(gate_versions, context, tmp_path):
     assert clients["1"]["erased_pair_hashes"] == sorted(pair_id_hash(p) for p in pairs)
     assert not set(pairs) & set(clients["1"]["pair_ids"])
     assert result.outcome.cost.client_samples >= len(pairs)
+
+
+def test_sample_scope_excises_the_clients_exclusive_contribution(context):
+    """A subject's erasure removes what its client alone taught (residual 0 of that client's x_c; the parent's
+    is 1) and the lock holds those directions; the earlier design (no excision) leaves the weights unchanged
+    before its displacement, so a method that skipped closure 1 in samples scope fails here."""
+    from ease_engine.federation.exclusive import ExclusiveContribution
+    from ease_engine.models.blocks import read_blocks
+    from ease_engine.unlearning import METHODS
+
+    spec = METHODS["ease"]
+    items = context.setup.client_items(1)[:5]
+    target = ErasureTarget(1, tuple(context.setup.train.pair_ids[i] for i in items))
+    exclusive = ExclusiveContribution.from_ledger(context.ledger, 1)
+    assert exclusive.residual(context.original_values)["all"] == pytest.approx(1.0, abs=1e-6)
+
+    excised = spec.unlearn(context, target, spec.params(steps=0))
+    after = read_blocks(excised.bundle.model, context.setup.blocks)
+    assert abs(exclusive.residual(after)["all"]) < 1e-4
+    assert excised.lock is not None and set(excised.lock.block_names) == set(exclusive.parts)
+
+    untouched = spec.unlearn(context, target, spec.params(steps=0, sample_excision="none"))
+    after = read_blocks(untouched.bundle.model, context.setup.blocks)
+    assert all(np.array_equal(after[n].numpy(), context.original_values[n].numpy()) for n in after)
