@@ -7,7 +7,8 @@ The new version is a directory written in one rename:
 
     open_clip_config.json, open_clip_model.safetensors, lethe_model.json, metadata.json
     clients.json        the erased pairs removed, only their hashes kept; client scope marks the client erased
-    ledger/             the parent's ledger without the erased client (client scope)
+    ledger/             the parent's ledger without the erased client (client scope), or with what was
+                        excised on the subject's behalf taken out of its client's contribution (samples scope)
     forget_lock/        the Forget Lock (EASE), for aggregators continuing the federation
     verification.json   figures, reference and every gate with its threshold
     manifest.json       parent (name and content hash), the erasure, file digests and THE content hash
@@ -16,7 +17,6 @@ The new version is a directory written in one rename:
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -155,10 +155,12 @@ def write_erased_version(
         clients = context.clients.after_erasure(target.scope, str(target.client), target.pair_ids)
         write_json(tmp / layout.CLIENTS, clients.to_json())
         if context.ledger is not None:
-            ledger = context.ledger
             if target.scope == "client":
-                ledger = copy.copy(ledger)
-                ledger.records = {k: v for k, v in context.ledger.records.items() if k != target.client}
+                ledger = context.ledger.without_client(target.client)
+            elif outcome.ledger_debit:
+                ledger = context.ledger.debited(target.client, outcome.ledger_debit)
+            else:
+                ledger = context.ledger
             ledger.save(tmp / layout.LEDGER_DIR)
         if outcome.lock is not None:
             outcome.lock.save(tmp / layout.FORGET_LOCK_DIR)

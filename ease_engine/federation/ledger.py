@@ -25,6 +25,8 @@ On disk (a folder ``ledger/`` inside a version):
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -114,6 +116,24 @@ class Ledger:
                 energy=self.config.energy,
             )
         rec.rounds.append(int(round_index))
+
+    def without_client(self, client: int) -> Ledger:
+        """A copy without ``client``'s record (a client erased as a whole); records are shared, not copied."""
+        ledger = copy.copy(self)
+        ledger.records = {k: v for k, v in self.records.items() if k != int(client)}
+        return ledger
+
+    def debited(self, client: int, removed: dict[str, torch.Tensor]) -> Ledger:
+        """A copy where ``client``'s recorded contribution no longer holds ``removed`` (per block, what an
+        erasure took out of the weights on its behalf while the client stays): a later excision computed from
+        it does not take the same part out twice. The basis is kept (it still spans what the client sent)."""
+        self.client(client)
+        record = self.records[int(client)]
+        contribution = {name: c - removed[name].reshape(-1).to(c) if name in removed else c
+                        for name, c in record.contribution.items()}
+        ledger = copy.copy(self)
+        ledger.records = {**self.records, int(client): dataclasses.replace(record, contribution=contribution)}
+        return ledger
 
     def client(self, client: int) -> ClientRecord:
         try:

@@ -73,6 +73,9 @@ class UnlearningOutcome:
     wall_seconds: float = 0.0
     lock: ForgetLock | None = None
     details: dict = field(default_factory=dict)
+    # samples scope: what was excised from the weights on the target client's behalf, per block; the new
+    # version's ledger no longer counts it in that client's contribution (``Ledger.debited``)
+    ledger_debit: dict[str, torch.Tensor] | None = None
 
 
 @dataclass

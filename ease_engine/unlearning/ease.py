@@ -149,6 +149,7 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
     context.require_ledger("ease")
     cost = Cost()
     details: dict = {}
+    ledger_debit = None
     generator = torch.Generator().manual_seed(derive_seed(params.seed, 0xEA5E))
     rng = np.random.default_rng(derive_seed(params.seed, 0xD15))
     with Timer() as timer:
@@ -162,9 +163,12 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
             directions = _unit_columns(exclusive.parts)
             frozen = exclusive.wholly_exclusive if params.freeze_wholly_exclusive else frozenset()
             if params.excise and exclusive.parts:
-                values = {name: value - params.excise_fraction * exclusive.parts[name].to(value)
-                          if name in exclusive.parts else value for name, value in before.items()}
+                excised = {name: params.excise_fraction * x for name, x in exclusive.parts.items()}
+                values = {name: value - excised[name].to(value) if name in excised else value
+                          for name, value in before.items()}
                 write_blocks(bundle.model, blocks, values)
+                if target.scope == "samples":  # the client stays: its ledger entry must not hold it any more
+                    ledger_debit = excised
                 details["excised_share_of_contribution"] = exclusive.energy() / max(
                     sum(float(c.double().pow(2).sum()) for c in context.ledger.client(target.client)
                         .contribution.values()), 1e-30)
@@ -183,4 +187,4 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
             cost.client_samples += details["displacement"]["steps"] * min(params.batch_size, len(plan.forget_items))
             cost.server_samples += details["displacement"]["steps"] * min(params.batch_size, len(plan.retain_proxy))
         lock = _lock(directions, before, read_blocks(bundle.model, blocks), target, params) if params.lock else None
-    return UnlearningOutcome(bundle, cost, timer.seconds, lock=lock, details=details)
+    return UnlearningOutcome(bundle, cost, timer.seconds, lock=lock, details=details, ledger_debit=ledger_debit)

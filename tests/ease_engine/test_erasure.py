@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from ease_engine.erasure import erase
 from ease_engine.linalg.forget_lock import ForgetLock
@@ -230,3 +231,29 @@ def test_sample_scope_excises_the_clients_exclusive_contribution(context):
     untouched = spec.unlearn(context, target, spec.params(steps=0, sample_excision="none"))
     after = read_blocks(untouched.bundle.model, context.setup.blocks)
     assert all(np.array_equal(after[n].numpy(), context.original_values[n].numpy()) for n in after)
+
+
+def test_a_subjects_erasure_debits_its_clients_ledger_entry(gate_versions, context, tmp_path):
+    """After a subject's erasure the client stays, but what was excised on its behalf is no longer counted in
+    its recorded contribution: a second excision (another subject, or the whole client later) finds nothing of
+    it left to take out, instead of subtracting it twice."""
+    from ease_engine.federation.exclusive import ExclusiveContribution
+    from ease_engine.federation.ledger import Ledger, LedgerError
+
+    original, _ = gate_versions
+    items = context.setup.client_items(1)[:5]
+    pairs = tuple(context.setup.train.pair_ids[i] for i in items)
+    result = erase(original, ErasureTarget(1, pairs), "ease", {"steps": 0}, tmp_path / "v", context=context,
+                   **PUBLISH)
+    assert result.outcome.ledger_debit
+    parent_energy = ExclusiveContribution.from_ledger(context.ledger, 1).energy()
+    child = Ledger.load(tmp_path / "v" / "ledger")
+    assert 1 in child.clients and child.clients == context.ledger.clients
+    assert ExclusiveContribution.from_ledger(child, 1).energy() < 1e-6 * parent_energy
+    # the other clients' entries are as they were, and the parent's ledger object is untouched
+    for k in (0, 2):
+        for name, c in context.ledger.client(k).contribution.items():
+            assert torch.equal(child.client(k).contribution[name], c)
+    assert ExclusiveContribution.from_ledger(context.ledger, 1).energy() == pytest.approx(parent_energy)
+    with pytest.raises(LedgerError, match="not in the ledger"):
+        context.ledger.debited(99, {})
