@@ -41,6 +41,10 @@ from ease_engine.federation.ledger import Ledger
 from ease_engine.linalg.subspace import orthonormal_basis, principal_angles
 
 DISTINGUISHABLE_RATIO = 1.5
+# An exclusive share at the rounding level of float32 contributions is nothing: after an erasure debited a client's
+# recorded contribution by its x_f (``Ledger.debited``), re-projecting leaves only that rounding (shares ~1e-15),
+# and normalising it would turn noise into lock directions and a residual denominator. Real shares are >= 1e-3.
+ROUNDING_SHARE = (64 * torch.finfo(torch.float32).eps) ** 2
 
 
 def retained_support(ledger: Ledger, block: str, clients: Iterable[int], energy: float) -> torch.Tensor:
@@ -101,7 +105,10 @@ class ExclusiveContribution:
                 angles.extend(torch.rad2deg(principal_angles(support, u_f)).tolist())
             else:
                 angles.extend([90.0] * max(u_f.shape[1], 1))
-            share[name] = _share(x_f, c_f)
+            share_f = _share(x_f, c_f)
+            if share_f <= ROUNDING_SHARE:
+                continue
+            share[name] = share_f
             moved_by = [k for k in others if float(ledger.records[k].contribution[name].abs().max()) > 0.0]
             if not moved_by:
                 whole.add(name)

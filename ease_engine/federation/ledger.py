@@ -1,7 +1,8 @@
 """The contribution ledger, recorded while the federation trains (EASE.md, "The ledger").
 
 Per client k and block l it keeps
-- the exact contribution ``C_k^l = sum_t p_k Delta_k^(t,l)`` (what FedAvg added on k's behalf), and
+- the exact contribution ``C_k^l = sum_t p_k Delta_k^(t,l)`` (what FedAvg added on k's behalf; after a
+  data subject's erasure, minus what was excised on k's behalf: :meth:`Ledger.debited`), and
 - an orthonormal basis ``U_k^l`` (d_l x r, r <= rank_cap) of the span of k's weighted
   round updates ``p_k Delta_k^(t,l)``, with singular values ``S_k^l``, by incremental SVD
   truncated at ``energy``.
@@ -132,7 +133,9 @@ class Ledger:
         contribution = {name: c - removed[name].reshape(-1).to(c) if name in removed else c
                         for name, c in record.contribution.items()}
         ledger = copy.copy(self)
-        ledger.records = {**self.records, int(client): dataclasses.replace(record, contribution=contribution)}
+        ledger.records = {**self.records, int(client): dataclasses.replace(
+            record, contribution=contribution, basis=dict(record.basis),
+            singular_values=dict(record.singular_values), rounds=list(record.rounds))}
         return ledger
 
     def client(self, client: int) -> ClientRecord:

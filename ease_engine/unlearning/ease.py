@@ -163,12 +163,12 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
             directions = _unit_columns(exclusive.parts)
             frozen = exclusive.wholly_exclusive if params.freeze_wholly_exclusive else frozenset()
             if params.excise and exclusive.parts:
-                excised = {name: params.excise_fraction * x for name, x in exclusive.parts.items()}
-                values = {name: value - excised[name].to(value) if name in excised else value
-                          for name, value in before.items()}
+                values = {name: value - params.excise_fraction * exclusive.parts[name].to(value)
+                          if name in exclusive.parts else value for name, value in before.items()}
                 write_blocks(bundle.model, blocks, values)
-                if target.scope == "samples":  # the client stays: its ledger entry must not hold it any more
-                    ledger_debit = excised
+                if target.scope == "samples":  # the client stays: its ledger entry must not hold x_c any more
+                    ledger_debit = {name: params.excise_fraction * x.to(torch.float32)
+                                    for name, x in exclusive.parts.items()}
                 details["excised_share_of_contribution"] = exclusive.energy() / max(
                     sum(float(c.double().pow(2).sum()) for c in context.ledger.client(target.client)
                         .contribution.values()), 1e-30)

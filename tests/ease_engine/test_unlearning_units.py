@@ -86,6 +86,50 @@ def test_a_ratio_keeps_only_blocks_that_stand_out_of_the_retained_clients():
     assert set(ExclusiveContribution.from_ledger(ledger, 0, energy=1.0, ratio=1.5).parts) == {"w"}
 
 
+def test_a_debited_ledger_holds_no_exclusive_part_of_the_client_and_leaves_the_parent_alone():
+    """After ``debited(0, x_0)`` client 0's contribution is its shared part only: nothing exclusive is left to
+    excise a second time (float32 rounding is not an exclusive block); the parent's records are untouched,
+    and recording more rounds into the debited copy does not reach the parent."""
+    d = 4
+    e = torch.eye(d)
+    blocks = [ParameterBlock("w", (d,))]
+    updates = {0: {"w": [e[0] + 2 * e[2], e[0] + e[2]]}, 1: {"w": [e[0] + e[1], 2 * e[1]]}, 2: {"w": [e[1], e[0]]}}
+    ledger = _ledger(updates, blocks, {"w": torch.zeros(d)})
+    before = ledger.client(0).contribution["w"].clone()
+    ex = ExclusiveContribution.from_ledger(ledger, 0, energy=1.0)
+    child = ledger.debited(0, ex.parts)
+    torch.testing.assert_close(child.client(0).contribution["w"], 2 * e[0], atol=1e-6, rtol=0)
+    assert ExclusiveContribution.from_ledger(child, 0, energy=1.0).parts == {}
+    assert torch.equal(ledger.client(0).contribution["w"], before)
+    child.record(0, 2, {"w": e[3]})
+    assert ledger.client(0).rounds == [0, 1] and ledger.client(0).basis["w"].shape[1] == 2
+    assert child.without_client(0).clients == [1, 2] and ledger.clients == [0, 1, 2]
+
+
+def test_gallery_contrastive_loss_is_the_per_pair_symmetric_infonce():
+    """Against a brute-force reference: -log softmax of the pair's own similarity among [own, gallery], both
+    ways, averaged."""
+    from ease_engine.federation.training import gallery_contrastive_loss
+
+    rng = np.random.default_rng(0)
+    img, txt, g_img, g_txt = (torch.from_numpy(rng.normal(size=shape)).float()
+                              for shape in [(5, 8), (5, 8), (7, 8), (7, 8)])
+    scale = 10.0
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    a, b, ga, gb = (unit(x.numpy().astype(np.float64)) for x in (img, txt, g_img, g_txt))
+    expected = []
+    for i in range(5):
+        own = scale * a[i] @ b[i]
+        i2t = np.concatenate([[own], scale * gb @ a[i]])
+        t2i = np.concatenate([[own], scale * ga @ b[i]])
+        expected.append(0.5 * (-(own - np.log(np.exp(i2t).sum())) - (own - np.log(np.exp(t2i).sum()))))
+    np.testing.assert_allclose(gallery_contrastive_loss(img, txt, g_img, g_txt, scale).numpy(), expected,
+                               rtol=1e-5)
+
+
 def test_quantile_matching_is_the_squared_wasserstein_distance():
     rng = np.random.default_rng(0)
     batch = torch.tensor(rng.normal(0.5, 0.1, 64), dtype=torch.float32)
