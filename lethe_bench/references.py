@@ -1,7 +1,8 @@
 """The original federation and its retrain reference per scenario and seed, trained once and cached.
 
-    runs/bench/<scenario>/seed<S>-<key>/original    the federation
-    runs/bench/<scenario>/seed<S>-<key>/retrain     the same schedule without the erased data
+    runs/bench/<scenario>/seed<S>-<key>/original                  the federation
+    runs/bench/<scenario>/seed<S>-<key>/retrain-without-client<K>  the same schedule without client K
+    runs/bench/<scenario>/seed<S>-<key>/retrain                   samples scope: without the subject's pairs
 
 ``key`` hashes the seeded config (its non-default values: adding a new config field with a default
 keeps old caches valid) and the erased pairs, so a changed config or target trains anew and a rerun
@@ -59,7 +60,8 @@ def ensure_references(root: Path, scenario: Scenario, seed: int, quick: bool = F
     config = scenario.config(seed, quick)
     pairs = subject_pairs(config, scenario.client, scenario.sample_pairs) if scenario.sample_pairs else None
     base = Path(root) / scenario.name / f"seed{seed}-{config_key(config, pairs)}"
-    original, retrain = base / "original", base / "retrain"
+    # the original does not depend on whom the bench erases; a client's retrain does (a subject's is in the key)
+    original, retrain = base / "original", base / ("retrain" if pairs else f"retrain-without-client{scenario.client}")
     if not _trained(original):
         began = time.perf_counter()
         run_federation(config, original, show_progress=False)
