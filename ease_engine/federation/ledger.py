@@ -128,8 +128,7 @@ class Ledger:
         """A copy where ``client``'s recorded contribution no longer holds ``removed`` (per block, what an
         erasure took out of the weights on its behalf while the client stays): a later excision computed from
         it does not take the same part out twice. The basis is kept (it still spans what the client sent)."""
-        self.client(client)
-        record = self.records[int(client)]
+        record = self.client(client)
         contribution = {name: c - removed[name].reshape(-1).to(c) if name in removed else c
                         for name, c in record.contribution.items()}
         ledger = copy.copy(self)
