@@ -9,7 +9,8 @@ The new version is a directory written in one rename:
     clients.json        the erased pairs removed, only their hashes kept; client scope marks the client erased
     ledger/             the parent's ledger without the erased client (client scope), or with what was
                         excised on the subject's behalf taken out of its client's contribution (samples scope)
-    forget_lock/        the Forget Lock (EASE), for aggregators continuing the federation
+    forget_lock/        the Forget Lock, for aggregators continuing the federation: the parent's layers (every
+                        earlier erasure's, carried forward) and this erasure's own (EASE), if any
     verification.json   figures, reference and every gate with its threshold
     manifest.json       parent (name and content hash), the erasure, file digests and THE content hash
                         (``lethe_format``: the same value the service records)
@@ -27,6 +28,8 @@ from pydantic import ValidationError
 from ease_engine.atomic import new_directory, write_json
 from ease_engine.federation.data_cache import FederationDataCache
 from ease_engine.federation.exclusive import ExclusiveContribution
+from ease_engine.federation.version import read_version_lock
+from ease_engine.linalg.forget_lock import ForgetLock
 from ease_engine.models.version_io import write_model_files
 from ease_engine.unlearning import ErasureTarget, UnlearningContext, UnlearningError, UnlearningOutcome, get_method
 from ease_engine.verification.gates import GateConfig
@@ -68,6 +71,16 @@ def verification_inputs(
     return splits, exclusive
 
 
+def inherited_lock(version_dir: Path) -> ForgetLock | None:
+    """The Forget Lock the version at ``version_dir`` holds (None if it holds none); the erased version
+    carries it forward, so no earlier erasure's directions are left unguarded."""
+    try:
+        return read_version_lock(version_dir)
+    except ValueError as exc:
+        raise UnlearningError(f"the Forget Lock of version {version_dir.name} cannot be read ({exc}); "
+                              "restore the version from its signed copy") from None
+
+
 def parse_params(method: str, params: dict | None):
     spec = get_method(method)
     try:
@@ -106,6 +119,7 @@ def erase(
     if out_dir is not None and Path(out_dir).exists():
         raise UnlearningError(f"{out_dir} already exists; choose a new directory for the erased version")
     stage("loading", 0.0)
+    parent_lock = inherited_lock(version_dir)
     cache = data_cache or FederationDataCache(capacity=1)
     context = context or UnlearningContext.load(version_dir, device, cache)
     device = context.device
@@ -128,7 +142,8 @@ def erase(
     written = None
     if out_dir is not None and (report.passed or publish_on_failure):
         written = write_erased_version(
-            Path(out_dir), version_dir, context, target, method, typed_params.model_dump(mode="json"), outcome, report
+            Path(out_dir), version_dir, context, target, method, typed_params.model_dump(mode="json"), outcome, report,
+            ForgetLock.chained(parent_lock, outcome.lock),
         )
     return ErasureResult(report, outcome, written)
 
@@ -142,6 +157,7 @@ def write_erased_version(
     params: dict,
     outcome: UnlearningOutcome,
     report: VerificationReport,
+    lock: ForgetLock | None,
 ) -> Path:
     parent_hash = content_hash(directory_digests(parent_dir))
     parent_meta = json.loads((parent_dir / layout.METADATA).read_text())
@@ -162,8 +178,8 @@ def write_erased_version(
             else:
                 ledger = context.ledger
             ledger.save(tmp / layout.LEDGER_DIR)
-        if outcome.lock is not None:
-            outcome.lock.save(tmp / layout.FORGET_LOCK_DIR)
+        if lock is not None:
+            lock.save(tmp / layout.FORGET_LOCK_DIR)
         write_json(tmp / layout.VERIFICATION, report.model_dump(mode="json"))
         write_json(tmp / layout.METRICS, report.metrics)
         erasure = {

@@ -17,13 +17,11 @@ import torch
 
 from ease_engine.federation.fedavg import FederationSetup
 from ease_engine.federation.ledger import Ledger
-from ease_engine.federation.version import clients_index
+from ease_engine.federation.version import clients_index, read_version_lock
 from ease_engine.linalg.forget_lock import ForgetLock
 from ease_engine.models.blocks import TOKEN_EMBEDDING, read_blocks
 from ease_engine.models.version_io import load_version
 from lethe_format import ClientsIndex, FormatError, read_clients
-
-LOCK_DIRECTORY = "forget_lock"
 
 
 class LineageError(ValueError):
@@ -131,12 +129,13 @@ def continued_lineage(setup: FederationSetup, version_dir: str | Path, use_lock:
     last_rounds = [r for k in (ledger.clients if ledger else []) for r in ledger.client(k).rounds]
     first_round = max(last_rounds) + 1 if last_rounds else int(metadata.get("rounds_total", metadata.get("rounds", 0)))
     lock = None
-    if use_lock and (version_dir / LOCK_DIRECTORY).is_dir():
+    if use_lock:
         try:
-            lock = ForgetLock.load(version_dir / LOCK_DIRECTORY)
-        except (OSError, ValueError, KeyError) as exc:
+            lock = read_version_lock(version_dir)
+        except ValueError as exc:
             raise LineageError(f"the Forget Lock of {version_dir} cannot be read: {exc}") from None
-        check_lock_fits(lock, setup, f"the Forget Lock of {version_dir}")
+        if lock is not None:
+            check_lock_fits(lock, setup, f"the Forget Lock of {version_dir}")
     retained = {
         int(k): list(entry.pair_ids)
         for k, entry in clients.clients.items()

@@ -262,7 +262,8 @@ class LedgerStrategy(FedAvg):
             wall_seconds_this_process=time.perf_counter() - self._began,
         )
         written = write_federation_version(
-            out_dir, self.setup, lineage.ledger, self.history, metadata, lineage.clients, self.work / "updates"
+            out_dir, self.setup, lineage.ledger, self.history, metadata, lineage.clients, self.work / "updates",
+            lock=lineage.lock,
         )
         self.written = written
         return written

@@ -18,6 +18,7 @@ from ease_engine.evaluation.evaluate import retrieval_metrics
 from ease_engine.federation.config import FederationConfig
 from ease_engine.federation.ledger import Ledger
 from ease_engine.federation.update_store import store_nbytes
+from ease_engine.linalg.forget_lock import MANIFEST_FILENAME, ForgetLock
 from ease_engine.models.blocks import TOKEN_EMBEDDING, ParameterBlock, blocks_numel
 from ease_engine.models.factory import ClipBundle
 from ease_engine.models.version_io import write_model_files
@@ -98,13 +99,15 @@ def write_federation_version(
     metadata: dict,
     clients: ClientsIndex,
     updates_dir: Path | None = None,
+    lock: ForgetLock | None = None,
 ) -> Path:
     """Write the version directory of a trained federation in one rename (replacing an older one).
 
     The model as it is in ``setup.bundle`` (open_clip ``local-dir:`` files), its test metrics
     (the calibration split's global held-out pairs, ``setup.test``), the ledger, ``clients.json``
     (``clients``, written by ``lethe_format``), the round history and, if ``updates_dir`` holds
-    stored rounds, those too.
+    stored rounds, those too. ``lock``: the Forget Lock the federation ran under (a continued erased
+    version's), kept so that the next continuation or erasure still holds it.
     """
     metrics = {"test": retrieval_metrics(setup.bundle, setup.test, setup.device)} if len(setup.test) else {}
     with new_directory(out_dir, overwrite=True) as tmp:
@@ -117,4 +120,16 @@ def write_federation_version(
         write_json(tmp / layout.CLIENTS, clients.to_json())
         write_json(tmp / "history.json", history)
         write_json(tmp / "metrics.json", metrics)
+        if lock is not None:
+            lock.save(tmp / layout.FORGET_LOCK_DIR)
     return Path(out_dir)
+
+
+def read_version_lock(version_dir: Path) -> ForgetLock | None:
+    """The Forget Lock a version holds, or None if it holds none; ValueError if it cannot be read."""
+    if not (version_dir / layout.FORGET_LOCK_DIR / MANIFEST_FILENAME).is_file():
+        return None
+    try:
+        return ForgetLock.load(version_dir / layout.FORGET_LOCK_DIR)
+    except (OSError, KeyError) as exc:
+        raise ValueError(f"a file is missing or unreadable: {exc}") from None

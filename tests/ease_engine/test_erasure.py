@@ -260,3 +260,29 @@ def test_a_subjects_erasure_debits_its_clients_ledger_entry(gate_versions, conte
     assert ExclusiveContribution.from_ledger(context.ledger, 1).energy() == pytest.approx(parent_energy)
     with pytest.raises(LedgerError, match="not in the ledger"):
         context.ledger.debited(99, {})
+
+
+def test_a_second_erasure_carries_the_first_erasures_lock_forward(client_erasure, tmp_path):
+    """Erasing from an erased version keeps the first erasure's lock layers beside its own, so the first
+    client's directions stay guarded in later rounds; a method without a lock of its own carries the
+    parent's unchanged; an unreadable parent lock fails before any work and writes nothing."""
+    _, first = client_erasure
+    parent_lock = ForgetLock.load(first / "forget_lock")
+    context = UnlearningContext.load(first)
+    second = erase(first, ErasureTarget(1), "ease", {"steps": 0}, tmp_path / "v3", context=context, **PUBLISH)
+    lock = ForgetLock.load(tmp_path / "v3" / "forget_lock")
+    assert [m["client"] for m in lock.erasures] == ["0", "1"]
+    assert set(lock.block_names) == set(parent_lock.block_names) | set(second.outcome.lock.block_names)
+    for name in parent_lock.block_names:
+        assert torch.equal(lock.layers(name)[0].basis, parent_lock.block(name).basis)
+
+    erase(first, ErasureTarget(1), "noop", None, tmp_path / "noop", context=context, **PUBLISH)
+    carried = ForgetLock.load(tmp_path / "noop" / "forget_lock")
+    assert carried.erasures == parent_lock.erasures and carried.block_names == parent_lock.block_names
+
+    broken = tmp_path / "broken"
+    shutil.copytree(first, broken)
+    (broken / "forget_lock" / "forget_lock.safetensors").write_bytes(b"not a lock")
+    with pytest.raises(UnlearningError, match="Forget Lock of version broken cannot be read"):
+        erase(broken, ErasureTarget(1), "ease", {"steps": 0}, tmp_path / "never", context=context, **PUBLISH)
+    assert not (tmp_path / "never").exists()

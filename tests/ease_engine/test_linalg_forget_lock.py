@@ -201,3 +201,121 @@ def test_rounding_is_not_an_intervention_but_a_small_real_step_back_is():
     back = orthogonal + 1e-4 * float(orthogonal.norm()) * e[:, 0].float()  # points back along +E
     filtered, count = lock.apply("w", back)
     assert count == 1 and abs(float(e[:, 0].float() @ filtered)) < 1e-4 * float(orthogonal.norm()) / 10
+
+
+# -- a version erased from an erased version: both erasures' layers ------------------------------------------
+
+
+def _layer(basis: torch.Tensor, displacement: torch.Tensor, metadata: dict, epsilon: float | None = None):
+    lock = ForgetLock(metadata=metadata)
+    lock.set_block("w", LockedBlock(basis, displacement, torch.zeros(basis.shape[1], dtype=torch.float64), epsilon))
+    return lock
+
+
+def _violations(lock: ForgetLock, update: torch.Tensor) -> float:
+    """The largest step back toward any layer's excised knowledge: max over layers and i of -sign(d_i) a_i."""
+    worst = 0.0
+    for block in lock.layers("w"):
+        coords = block.basis.T @ update
+        worst = max(worst, float((-torch.sign(block.displacement) * coords).max()))
+    return worst
+
+
+def _nearest_allowed(lock: ForgetLock, update: torch.Tensor) -> torch.Tensor:
+    """Brute force (scipy's SLSQP): the nearest update with sign(d_i) a_i >= 0 for every layer's coordinates."""
+    from scipy.optimize import minimize
+
+    rows = torch.cat([torch.sign(b.displacement)[:, None] * b.basis.T for b in lock.layers("w")]).numpy()
+    target = update.numpy()
+    result = minimize(lambda x: ((x - target) ** 2).sum(), target, jac=lambda x: 2 * (x - target), method="SLSQP",
+                      constraints=[{"type": "ineq", "fun": lambda x: rows @ x, "jac": lambda x: rows}],
+                      options={"ftol": 1e-14, "maxiter": 500})
+    assert result.success, result.message
+    return torch.from_numpy(result.x)
+
+
+def test_a_chained_lock_keeps_the_earlier_erasures_layers_in_order():
+    first = _layer(_basis(1, d=8, q=2), torch.tensor([1.0, -1.0], dtype=torch.float64), {"client": "0"})
+    second = _layer(_basis(2, d=8, q=3), torch.tensor([0.5, 0.5, -2.0], dtype=torch.float64), {"client": "3"})
+    chained = ForgetLock.chained(first, second)
+    assert chained.erasures == [{"client": "0"}, {"client": "3"}] and chained.metadata == {"client": "3"}
+    assert [b.rank for b in chained.layers("w")] == [2, 3] and chained.block("w").rank == 3
+    assert ForgetLock.chained(None, second) is second and ForgetLock.chained(first, None) is first
+    assert ForgetLock.chained(None, None) is None
+    assert first.erasures == [{"client": "0"}] and len(first.layers("w")) == 1, "the inputs are unchanged"
+
+
+def test_chained_layers_filter_to_the_nearest_update_that_moves_toward_no_erasure():
+    """Overlapping (non-orthogonal) layers: one pass of each layer's filter in turn lets the second put back
+    what the first removed; the Dykstra projection is the brute-force nearest allowed update."""
+    gen = torch.Generator().manual_seed(5)
+    shared = torch.linalg.qr(torch.randn(6, 3, generator=gen, dtype=torch.float64))[0]
+    first_basis = shared[:, :2]
+    second_basis = torch.linalg.qr(torch.stack([shared[:, 0] + shared[:, 2], shared[:, 1] - 0.5 * shared[:, 2]], 1))[0]
+    first = _layer(first_basis, torch.tensor([1.0, 1.0], dtype=torch.float64), {"erasure": "1"})
+    second = _layer(second_basis, torch.tensor([-1.0, 1.0], dtype=torch.float64), {"erasure": "2"})
+    chained = ForgetLock.chained(first, second)
+    for seed in range(5):
+        update = torch.randn(6, generator=torch.Generator().manual_seed(100 + seed), dtype=torch.float64)
+        filtered, count = chained.apply("w", update)
+        assert _violations(chained, filtered) <= 1e-9
+        torch.testing.assert_close(filtered, _nearest_allowed(chained, update), atol=1e-6, rtol=0)
+        assert (count > 0) == (_violations(chained, update) > 1e-9)
+    one_pass = second.apply("w", first.apply("w", -shared[:, 0] - shared[:, 1] + shared[:, 2])[0])[0]
+    assert _violations(chained, one_pass) > 1e-3, "the construction must defeat a single pass"
+
+
+def test_orthogonal_layers_act_as_each_layer_alone():
+    basis = _basis(7, d=10, q=4)
+    first = _layer(basis[:, :2], torch.tensor([1.0, -1.0], dtype=torch.float64), {})
+    second = _layer(basis[:, 2:], torch.tensor([2.0, 1.0], dtype=torch.float64), {})
+    chained = ForgetLock.chained(first, second)
+    update = -(basis @ torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=torch.float64))  # back along both erasures
+    filtered, count = chained.apply("w", update)
+    expected = basis[:, 3]  # a_3 = +1 with d_3 = 1 > 0: kept; the other three point back: removed
+    torch.testing.assert_close(filtered, expected, atol=1e-12, rtol=0)
+    assert count == 3
+
+
+def test_chained_drift_bands_hold_for_every_layer():
+    basis = _basis(8, d=10, q=4)
+    first = _layer(basis[:, :2], torch.tensor([1.0, 1.0], dtype=torch.float64), {}, epsilon=0.1)
+    second = _layer(basis[:, 1:3] @ torch.tensor([[0.6, -0.8], [0.8, 0.6]], dtype=torch.float64),
+                    torch.tensor([1.0, 1.0], dtype=torch.float64), {}, epsilon=0.1)
+    chained = ForgetLock.chained(first, second)
+    theta = torch.zeros(10, dtype=torch.float64)
+    update = basis @ torch.tensor([3.0, 2.0, 1.0, 5.0], dtype=torch.float64)  # far along every direction
+    filtered, _ = chained.apply_with_state("w", update, theta)
+    for block in chained.layers("w"):
+        assert float((block.basis.T @ (theta + filtered) - block.anchor).abs().max()) <= 0.1 + 1e-6
+    torch.testing.assert_close(basis[:, 3] @ filtered, torch.tensor(5.0, dtype=torch.float64))  # unlocked: kept
+
+
+def test_a_chained_lock_round_trips_and_a_single_erasure_lock_of_the_first_format_still_loads(tmp_path):
+    first = _layer(_basis(1, d=8, q=2), torch.tensor([1.0, -1.0], dtype=torch.float64), {"client": "0"}, 0.3)
+    second = _layer(_basis(2, d=8, q=3), torch.tensor([0.5, 0.5, -2.0], dtype=torch.float64), {"client": "3"})
+    chained = ForgetLock.chained(first, second)
+    chained.save(tmp_path / "chained")
+    loaded = ForgetLock.load(tmp_path / "chained")
+    assert loaded.erasures == chained.erasures
+    for a, b in zip(chained.layers("w"), loaded.layers("w"), strict=True):
+        assert torch.equal(a.basis, b.basis) and torch.equal(a.displacement, b.displacement) and a.epsilon == b.epsilon
+    update = torch.randn(8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    torch.testing.assert_close(chained.apply("w", update)[0], loaded.apply("w", update)[0], atol=1e-12, rtol=0)
+
+    first.save(tmp_path / "v1")  # rewritten as the first format wrote it: no erasure indices, no erasures list
+    manifest = json.loads((tmp_path / "v1" / MANIFEST_FILENAME).read_text())
+    manifest["format"] = "lethe.forget_lock/1"
+    del manifest["erasures"]
+    for entry in manifest["blocks"]:
+        del entry["erasure"]
+    (tmp_path / "v1" / MANIFEST_FILENAME).write_text(json.dumps(manifest))
+    old = ForgetLock.load(tmp_path / "v1")
+    assert old.erasures == [{"client": "0"}] and len(old.layers("w")) == 1
+
+
+def test_a_layer_of_another_size_is_refused():
+    lock = _layer(_basis(1, d=8, q=2), torch.tensor([1.0, -1.0], dtype=torch.float64), {})
+    other = _layer(_basis(1, d=9, q=2), torch.tensor([1.0, -1.0], dtype=torch.float64), {})
+    with pytest.raises(ValueError, match="another size"):
+        ForgetLock.chained(lock, other)

@@ -117,6 +117,9 @@ def test_continued_run_never_moves_the_locked_directions_back(gate_versions, tmp
           f"control {np.round(control_back, 8).tolist()}; lock interventions per round {interventions}")
 
     assert [h["participants"] for h in history] == [[1, 2]] * 4, "the erased client must not train again"
+    carried = ForgetLock.load(locked / "forget_lock")  # the continued version keeps the lock for the next run
+    assert carried.block_names == lock.block_names and carried.erasures == lock.erasures
+    assert all(torch.equal(carried.block(n).basis, lock.block(n).basis) for n in names)
     assert sum(interventions) > 0
     assert max(locked_back) <= BACKWARD_TOLERANCE
     assert max(control_back) > 100 * BACKWARD_TOLERANCE, "without the lock the federation should drift back"

@@ -182,6 +182,23 @@ def test_a_version_of_another_model_cannot_be_continued(tiny_version, tmp_path):
     assert lineage.first_round == config.training.rounds and lineage.participants == [0, 1, 2]
 
 
+def test_a_version_whose_lock_cannot_be_read_is_not_continued(tiny_version, tmp_path):
+    import shutil
+
+    config, version = tiny_version
+    setup = prepare_federation(config)
+    locked = tmp_path / "locked"
+    shutil.copytree(version, locked)
+    lock = ForgetLock()
+    block = setup.blocks[0]
+    lock.add_block(block.name, torch.eye(block.numel)[:, :1], torch.zeros(block.numel), torch.ones(block.numel))
+    lock.save(locked / "forget_lock")
+    assert continued_lineage(setup, locked).lock.block_names == [block.name]
+    (locked / "forget_lock" / "forget_lock.safetensors").write_bytes(b"tampered")
+    with pytest.raises(LineageError, match="Forget Lock of .* cannot be read"):
+        continued_lineage(setup, locked)
+
+
 def test_a_client_of_another_model_refuses_the_message(tiny_version):
     config, _ = tiny_version
     strategy = LedgerStrategy.from_config(config, "unused")
