@@ -19,7 +19,7 @@ from ease_engine.unlearning import METHODS, UnlearningContext
 from ease_engine.verification.report import VerificationReport
 from lethe_bench.measure import Bench, figures_metrics, report_metrics
 from lethe_bench.reactivation import continue_training
-from lethe_bench.references import ensure_references
+from lethe_bench.references import References, ensure_references
 from lethe_bench.rows import GATE_CASES, Row, rows_for
 from lethe_bench.scenarios import Scenario
 
@@ -61,13 +61,19 @@ def reactivation(bench: Bench, retrain_bundle, ease_outcome, rounds: int, every:
     return curves
 
 
+def results_path(refs: References, scope: str, reactivation_rounds: int, reinjected: int) -> Path:
+    """Where a seed's rows are cached, beside its references: keyed by the rows and the results format."""
+    rows = rows_for(scope)
+    key = hashlib.sha256(json.dumps([RESULTS_VERSION, [asdict(r) for r in rows], reactivation_rounds, reinjected],
+                                    sort_keys=True).encode()).hexdigest()[:10]
+    return refs.original.parent / f"results-{key}.json"
+
+
 def run_seed(scenario: Scenario, seed: int, root: Path, quick: bool = False, reactivation_rounds: int = 0,
              reinjected: int = 0, log=print) -> dict:
     refs = ensure_references(root, scenario, seed, quick, log)
     rows = rows_for(scenario.scope)
-    key = hashlib.sha256(json.dumps([RESULTS_VERSION, [asdict(r) for r in rows], reactivation_rounds, reinjected],
-                                    sort_keys=True).encode()).hexdigest()[:10]
-    cached = refs.original.parent / f"results-{key}.json"
+    cached = results_path(refs, scenario.scope, reactivation_rounds, reinjected)
     if cached.is_file():
         return json.loads(cached.read_text())
     cache = FederationDataCache(1)

@@ -1,6 +1,6 @@
 """The unlearning benchmark: every method against the retrain reference, on every scenario, over seeds.
 
-    lethe bench [--scenarios exclusive dirichlet ...] [--seeds 0 1 2] [--quick]
+    lethe bench [--scenarios exclusive dirichlet ...] [--seeds 0 1 2] [--quick] [--jobs 2]
     python -m lethe_bench.unlearning ...
 
 Per scenario (``lethe_bench.scenarios``) and seed: the original federation and its retrain reference
@@ -18,11 +18,14 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import multiprocessing
 import os
 import platform
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -85,10 +88,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=Path("docs/results/unlearning.json"))
     parser.add_argument("--reactivation-rounds", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="tiny scenarios, one seed, nothing written to docs/")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="scenario-seed runs at a time, each in its own process with one torch thread "
+                             "(at most the number of cores; each needs up to about 3 GB of memory)")
     parser.add_argument("--references-only", action="store_true",
                         help="only train (or find cached) the original and retrain of each scenario and seed: "
                              "several such processes with disjoint --scenarios/--seeds fill the cache in parallel")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
 
     def log(message: str) -> None:
         print(message, flush=True)
@@ -99,27 +107,26 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.quick or args.references_only):
         load_results(args.json)  # a results file that cannot be merged into stops the run now, not in hours
     quick = " --quick" if args.quick else ""
-    summaries = {}
+    jobs = f" --jobs {args.jobs}" if args.jobs > 1 else ""
     for name in args.scenarios:
-        scenario = SCENARIOS[name]
-        if scenario.needs_pretrained:
-            ensure_pretrained()
-        started = time.perf_counter()
-        if args.references_only:
-            for seed in args.seeds:
-                ensure_references(args.root, scenario, seed, args.quick, log=log)
-            continue
-        rounds = args.reactivation_rounds if name == REACTIVATION_SCENARIO and not args.quick else 0
-        runs = [run_seed(scenario, seed, args.root, args.quick, rounds, REINJECTED if rounds else 0, log=log)
-                for seed in args.seeds]
-        summary = summaries[name] = summarise_scenario(runs)
+        if SCENARIOS[name].needs_pretrained:
+            ensure_pretrained()  # once, here: the processes below only read it
+    units = [BenchUnit(name, seed, args.root, args.quick, reactivation_rounds(name, args), args.references_only)
+             for name in args.scenarios for seed in args.seeds]
+    started = time.perf_counter()
+    results = run_units(units, args.jobs)
+    log(f"{len(units)} scenario-seed runs in {time.perf_counter() - started:.0f} s ({args.jobs} at a time)")
+    summaries = {}
+    for name in [] if args.references_only else args.scenarios:
+        rounds = reactivation_rounds(name, args)
+        summary = summaries[name] = summarise_scenario([r for u, r in zip(units, results, strict=True)
+                                                        if u.scenario == name])
         summary["measured"] = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, "
                                f"{os.cpu_count()} CPU cores, torch threads 1",
-                               "command": f"lethe bench{quick} --scenarios {name} --seeds "
+                               "command": f"lethe bench{quick}{jobs} --scenarios {name} --seeds "
                                           + " ".join(map(str, args.seeds))}
         if rounds:
             summary["reactivation_rounds"], summary["reinjected"] = rounds, REINJECTED
-        log(f"{name}: {time.perf_counter() - started:.0f} s")
     if args.references_only:
         return
     if args.quick:
@@ -133,6 +140,44 @@ def main(argv: list[str] | None = None) -> None:
         log(f"wrote {args.json} ({', '.join(merged['scenarios'])})")
         replace_section(args.docs, "unlearning", docs_section(merged["scenarios"]))
         log(f"wrote the unlearning section of {args.docs}")
+
+
+def reactivation_rounds(name: str, args: argparse.Namespace) -> int:
+    return args.reactivation_rounds if name == REACTIVATION_SCENARIO and not args.quick else 0
+
+
+@dataclass(frozen=True)
+class BenchUnit:
+    """One scenario and seed: its references and (unless ``references_only``) every row, in one process."""
+
+    scenario: str
+    seed: int
+    root: Path
+    quick: bool
+    reactivation_rounds: int
+    references_only: bool
+
+
+def run_unit(unit: BenchUnit) -> dict | None:
+    def log(message: str) -> None:
+        print(message, flush=True)
+
+    scenario = SCENARIOS[unit.scenario]
+    if unit.references_only:
+        ensure_references(unit.root, scenario, unit.seed, unit.quick, log=log)
+        return None
+    reinjected = REINJECTED if unit.reactivation_rounds else 0
+    return run_seed(scenario, unit.seed, unit.root, unit.quick, unit.reactivation_rounds, reinjected, log=log)
+
+
+def run_units(units: list[BenchUnit], jobs: int) -> list[dict | None]:
+    """Each unit's result, in order; with ``jobs`` > 1 that many at a time in fresh processes (spawned, so no
+    process inherits another's torch state). Units share only the cache under ``--root``, where each writes
+    its own seed's directory (atomically) and reads the others' never."""
+    if jobs == 1:
+        return [run_unit(unit) for unit in units]
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(run_unit, units))
 
 
 @contextmanager

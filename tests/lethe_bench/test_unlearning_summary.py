@@ -112,3 +112,36 @@ def test_main_merges_two_invocations_into_one_file_and_section(tmp_path, monkeyp
     text = docs.read_text()
     assert text.count("<!-- unlearning:begin -->") == 1 and "#### exclusive" in text and "#### samples" in text
     assert "† in samples scope" in text  # finetune is no negative control there, and the table says so
+
+
+def test_jobs_run_each_scenario_seed_in_its_own_process_from_the_cache(tmp_path):
+    """``--jobs 2``: the scenario-seed runs go to spawned processes (no monkeypatch reaches them, so the cache
+    is filled as a finished run leaves it: references trained, rows written) and come back in order."""
+    import json
+
+    from ease_engine.atomic import write_json
+    from lethe_bench import unlearning
+    from lethe_bench.references import config_key, ensure_references
+    from lethe_bench.run_seed import results_path
+    from lethe_bench.scenarios import SCENARIOS
+    from lethe_format import layout
+
+    scenario, root = SCENARIOS["exclusive"], tmp_path / "runs"
+    for seed in (0, 1):
+        config_dir = root / scenario.name / f"seed{seed}-{config_key(scenario.config(seed, False))}"
+        for name in ("original", f"retrain-without-client{scenario.client}"):
+            (config_dir / name).mkdir(parents=True)
+            (config_dir / name / layout.METRICS).write_text("{}")
+        refs = ensure_references(root, scenario, seed, log=lambda _: None)  # finds them: trains nothing
+        run = _run(seed, 10.0 + seed, 11.0 + seed)
+        write_json(results_path(refs, scenario.scope, 0, 0), run)
+
+    out, docs = tmp_path / "unlearning.json", tmp_path / "benchmarks.md"
+    unlearning.main(["--scenarios", "exclusive", "--seeds", "0", "1", "--jobs", "2", "--root", str(root),
+                     "--json", str(out), "--docs", str(docs)])
+    summary = json.loads(out.read_text())["scenarios"]["exclusive"]
+    assert summary["seeds"] == [0, 1]
+    assert summary["methods"]["ease"]["metrics"]["forget_i2t_r1"]["mean"] == pytest.approx(11.5)
+    assert summary["measured"]["command"] == "lethe bench --jobs 2 --scenarios exclusive --seeds 0 1"
+    with pytest.raises(SystemExit):
+        unlearning.main(["--jobs", "0"])
