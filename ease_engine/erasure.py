@@ -30,6 +30,7 @@ from ease_engine.federation.data_cache import FederationDataCache
 from ease_engine.federation.exclusive import ExclusiveContribution
 from ease_engine.federation.version import read_version_lock
 from ease_engine.linalg.forget_lock import ForgetLock
+from ease_engine.models.blocks import read_blocks, write_blocks
 from ease_engine.models.version_io import write_model_files
 from ease_engine.unlearning import ErasureTarget, UnlearningContext, UnlearningError, UnlearningOutcome, get_method
 from ease_engine.verification.gates import GateConfig
@@ -72,13 +73,27 @@ def verification_inputs(
 
 
 def inherited_lock(version_dir: Path) -> ForgetLock | None:
-    """The Forget Lock the version at ``version_dir`` holds (None if it holds none); the erased version
-    carries it forward, so no earlier erasure's directions are left unguarded."""
+    """The Forget Lock the version at ``version_dir`` holds (None if it holds none). The erasure's own move is
+    filtered through it (``hold_earlier_erasures``) and the erased version carries it forward, so no earlier
+    erasure's directions are left unguarded, neither by this erasure nor by later rounds."""
     try:
         return read_version_lock(version_dir)
     except ValueError as exc:
         raise UnlearningError(f"the Forget Lock of version {version_dir.name} cannot be read ({exc}); "
                               "restore the version from its signed copy") from None
+
+
+def hold_earlier_erasures(context: UnlearningContext, outcome: UnlearningOutcome, lock: ForgetLock) -> int:
+    """Filter the erasure's own move (new weights minus the parent's) through the parent's lock, as every later
+    round's update is: an erasure must not move the model back toward what an earlier one excised. Returns the
+    lock's interventions (0: the move already kept clear of every earlier erasure's directions)."""
+    blocks = context.setup.blocks
+    after = read_blocks(outcome.bundle.model, blocks)
+    move = {name: after[name] - context.original_values[name] for name in after}
+    held, counts = lock.apply_to_updates(move, theta_current=context.original_values)
+    write_blocks(outcome.bundle.model, blocks,
+                 {name: context.original_values[name] + held[name].to(after[name].dtype) for name in after})
+    return sum(counts.values())
 
 
 def parse_params(method: str, params: dict | None):
@@ -124,9 +139,13 @@ def erase(
     context = context or UnlearningContext.load(version_dir, device, cache)
     device = context.device
     context.check_target(target)
+    if parent_lock is not None and (problem := parent_lock.misfit({b.name: b.numel for b in context.setup.blocks})):
+        raise UnlearningError(f"the Forget Lock of version {version_dir.name} belongs to another model: {problem}")
     context.on_stage = stage
     stage("excising", 0.1)
     outcome = spec.unlearn(context, target, typed_params)
+    if parent_lock is not None:
+        outcome.details["inherited_lock_interventions"] = hold_earlier_erasures(context, outcome, parent_lock)
     stage("verifying", 0.7)
     splits, exclusive = verification_inputs(context, target, gates, cache)
     blocks = context.setup.blocks
@@ -190,6 +209,8 @@ def write_erased_version(
             "parameters": params,
             "wall_seconds": outcome.wall_seconds,
             "cost": outcome.cost.__dict__,
+            **({"inherited_lock_interventions": outcome.details["inherited_lock_interventions"]}
+               if "inherited_lock_interventions" in outcome.details else {}),
             "gates_passed": report.passed,
         }
         manifest = build_manifest(directory_digests(tmp), {"name": parent_dir.name, "content_hash": parent_hash},

@@ -2,7 +2,8 @@
 
 Continuing from a version ``V`` means: the global model starts at V's weights; V's ledger
 goes on recording (so a later erasure sees every round, before and after); V's Forget Lock
-(``V/forget_lock/``, published by an erasure) filters every client update; clients V marks
+(``V/forget_lock/``: every earlier erasure's layers) filters every client update, and the version the run
+writes keeps it; clients V marks
 as erased do not train again, and a client that lost some pairs trains on the rest; the
 round numbers (which seed local training) go on after V's last recorded round.
 """
@@ -41,22 +42,22 @@ class Lineage:
     parent: Path | None = None
     retained_pairs: dict[int, list[str]] = field(default_factory=dict)  # clients that lost some pairs
     refused: list[int] = field(default_factory=list)  # erased or excluded: their updates are set aside
+    # the continued version's own lock: the version this run writes keeps it, whatever lock filters the run
+    inherited_lock: ForgetLock | None = None
+
+    def lock_to_keep(self) -> ForgetLock | None:
+        """The lock the new version holds: the inherited one, and beside it a lock that filtered this run in its
+        place (an explicit ``lock=``) if that holds anything; an empty override (a control run) adds nothing."""
+        extra = self.lock if self.lock is not self.inherited_lock and self.lock is not None and len(self.lock) else None
+        return ForgetLock.chained(self.inherited_lock, extra)
 
 
 def check_lock_fits(lock: ForgetLock, setup: FederationSetup, origin: str = "the Forget Lock") -> None:
     """Every locked block is a trainable block of this model, with the same number of elements."""
-    sizes = {b.name: b.numel for b in setup.blocks}
-    for name in lock.block_names:
-        if name not in sizes:
-            raise LineageError(
-                f"{origin} belongs to another model: it locks block {name!r}, which this model does not train "
-                f"(config {setup.config.name!r}, model fingerprint {setup.fingerprint})"
-            )
-        if lock.block(name).dim != sizes[name]:
-            raise LineageError(
-                f"{origin} belongs to another model: block {name!r} has {lock.block(name).dim} elements in the "
-                f"lock and {sizes[name]} in this model"
-            )
+    problem = lock.misfit({b.name: b.numel for b in setup.blocks})
+    if problem is not None:
+        raise LineageError(f"{origin} belongs to another model: {problem} (config {setup.config.name!r}, model "
+                           f"fingerprint {setup.fingerprint})")
 
 
 def fresh_lineage(setup: FederationSetup, lock: ForgetLock | None = None) -> Lineage:
@@ -91,7 +92,7 @@ def _frozen_state(setup: FederationSetup, state: dict[str, torch.Tensor]) -> dic
     return out
 
 
-def continued_lineage(setup: FederationSetup, version_dir: str | Path, use_lock: bool = True) -> Lineage:
+def continued_lineage(setup: FederationSetup, version_dir: str | Path) -> Lineage:
     """Start from ``version_dir``; ``setup.bundle`` is set to its weights."""
     version_dir = Path(version_dir)
     metadata_path = version_dir / "metadata.json"
@@ -128,14 +129,12 @@ def continued_lineage(setup: FederationSetup, version_dir: str | Path, use_lock:
             raise LineageError(f"clients {unknown} train but have no record in the ledger of {version_dir}")
     last_rounds = [r for k in (ledger.clients if ledger else []) for r in ledger.client(k).rounds]
     first_round = max(last_rounds) + 1 if last_rounds else int(metadata.get("rounds_total", metadata.get("rounds", 0)))
-    lock = None
-    if use_lock:
-        try:
-            lock = read_version_lock(version_dir)
-        except ValueError as exc:
-            raise LineageError(f"the Forget Lock of {version_dir} cannot be read: {exc}") from None
-        if lock is not None:
-            check_lock_fits(lock, setup, f"the Forget Lock of {version_dir}")
+    try:
+        lock = read_version_lock(version_dir)
+    except ValueError as exc:
+        raise LineageError(f"the Forget Lock of {version_dir} cannot be read: {exc}") from None
+    if lock is not None:
+        check_lock_fits(lock, setup, f"the Forget Lock of {version_dir}")
     retained = {
         int(k): list(entry.pair_ids)
         for k, entry in clients.clients.items()
@@ -152,4 +151,5 @@ def continued_lineage(setup: FederationSetup, version_dir: str | Path, use_lock:
         version_dir,
         retained,
         refused,
+        inherited_lock=lock,
     )

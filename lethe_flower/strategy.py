@@ -111,12 +111,13 @@ class LedgerStrategy(FedAvg):
         **kwargs,
     ) -> LedgerStrategy:
         """Build the federation from ``config``; continue from a version (its ledger and Forget Lock), or start
-        fresh. ``lock`` replaces the continued version's own lock (or adds one to a fresh run)."""
+        fresh. ``lock`` filters the run in place of the continued version's own lock (or adds one to a fresh run);
+        the version written keeps the continued version's lock either way (``Lineage.lock_to_keep``)."""
         setup = prepare_federation(config)
         if continue_from is None:
             lineage = fresh_lineage(setup, lock)
         else:
-            lineage = continued_lineage(setup, continue_from, use_lock=lock is None)
+            lineage = continued_lineage(setup, continue_from)
             if lock is not None:
                 check_lock_fits(lock, setup)
                 lineage.lock = lock
@@ -263,7 +264,7 @@ class LedgerStrategy(FedAvg):
         )
         written = write_federation_version(
             out_dir, self.setup, lineage.ledger, self.history, metadata, lineage.clients, self.work / "updates",
-            lock=lineage.lock,
+            lock=lineage.lock_to_keep(),
         )
         self.written = written
         return written

@@ -9,7 +9,7 @@
     history.json, metrics.json   training history and figures
     ledger/                      the contribution ledger (EASE)
     updates/                     stored per-round client updates (FedEraser), optional
-    forget_lock/                 the Forget Lock of an erased version
+    forget_lock/                 the Forget Lock: every erasure in the version's lineage
     verification.json            an erased version's verification report (figures and gates)
     manifest.json                an erased version's manifest: parent, erasure, file digests, content hash
     model.sig                    the OpenSSF model-signing signature (Sigstore bundle)

@@ -18,7 +18,7 @@ from ease_engine.evaluation.evaluate import retrieval_metrics
 from ease_engine.federation.config import FederationConfig
 from ease_engine.federation.ledger import Ledger
 from ease_engine.federation.update_store import store_nbytes
-from ease_engine.linalg.forget_lock import MANIFEST_FILENAME, ForgetLock
+from ease_engine.linalg.forget_lock import ForgetLock
 from ease_engine.models.blocks import TOKEN_EMBEDDING, ParameterBlock, blocks_numel
 from ease_engine.models.factory import ClipBundle
 from ease_engine.models.version_io import write_model_files
@@ -126,10 +126,12 @@ def write_federation_version(
 
 
 def read_version_lock(version_dir: Path) -> ForgetLock | None:
-    """The Forget Lock a version holds, or None if it holds none; ValueError if it cannot be read."""
-    if not (version_dir / layout.FORGET_LOCK_DIR / MANIFEST_FILENAME).is_file():
+    """The Forget Lock a version holds, or None if it has no ``forget_lock/``; ValueError if that directory is
+    there but the lock cannot be read (a missing manifest too: a lost lock must not pass as no lock)."""
+    directory = version_dir / layout.FORGET_LOCK_DIR
+    if not directory.exists():
         return None
     try:
-        return ForgetLock.load(version_dir / layout.FORGET_LOCK_DIR)
-    except (OSError, KeyError) as exc:
-        raise ValueError(f"a file is missing or unreadable: {exc}") from None
+        return ForgetLock.load(directory)
+    except OSError as exc:
+        raise ValueError(f"{Path(exc.filename or '').name or 'a file'} cannot be read ({exc.strerror})") from None

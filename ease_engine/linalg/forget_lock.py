@@ -26,24 +26,28 @@ whenever that set is not empty.
 A version erased from an erased version holds the locks of both erasures (``ForgetLock.chained``):
 each erasure is a *layer*, and a block may be locked by several layers whose bases need not be
 orthogonal. Filtering one layer after the other would let the second layer's removal put back a
-component the first removed, so a block with several layers is filtered by Dykstra's alternating
-projections onto the layers' sets C_1..C_m: it converges to the nearest update that lies in every
-C_j (the nearest update that moves toward no erasure's excised knowledge). With one layer it is
-step 1 and 2 above, exactly.
+component the first removed, so a block with several layers takes the nearest update that satisfies
+every layer's constraints at once: with B = [E_1 ... E_m] = Q R (Q an orthonormal basis of span(B),
+from B's SVD), the change lies in span(B), the
+constraints act on R^T z (z = Q^T Delta), and the shortest change in those few coordinates is a
+least-distance problem solved exactly (``ease_engine.linalg.least_distance``, Lawson-Hanson via NNLS).
+A component back toward the excised knowledge is allowed up to the rounding tolerance (the same one
+step 1 ignores). If the layers' bands leave no update that satisfies them all, or the solution fails
+its own check, the lock fails closed: the update loses its whole component in span(B), so it moves along
+no locked direction (a band the model was already outside then stays violated). One layer is steps 1
+and 2 above, exactly.
 
 The intervention count of a call is the number of coordinates i whose E-coordinate of the
 update was changed by step 1 or step 2 (each coordinate counted once; with several layers,
-the coordinates whose constraint is active in the final sweep). The lock keeps running totals
+the coordinates whose E-coordinate moved by more than the rounding tolerance). The lock keeps running totals
 per block in :attr:`ForgetLock.interventions` for the audit report.
 
 The lock is stored as one safetensors file plus a small JSON manifest (no pickle), both
-written atomically, so an external aggregator can load and apply it.
+written atomically, so an external aggregator can load and apply it (``forget_lock_files``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,20 +55,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load as load_safetensors_bytes
-from safetensors.torch import save as save_safetensors_bytes
 
-from ease_engine.atomic import write_bytes
 from ease_engine.linalg._common import WORK_DTYPE, as_tensor
+from ease_engine.linalg.forget_lock_files import (
+    LOCK_FORMAT,
+    MANIFEST_FILENAME,
+    SINGLE_ERASURE_FORMAT,
+    TENSORS_FILENAME,
+    load_lock,
+    save_lock,
+)
+from ease_engine.linalg.least_distance import least_distance
 
 Array = torch.Tensor | np.ndarray
 
-LOCK_FORMAT = "lethe.forget_lock/2"
-SINGLE_ERASURE_FORMAT = "lethe.forget_lock/1"  # one erasure, no layers; still read
 ROUNDING_ULPS = 8  # the default tolerance, in units of the update dtype's machine epsilon
-MAX_SWEEPS = 200  # Dykstra sweeps over a block's layers (orthogonal layers need 2)
-TENSORS_FILENAME = "forget_lock.safetensors"
-MANIFEST_FILENAME = "forget_lock.json"
+FEASIBILITY_SLACK = 1e-9  # relative: how far a multi-layer solution may miss a constraint before failing closed
 
 
 @dataclass
@@ -217,9 +223,24 @@ class ForgetLock:
         except KeyError:
             raise KeyError(f"block {name!r} is not locked; locked blocks: {self.block_names}") from None
 
+    def indexed_layers(self, name: str) -> list[tuple[int, LockedBlock]]:
+        """(erasure index, lock) of every erasure that locks block ``name``, oldest first."""
+        self.layers(name)  # a clear KeyError for a block that is not locked
+        return sorted(self._layers[name].items())
+
     def block(self, name: str) -> LockedBlock:
         """The newest erasure's lock of block ``name`` (all of them: :meth:`layers`)."""
         return self.layers(name)[-1]
+
+    def misfit(self, sizes: Mapping[str, int]) -> str | None:
+        """What keeps this lock from applying to a model whose trainable blocks have ``sizes`` (name -> number
+        of elements), or None when every locked block is one of them, with the same size."""
+        for name in self.block_names:
+            if name not in sizes:
+                return f"it locks block {name!r}, which this model does not train"
+            if self.block(name).dim != sizes[name]:
+                return f"block {name!r} has {self.block(name).dim} elements in the lock and {sizes[name]} in this model"
+        return None
 
     def __contains__(self, name: object) -> bool:
         return name in self._layers
@@ -280,7 +301,7 @@ class ForgetLock:
                 raise ValueError(f"theta_current for {block_name!r} has {theta.numel()} elements, expected {dim}")
         tolerance = self.tolerance if self.tolerance is not None else ROUNDING_ULPS * torch.finfo(out_dtype).eps
         scale = torch.linalg.vector_norm(delta)
-        delta, changed = _dykstra(layers, delta, theta, tolerance, scale)
+        delta, changed = _nearest_allowed(layers, delta, theta, tolerance, scale)
         count = int(sum(c.sum().item() for c in changed))
         self.interventions[block_name] = self.interventions.get(block_name, 0) + count
         return delta.to(out_dtype).reshape(delta_in.shape), count
@@ -288,89 +309,61 @@ class ForgetLock:
     # -- persistence ----------------------------------------------------------------------
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``forget_lock.safetensors`` and ``forget_lock.json`` into ``directory`` atomically.
-
-        Each file is written to a temporary file in the same directory, fsynced and moved into
-        place with os.replace; the manifest (written last) records the SHA-256 of the tensors.
-        Returns the manifest path.
-        """
-        target = Path(directory)
-        target.mkdir(parents=True, exist_ok=True)
-        tensors: dict[str, torch.Tensor] = {}
-        entries = []
-        for name, layers in self._layers.items():
-            for erasure, block in sorted(layers.items()):
-                key = f"block{len(entries)}"
-                tensors[f"{key}.basis"] = block.basis.detach().cpu().contiguous()
-                tensors[f"{key}.displacement"] = block.displacement.detach().cpu().to(WORK_DTYPE).contiguous()
-                tensors[f"{key}.anchor"] = block.anchor.detach().cpu().to(WORK_DTYPE).contiguous()
-                entries.append({"name": name, "key": key, "erasure": erasure, "dim": block.dim, "rank": block.rank,
-                                "epsilon": block.epsilon})
-        payload = save_safetensors_bytes(tensors, metadata={"format": LOCK_FORMAT})
-        manifest = {
-            "format": LOCK_FORMAT,
-            "tensors_file": TENSORS_FILENAME,
-            "tensors_sha256": hashlib.sha256(payload).hexdigest(),
-            "blocks": entries,
-            "erasures": self.erasures,
-            "metadata": self.metadata,
-            "tolerance": self.tolerance,
-        }
-        write_bytes(target / TENSORS_FILENAME, payload)
-        manifest_path = target / MANIFEST_FILENAME
-        write_bytes(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
-        return manifest_path
+        """Write ``forget_lock.safetensors`` and ``forget_lock.json`` into ``directory`` atomically
+        (``ease_engine.linalg.forget_lock_files``); returns the manifest path."""
+        return save_lock(self, Path(directory))
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> ForgetLock:
-        """Read a lock written by :meth:`save` (or a single-erasure lock of the first format); checks the
-        format, the checksum and every shape."""
-        source = Path(directory)
-        manifest = json.loads((source / MANIFEST_FILENAME).read_text())
-        if manifest.get("format") not in (LOCK_FORMAT, SINGLE_ERASURE_FORMAT):
-            raise ValueError(f"{MANIFEST_FILENAME}: unknown format {manifest.get('format')!r}")
-        payload = (source / manifest["tensors_file"]).read_bytes()
-        if hashlib.sha256(payload).hexdigest() != manifest["tensors_sha256"]:
-            raise ValueError(f"{manifest['tensors_file']}: checksum does not match the manifest")
-        tensors = load_safetensors_bytes(payload)
-        erasures = manifest.get("erasures") or [manifest.get("metadata", {})]
-        lock = cls(tolerance=manifest.get("tolerance"))
-        lock.erasures = [{str(k): str(v) for k, v in m.items()} for m in erasures]
-        for entry in manifest["blocks"]:
-            key = entry["key"]
-            block = LockedBlock(
-                basis=tensors[f"{key}.basis"],
-                displacement=tensors[f"{key}.displacement"],
-                anchor=tensors[f"{key}.anchor"],
-                epsilon=entry["epsilon"],
-            )
-            if (block.dim, block.rank) != (entry["dim"], entry["rank"]):
-                raise ValueError(f"block {entry['name']!r}: stored shape does not match the manifest")
-            lock.set_block(entry["name"], block, erasure=int(entry.get("erasure", 0)))
-        return lock
+        """Read a lock written by :meth:`save`; checks the format, the checksum, every field and every shape
+        (ValueError when any is wrong)."""
+        return load_lock(Path(directory))
 
 
-def _dykstra(layers: list[LockedBlock], delta: torch.Tensor, theta: torch.Tensor | None, tolerance: float,
-             scale: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Dykstra's alternating projections of ``delta`` onto every layer's set; returns the update and, per
-    layer, the coordinates its last projection changed (its active constraints)."""
+def _span(stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Q, R) with orthonormal Q (d x r) spanning the columns of ``stacked`` (d x k) and stacked = Q R: from the
+    SVD, so that layers sharing a direction (rank r < k) get no spurious coordinate of rounding size."""
+    u, s, vh = torch.linalg.svd(stacked, full_matrices=False)
+    keep = s > s[0] * stacked.shape[1] * torch.finfo(stacked.dtype).eps * 16
+    return u[:, keep], s[keep, None] * vh[keep]
+
+
+def _nearest_allowed(layers: list[LockedBlock], delta: torch.Tensor, theta: torch.Tensor | None, tolerance: float,
+                     scale: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The update's nearest point that every layer allows (module docstring); returns it and, per layer, the
+    coordinates it changed by more than the rounding tolerance."""
     if len(layers) == 1:
         projected, changed = layers[0].project(delta, theta, tolerance, scale)
         return projected, [changed]
-    x = delta
-    increments = [torch.zeros_like(delta) for _ in layers]
-    changed: list[torch.Tensor] = [torch.zeros(b.rank, dtype=torch.bool) for b in layers]
-    for _ in range(MAX_SWEEPS):
-        moved = torch.zeros((), dtype=WORK_DTYPE, device=delta.device)
-        for j, block in enumerate(layers):
-            shifted = x + increments[j]
-            projected, changed[j] = block.project(shifted, theta, tolerance, scale)
-            increments[j] = shifted - projected
-            moved = torch.maximum(moved, torch.linalg.vector_norm(projected - x))
-            x = projected
-        if moved <= tolerance * scale:
-            break
-    return x, changed
+    bases = [b.basis.to(device=delta.device, dtype=WORK_DTYPE) for b in layers]
+    q, r = _span(torch.cat(bases, dim=1))
+    z0 = q.T @ delta
+    slack = float(tolerance * scale)
+    rows, bounds, coordinates = [], [], []
+    offset = 0
+    for block, basis in zip(layers, bases, strict=True):
+        r_j = r[:, offset:offset + block.rank]  # a_j = R_j^T z
+        offset += block.rank
+        coordinates.append(r_j)
+        a0 = r_j.T @ z0
+        sign = torch.sign(block.displacement.to(delta.device, WORK_DTYPE))
+        moving = sign != 0  # sign_i (a0_i + R_ji^T dz) >= -slack
+        rows.append(sign[moving, None] * r_j.T[moving])
+        bounds.append(-slack - sign[moving] * a0[moving])
+        if theta is not None and block.epsilon is not None:  # anchor - eps <= c + a0 + R_j^T dz <= anchor + eps
+            offset_now = basis.T @ theta + a0
+            anchor = block.anchor.to(delta.device, WORK_DTYPE)
+            rows += [r_j.T, -r_j.T]
+            bounds += [anchor - block.epsilon - offset_now, offset_now - anchor - block.epsilon]
+    g, h = torch.cat(rows).cpu().numpy(), torch.cat(bounds).cpu().numpy()
+    step = least_distance(g, h)
+    if step is not None and bool(np.all(g @ step - h >= -FEASIBILITY_SLACK * max(float(scale), np.abs(h).max()))):
+        dz = torch.as_tensor(step, dtype=WORK_DTYPE, device=delta.device)
+    else:
+        dz = -z0  # fail closed: no move along any locked direction
+    changed = [(r_j.T @ dz).abs() > slack for r_j in coordinates]
+    return delta + q @ dz, changed
 
 
-__all__ = ["LOCK_FORMAT", "ForgetLock", "LockedBlock"]
+__all__ = ["LOCK_FORMAT", "MANIFEST_FILENAME", "SINGLE_ERASURE_FORMAT", "TENSORS_FILENAME", "ForgetLock",
+           "LockedBlock"]

@@ -9,6 +9,7 @@ import torch
 
 from ease_engine.erasure import erase
 from ease_engine.linalg.forget_lock import ForgetLock
+from ease_engine.models.blocks import read_blocks
 from ease_engine.models.version_io import load_version
 from ease_engine.unlearning import ErasureTarget, UnlearningContext, UnlearningError
 from ease_engine.verification.membership import MembershipScores, similarity_distribution
@@ -275,10 +276,29 @@ def test_a_second_erasure_carries_the_first_erasures_lock_forward(client_erasure
     assert set(lock.block_names) == set(parent_lock.block_names) | set(second.outcome.lock.block_names)
     for name in parent_lock.block_names:
         assert torch.equal(lock.layers(name)[0].basis, parent_lock.block(name).basis)
+    # the second erasure's own move did not go back toward what the first excised (it was filtered as a round is)
+    manifest = json.loads((tmp_path / "v3" / "manifest.json").read_text())
+    assert manifest["erasure"]["inherited_lock_interventions"] >= 0
+    moved = read_blocks(load_version(tmp_path / "v3")[0].model, context.setup.blocks)
+    for name in parent_lock.block_names:
+        block = parent_lock.block(name)
+        coords = block.basis.double().T @ (moved[name] - context.original_values[name]).double().reshape(-1)
+        back = -torch.sign(block.displacement) * coords
+        worst = float(back.max()) if back.numel() else 0.0
+        assert worst <= 1e-5 * (float(context.original_values[name].norm()) + 1), (name, worst)
 
     erase(first, ErasureTarget(1), "noop", None, tmp_path / "noop", context=context, **PUBLISH)
     carried = ForgetLock.load(tmp_path / "noop" / "forget_lock")
     assert carried.erasures == parent_lock.erasures and carried.block_names == parent_lock.block_names
+
+    alien = tmp_path / "alien"
+    shutil.copytree(first, alien)
+    other = ForgetLock()
+    other.add_block("visual.no_such_layer", torch.eye(3)[:, :1], torch.zeros(3), torch.ones(3))
+    shutil.rmtree(alien / "forget_lock")
+    other.save(alien / "forget_lock")
+    with pytest.raises(UnlearningError, match="belongs to another model.*no_such_layer"):
+        erase(alien, ErasureTarget(1), "ease", {"steps": 0}, tmp_path / "never", context=context, **PUBLISH)
 
     broken = tmp_path / "broken"
     shutil.copytree(first, broken)
@@ -286,3 +306,35 @@ def test_a_second_erasure_carries_the_first_erasures_lock_forward(client_erasure
     with pytest.raises(UnlearningError, match="Forget Lock of version broken cannot be read"):
         erase(broken, ErasureTarget(1), "ease", {"steps": 0}, tmp_path / "never", context=context, **PUBLISH)
     assert not (tmp_path / "never").exists()
+
+
+def test_an_erasure_that_would_step_back_along_an_earlier_erasure_is_held(client_erasure):
+    """``hold_earlier_erasures`` on a constructed move: straight back along every locked direction of the first
+    erasure, plus a part orthogonal to them. The back part is removed and counted; the rest is kept."""
+    from ease_engine.erasure import hold_earlier_erasures
+    from ease_engine.models.blocks import write_blocks
+    from ease_engine.unlearning.base import Cost, UnlearningOutcome
+
+    _, first = client_erasure
+    lock = ForgetLock.load(first / "forget_lock")
+    context = UnlearningContext.load(first)
+    bundle = context.fresh_bundle()
+    gen = torch.Generator().manual_seed(0)
+    moved, sideways = {}, {}
+    for name, value in context.original_values.items():
+        side = 1e-3 * torch.randn(value.numel(), generator=gen, dtype=torch.float64)
+        if name in lock:
+            e = lock.block(name).basis.double()
+            side = side - e @ (e.T @ side)
+            back = -(e @ lock.block(name).displacement)
+        else:
+            back = torch.zeros_like(side)
+        sideways[name] = side
+        moved[name] = value + (back + side).reshape(value.shape).to(value.dtype)
+    write_blocks(bundle.model, context.setup.blocks, moved)
+    interventions = hold_earlier_erasures(context, UnlearningOutcome(bundle, Cost()), lock)
+    assert interventions == sum(lock.block(n).rank for n in lock.block_names if lock.block(n).rank)
+    held = read_blocks(bundle.model, context.setup.blocks)
+    for name, value in context.original_values.items():
+        change = (held[name] - value).double().reshape(-1)
+        torch.testing.assert_close(change, sideways[name], atol=1e-6, rtol=0)

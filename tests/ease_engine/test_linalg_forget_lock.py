@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -216,22 +217,40 @@ def _violations(lock: ForgetLock, update: torch.Tensor) -> float:
     """The largest step back toward any layer's excised knowledge: max over layers and i of -sign(d_i) a_i."""
     worst = 0.0
     for block in lock.layers("w"):
-        coords = block.basis.T @ update
+        coords = block.basis.to(torch.float64).T @ update.to(torch.float64)
         worst = max(worst, float((-torch.sign(block.displacement) * coords).max()))
     return worst
 
 
-def _nearest_allowed(lock: ForgetLock, update: torch.Tensor) -> torch.Tensor:
-    """Brute force (scipy's SLSQP): the nearest update with sign(d_i) a_i >= 0 for every layer's coordinates."""
-    from scipy.optimize import minimize
+def _nearest_allowed(lock: ForgetLock, update: torch.Tensor, theta: torch.Tensor | None = None,
+                     slack: float = 0.0) -> torch.Tensor:
+    """Brute force over active sets: the nearest update with sign(d_i) a_i >= -slack for every layer's
+    coordinates and, with ``theta``, every band |E^T (theta + x) - c0| <= epsilon. Each subset of the
+    constraints is tried as equalities (the projection onto that affine set); the nearest feasible one wins."""
+    from itertools import combinations
 
-    rows = torch.cat([torch.sign(b.displacement)[:, None] * b.basis.T for b in lock.layers("w")]).numpy()
-    target = update.numpy()
-    result = minimize(lambda x: ((x - target) ** 2).sum(), target, jac=lambda x: 2 * (x - target), method="SLSQP",
-                      constraints=[{"type": "ineq", "fun": lambda x: rows @ x, "jac": lambda x: rows}],
-                      options={"ftol": 1e-14, "maxiter": 500})
-    assert result.success, result.message
-    return torch.from_numpy(result.x)
+    rows, bounds = [], []
+    for b in lock.layers("w"):
+        e = b.basis.to(torch.float64)
+        rows.append(torch.sign(b.displacement)[:, None] * e.T)
+        bounds.append(torch.full((b.rank,), -slack, dtype=torch.float64))
+        if theta is not None and b.epsilon is not None:
+            position = e.T @ theta
+            rows += [e.T, -e.T]
+            bounds += [b.anchor - b.epsilon - position, position - b.anchor - b.epsilon]
+    g, h = torch.cat(rows).numpy(), torch.cat(bounds).numpy()
+    u = update.to(torch.float64).numpy()
+    best, best_distance = None, np.inf
+    for size in range(len(h) + 1):
+        for active in combinations(range(len(h)), size):
+            ga, ha = g[list(active)], h[list(active)]
+            x = u - ga.T @ np.linalg.pinv(ga @ ga.T) @ (ga @ u - ha) if size else u
+            if np.all(g @ x - h >= -1e-9) and np.allclose(ga @ x, ha, atol=1e-9):
+                distance = np.linalg.norm(x - u)
+                if distance < best_distance:
+                    best, best_distance = x, distance
+    assert best is not None, "no update satisfies every constraint"
+    return torch.from_numpy(best)
 
 
 def test_a_chained_lock_keeps_the_earlier_erasures_layers_in_order():
@@ -247,7 +266,7 @@ def test_a_chained_lock_keeps_the_earlier_erasures_layers_in_order():
 
 def test_chained_layers_filter_to_the_nearest_update_that_moves_toward_no_erasure():
     """Overlapping (non-orthogonal) layers: one pass of each layer's filter in turn lets the second put back
-    what the first removed; the Dykstra projection is the brute-force nearest allowed update."""
+    what the first removed; the lock's answer is the brute-force nearest allowed update."""
     gen = torch.Generator().manual_seed(5)
     shared = torch.linalg.qr(torch.randn(6, 3, generator=gen, dtype=torch.float64))[0]
     first_basis = shared[:, :2]
@@ -263,6 +282,55 @@ def test_chained_layers_filter_to_the_nearest_update_that_moves_toward_no_erasur
         assert (count > 0) == (_violations(chained, update) > 1e-9)
     one_pass = second.apply("w", first.apply("w", -shared[:, 0] - shared[:, 1] + shared[:, 2])[0])[0]
     assert _violations(chained, one_pass) > 1e-3, "the construction must defeat a single pass"
+
+
+def test_nearly_parallel_layers_let_no_float32_update_step_back():
+    """Two erasures' directions 0.05 rad apart, displacements of opposite sign: an alternating-projection
+    scheme converges slowly here; the lock's answer never steps back beyond the rounding tolerance."""
+    from ease_engine.linalg.forget_lock import ROUNDING_ULPS
+
+    gen = torch.Generator().manual_seed(11)
+    pair = torch.linalg.qr(torch.randn(64, 2, generator=gen, dtype=torch.float64))[0]
+    near = np.cos(0.05) * pair[:, :1] + np.sin(0.05) * pair[:, 1:]
+    first = _layer(pair[:, :1].float(), torch.tensor([1.0], dtype=torch.float64), {})
+    second = _layer(near.float(), torch.tensor([-1.0], dtype=torch.float64), {})
+    chained = ForgetLock.chained(first, second)
+    tolerance = ROUNDING_ULPS * torch.finfo(torch.float32).eps
+    for seed in range(20):
+        update = torch.randn(64, generator=torch.Generator().manual_seed(seed)).float()
+        filtered, _ = chained.apply("w", update)
+        assert filtered.dtype == torch.float32
+        assert _violations(chained, filtered.double()) <= 2 * tolerance * float(update.norm())
+        nearest = _nearest_allowed(chained, update, slack=tolerance * float(update.norm()))
+        torch.testing.assert_close(filtered.double(), nearest, atol=1e-5, rtol=0)
+
+
+def test_bands_of_several_layers_give_the_brute_force_nearest_update():
+    basis = _basis(4, d=9, q=3)
+    turn = torch.tensor([[0.8, 0.6], [-0.6, 0.8]], dtype=torch.float64)
+    first = _layer(basis[:, :2], torch.tensor([1.0, -1.0], dtype=torch.float64), {}, epsilon=0.4)
+    second = _layer(basis[:, 1:3] @ turn, torch.tensor([1.0, 1.0], dtype=torch.float64), {}, epsilon=0.3)
+    chained = ForgetLock.chained(first, second)
+    for seed in range(5):
+        gen = torch.Generator().manual_seed(40 + seed)
+        update, theta = 2 * torch.randn(9, generator=gen, dtype=torch.float64), torch.randn(9, generator=gen,
+                                                                                           dtype=torch.float64) * 0.1
+        filtered, _ = chained.apply_with_state("w", update, theta)
+        torch.testing.assert_close(filtered, _nearest_allowed(chained, update, theta), atol=1e-6, rtol=0)
+
+
+def test_bands_no_update_can_satisfy_fail_closed():
+    """Two erasures hold the same direction in disjoint bands: no update satisfies both, so the update loses
+    every component along the locked directions (and keeps the rest)."""
+    basis = _basis(6, d=7, q=2)
+    first = _layer(basis[:, :1], torch.tensor([1.0], dtype=torch.float64), {}, epsilon=0.1)
+    second = _layer(basis[:, :1], torch.tensor([1.0], dtype=torch.float64), {}, epsilon=0.1)
+    second.block("w").anchor.fill_(1.0)  # [0.9, 1.1] against the first's [-0.1, 0.1]
+    chained = ForgetLock.chained(first, second)
+    side = basis[:, 1]
+    filtered, count = chained.apply_with_state("w", 0.5 * basis[:, 0] + side, torch.zeros(7, dtype=torch.float64))
+    torch.testing.assert_close(filtered, side, atol=1e-12, rtol=0)
+    assert count == 2
 
 
 def test_orthogonal_layers_act_as_each_layer_alone():
@@ -303,15 +371,49 @@ def test_a_chained_lock_round_trips_and_a_single_erasure_lock_of_the_first_forma
     update = torch.randn(8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     torch.testing.assert_close(chained.apply("w", update)[0], loaded.apply("w", update)[0], atol=1e-12, rtol=0)
 
-    first.save(tmp_path / "v1")  # rewritten as the first format wrote it: no erasure indices, no erasures list
+    first.save(tmp_path / "v1")  # one erasure: written in the first format, which older readers still read
     manifest = json.loads((tmp_path / "v1" / MANIFEST_FILENAME).read_text())
-    manifest["format"] = "lethe.forget_lock/1"
-    del manifest["erasures"]
-    for entry in manifest["blocks"]:
-        del entry["erasure"]
-    (tmp_path / "v1" / MANIFEST_FILENAME).write_text(json.dumps(manifest))
+    assert manifest["format"] == "lethe.forget_lock/1" and "erasures" not in manifest
+    assert all("erasure" not in entry for entry in manifest["blocks"])
     old = ForgetLock.load(tmp_path / "v1")
     assert old.erasures == [{"client": "0"}] and len(old.layers("w")) == 1
+
+
+def _tamper(directory, edit):
+    manifest = json.loads((directory / MANIFEST_FILENAME).read_text())
+    edit(manifest)
+    (directory / MANIFEST_FILENAME).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda m: m["blocks"].append(dict(m["blocks"][0])), "stored twice"),
+    (lambda m: m["blocks"][0].update(erasure=1.7), "integer index"),
+    (lambda m: m["blocks"][0].update(erasure=5), "integer index"),
+    (lambda m: m.update(blocks=None), "'blocks' must be a list"),
+    (lambda m: m.update(erasures=["x"]), "'erasures'"),
+    (lambda m: m["blocks"][0].update(epsilon="abc"), "'epsilon'"),
+    (lambda m: m.update(tensors_file="../../elsewhere.safetensors"), "tensors_file"),
+    (lambda m: m["blocks"][0].update(key="block99"), "tensors are missing"),
+    (lambda m: m.update(format="lethe.forget_lock/9"), "unknown format"),
+])
+def test_a_malformed_layered_lock_is_refused_by_name(tmp_path, edit, message):
+    first = _layer(_basis(1, d=8, q=2), torch.tensor([1.0, -1.0], dtype=torch.float64), {"client": "0"})
+    second = _layer(_basis(2, d=8, q=1), torch.tensor([1.0], dtype=torch.float64), {"client": "3"})
+    ForgetLock.chained(first, second).save(tmp_path)
+    _tamper(tmp_path, edit)
+    with pytest.raises(ValueError, match=message):
+        ForgetLock.load(tmp_path)
+
+
+def test_corrupt_tensors_with_a_matching_checksum_are_a_value_error(tmp_path):
+    import hashlib
+
+    _lock()[0].save(tmp_path)
+    garbage = b"\x10\x00\x00\x00\x00\x00\x00\x00{not safetensors}"
+    (tmp_path / TENSORS_FILENAME).write_bytes(garbage)
+    _tamper(tmp_path, lambda m: m.update(tensors_sha256=hashlib.sha256(garbage).hexdigest()))
+    with pytest.raises(ValueError, match="cannot be read"):
+        ForgetLock.load(tmp_path)
 
 
 def test_a_layer_of_another_size_is_refused():

@@ -72,12 +72,12 @@ def _trajectory(version, names) -> list[dict[str, torch.Tensor]]:
 
 def backward_moves(lock: ForgetLock, theta_erased: dict, trajectory: list[dict]) -> list[float]:
     """Per round, the largest step back toward the excised side: max_i -sign(d_i) e_i^T (theta_t - theta_erased),
-    over every locked direction with d_i != 0 (positive: the model moved back into the erased knowledge)."""
+    over every locked direction (every erasure's layer) with d_i != 0 (positive: the model moved back into the
+    erased knowledge)."""
     worst = []
     for theta in trajectory[1:]:
         back = 0.0
-        for name in lock.block_names:
-            block = lock.block(name)
+        for name, block in ((n, b) for n in lock.block_names for b in lock.layers(n)):
             e = block.basis.to(torch.float64)
             sign = torch.sign(block.displacement.to(torch.float64))
             coords = e.T @ (theta[name].to(torch.float64) - theta_erased[name].to(torch.float64))

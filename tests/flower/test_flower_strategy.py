@@ -182,20 +182,32 @@ def test_a_version_of_another_model_cannot_be_continued(tiny_version, tmp_path):
     assert lineage.first_round == config.training.rounds and lineage.participants == [0, 1, 2]
 
 
-def test_a_version_whose_lock_cannot_be_read_is_not_continued(tiny_version, tmp_path):
+def test_a_continued_versions_lock_is_kept_and_a_lost_one_stops_the_run(tiny_version, tmp_path):
+    """The version a continued run writes holds the lock it continued from, also when an explicit (here empty)
+    lock filtered the run instead; a lock directory whose manifest is gone, or whose tensors were changed, stops
+    the run instead of passing as no lock."""
     import shutil
 
     config, version = tiny_version
     setup = prepare_federation(config)
     locked = tmp_path / "locked"
     shutil.copytree(version, locked)
-    lock = ForgetLock()
+    lock = ForgetLock(metadata={"client": "0"})
     block = setup.blocks[0]
     lock.add_block(block.name, torch.eye(block.numel)[:, :1], torch.zeros(block.numel), torch.ones(block.numel))
     lock.save(locked / "forget_lock")
     assert continued_lineage(setup, locked).lock.block_names == [block.name]
+    for label, override in (("kept", None), ("control", ForgetLock())):
+        strategy = LedgerStrategy.from_config(config, tmp_path / label, continue_from=locked, lock=override)
+        written = strategy.write_version(tmp_path / label)
+        kept = ForgetLock.load(written / "forget_lock")
+        assert kept.erasures == [{"client": "0"}] and kept.block_names == [block.name], label
+
     (locked / "forget_lock" / "forget_lock.safetensors").write_bytes(b"tampered")
     with pytest.raises(LineageError, match="Forget Lock of .* cannot be read"):
+        continued_lineage(setup, locked)
+    (locked / "forget_lock" / "forget_lock.json").unlink()
+    with pytest.raises(LineageError, match="Forget Lock of .* cannot be read: forget_lock.json cannot be read"):
         continued_lineage(setup, locked)
 
 
