@@ -56,12 +56,24 @@ def _trained(path: Path) -> bool:
     return (path / layout.METRICS).is_file()
 
 
-def ensure_references(root: Path, scenario: Scenario, seed: int, quick: bool = False, log=print) -> References:
+def reference_paths(root: Path, scenario: Scenario, seed: int, quick: bool = False) -> References:
+    """Where a scenario-seed's references are cached (trained or not)."""
     config = scenario.config(seed, quick)
     pairs = subject_pairs(config, scenario.client, scenario.sample_pairs) if scenario.sample_pairs else None
     base = Path(root) / scenario.name / f"seed{seed}-{config_key(config, pairs)}"
     # the original does not depend on whom the bench erases; a client's retrain does (a subject's is in the key)
     original, retrain = base / "original", base / ("retrain" if pairs else f"retrain-without-client{scenario.client}")
+    return References(original, retrain, ErasureTarget(scenario.client, tuple(pairs) if pairs else None))
+
+
+def references_cached(refs: References) -> bool:
+    return _trained(refs.original) and _trained(refs.retrain)
+
+
+def ensure_references(root: Path, scenario: Scenario, seed: int, quick: bool = False, log=print) -> References:
+    refs = reference_paths(root, scenario, seed, quick)
+    config, original, retrain = scenario.config(seed, quick), refs.original, refs.retrain
+    pairs = list(refs.target.pair_ids) if refs.target.pair_ids else None
     if not _trained(original):
         began = time.perf_counter()
         run_federation(config, original, show_progress=False)
@@ -80,5 +92,4 @@ def ensure_references(root: Path, scenario: Scenario, seed: int, quick: bool = F
             setup.captions = EncodedCaptions.build(setup.bundle, setup.train)
             run_federation(config, retrain, show_progress=False, setup=setup)
         log(f"{scenario.name} seed {seed}: retrain trained in {time.perf_counter() - began:.0f} s")
-    target = ErasureTarget(scenario.client, tuple(pairs) if pairs else None)
-    return References(original, retrain, target)
+    return refs

@@ -32,8 +32,8 @@ from pathlib import Path
 from ease_engine.atomic import write_json
 from lethe_bench.markdown import replace_section, table
 from lethe_bench.pretrain import ensure as ensure_pretrained
-from lethe_bench.references import ensure_references
-from lethe_bench.run_seed import run_seed
+from lethe_bench.references import ensure_references, reference_paths, references_cached
+from lethe_bench.run_seed import results_path, run_seed
 from lethe_bench.scenarios import SCENARIOS
 from lethe_bench.summary import R1, gap_table, gate_case_table, scenario_table, summarise_scenario
 
@@ -113,9 +113,11 @@ def main(argv: list[str] | None = None) -> None:
             ensure_pretrained()  # once, here: the processes below only read it
     units = [BenchUnit(name, seed, args.root, args.quick, reactivation_rounds(name, args), args.references_only)
              for name in args.scenarios for seed in args.seeds]
+    cached = cached_at_start(units)
     started = time.perf_counter()
     results = run_units(units, args.jobs)
-    log(f"{len(units)} scenario-seed runs in {time.perf_counter() - started:.0f} s ({args.jobs} at a time)")
+    elapsed = time.perf_counter() - started
+    log(f"{len(units)} scenario-seed runs in {elapsed:.0f} s ({args.jobs} at a time)")
     summaries = {}
     for name in [] if args.references_only else args.scenarios:
         rounds = reactivation_rounds(name, args)
@@ -124,7 +126,10 @@ def main(argv: list[str] | None = None) -> None:
         summary["measured"] = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, "
                                f"{os.cpu_count()} CPU cores, torch threads 1",
                                "command": f"lethe bench{quick}{jobs} --scenarios {name} --seeds "
-                                          + " ".join(map(str, args.seeds))}
+                                          + " ".join(map(str, args.seeds)),
+                               # the whole invocation (every scenario it ran, cached references read, not trained)
+                               "invocation": {"scenarios": list(args.scenarios), "jobs": args.jobs,
+                                              "wall_s": round(elapsed, 1), "units": len(units), **cached}}
         if rounds:
             summary["reactivation_rounds"], summary["reinjected"] = rounds, REINJECTED
     if args.references_only:
@@ -156,6 +161,17 @@ class BenchUnit:
     quick: bool
     reactivation_rounds: int
     references_only: bool
+
+
+def cached_at_start(units: list[BenchUnit]) -> dict[str, int]:
+    """How many units found their references trained, and their rows computed, before the invocation began."""
+    references = rows = 0
+    for unit in units:
+        refs = reference_paths(unit.root, SCENARIOS[unit.scenario], unit.seed, unit.quick)
+        references += references_cached(refs)
+        rows += results_path(refs, SCENARIOS[unit.scenario].scope, unit.reactivation_rounds,
+                             REINJECTED if unit.reactivation_rounds else 0).is_file()
+    return {"references_cached": references, "rows_cached": rows}
 
 
 def run_unit(unit: BenchUnit) -> dict | None:
@@ -226,7 +242,13 @@ def _measured_line(name: str, summary: dict) -> str:
         seeds = " ".join(map(str, summary["seeds"]))
         return (f"- {name}: `lethe bench --scenarios {name} --seeds {seeds}`, written by an earlier version of "
                 "this script")
-    return f"- {name}: `{record['command']}` ({record['date']}, {record['machine']})"
+    line = f"- {name}: `{record['command']}` ({record['date']}, {record['machine']})"
+    run = record.get("invocation")
+    if run:
+        line += (f"; that invocation over {', '.join(run['scenarios'])} took {run['wall_s'] / 60:.1f} min wall with "
+                 f"{run['jobs']} job(s), {run['references_cached']} of {run['units']} scenario-seeds' references "
+                 f"and {run['rows_cached']} of their rows cached at its start")
+    return line
 
 
 def docs_section(summaries: dict[str, dict]) -> str:

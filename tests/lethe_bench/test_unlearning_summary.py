@@ -143,5 +143,9 @@ def test_jobs_run_each_scenario_seed_in_its_own_process_from_the_cache(tmp_path)
     assert summary["seeds"] == [0, 1]
     assert summary["methods"]["ease"]["metrics"]["forget_i2t_r1"]["mean"] == pytest.approx(11.5)
     assert summary["measured"]["command"] == "lethe bench --jobs 2 --scenarios exclusive --seeds 0 1"
+    invocation = summary["measured"]["invocation"]
+    assert invocation["jobs"] == 2 and invocation["units"] == 2 and invocation["wall_s"] > 0
+    assert invocation["references_cached"] == invocation["rows_cached"] == 2
+    assert "2 of 2 scenario-seeds' references and 2 of their rows cached" in docs.read_text()
     with pytest.raises(SystemExit):
         unlearning.main(["--jobs", "0"])
