@@ -28,9 +28,9 @@ from pydantic import ValidationError
 from ease_engine.atomic import new_directory, write_json
 from ease_engine.federation.data_cache import FederationDataCache
 from ease_engine.federation.exclusive import ExclusiveContribution
-from ease_engine.federation.version import read_version_lock
+from ease_engine.inherited_lock import hold_earlier_erasures, inherited_lock
 from ease_engine.linalg.forget_lock import ForgetLock
-from ease_engine.models.blocks import read_blocks, write_blocks
+from ease_engine.models.blocks import read_blocks
 from ease_engine.models.version_io import write_model_files
 from ease_engine.unlearning import ErasureTarget, UnlearningContext, UnlearningError, UnlearningOutcome, get_method
 from ease_engine.verification.gates import GateConfig
@@ -70,30 +70,6 @@ def verification_inputs(
         exclusive = ExclusiveContribution.from_ledger(context.ledger, target.client, gates.exclusive_energy,
                                                       gates.exclusivity_ratio)
     return splits, exclusive
-
-
-def inherited_lock(version_dir: Path) -> ForgetLock | None:
-    """The Forget Lock the version at ``version_dir`` holds (None if it holds none). The erasure's own move is
-    filtered through it (``hold_earlier_erasures``) and the erased version carries it forward, so no earlier
-    erasure's directions are left unguarded, neither by this erasure nor by later rounds."""
-    try:
-        return read_version_lock(version_dir)
-    except ValueError as exc:
-        raise UnlearningError(f"the Forget Lock of version {version_dir.name} cannot be read ({exc}); "
-                              "restore the version from its signed copy") from None
-
-
-def hold_earlier_erasures(context: UnlearningContext, outcome: UnlearningOutcome, lock: ForgetLock) -> int:
-    """Filter the erasure's own move (new weights minus the parent's) through the parent's lock, as every later
-    round's update is: an erasure must not move the model back toward what an earlier one excised. Returns the
-    lock's interventions (0: the move already kept clear of every earlier erasure's directions)."""
-    blocks = context.setup.blocks
-    after = read_blocks(outcome.bundle.model, blocks)
-    move = {name: after[name] - context.original_values[name] for name in after}
-    held, counts = lock.apply_to_updates(move, theta_current=context.original_values)
-    write_blocks(outcome.bundle.model, blocks,
-                 {name: context.original_values[name] + held[name].to(after[name].dtype) for name in after})
-    return sum(counts.values())
 
 
 def parse_params(method: str, params: dict | None):
@@ -146,6 +122,8 @@ def erase(
     outcome = spec.unlearn(context, target, typed_params)
     if parent_lock is not None:
         outcome.details["inherited_lock_interventions"] = hold_earlier_erasures(context, outcome, parent_lock)
+        if outcome.lock is not None:  # the weights may have changed since the method built its lock
+            outcome.lock = outcome.lock.anchored_at(read_blocks(outcome.bundle.model, context.setup.blocks))
     stage("verifying", 0.7)
     splits, exclusive = verification_inputs(context, target, gates, cache)
     blocks = context.setup.blocks

@@ -71,6 +71,7 @@ Array = torch.Tensor | np.ndarray
 
 ROUNDING_ULPS = 8  # the default tolerance, in units of the update dtype's machine epsilon
 FEASIBILITY_SLACK = 1e-9  # relative: how far a multi-layer solution may miss a constraint before failing closed
+ORTHONORMALITY_TOLERANCE = 1e-4  # max |E^T E - I|: a float32 basis is orthonormal to about 1e-6
 
 
 @dataclass
@@ -83,17 +84,28 @@ class LockedBlock:
     epsilon: float | None = None
 
     def __post_init__(self) -> None:
-        if self.basis.ndim != 2:
-            raise ValueError(f"basis must be 2-D (d x q), got shape {tuple(self.basis.shape)}")
+        if self.basis.ndim != 2 or not self.basis.is_floating_point():
+            raise ValueError(f"basis must be a 2-D floating tensor (d x q), got {self.basis.dtype} "
+                             f"{tuple(self.basis.shape)}")
         q = self.basis.shape[1]
-        for name in ("displacement", "anchor"):
+        for name in ("basis", "displacement", "anchor"):
             value = getattr(self, name)
-            if value.ndim != 1 or value.numel() != q:
-                raise ValueError(f"{name} must have {q} entries (one per basis column), got {tuple(value.shape)}")
+            if name != "basis" and (value.ndim != 1 or value.numel() != q or not value.is_floating_point()):
+                raise ValueError(f"{name} must have {q} floating entries (one per basis column), got "
+                                 f"{value.dtype} {tuple(value.shape)}")
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(f"{name} has NaN or infinite entries")
+        gram = self.basis.to(WORK_DTYPE).T @ self.basis.to(WORK_DTYPE)
+        if q and float((gram - torch.eye(q, dtype=WORK_DTYPE)).abs().max()) > ORTHONORMALITY_TOLERANCE:
+            raise ValueError("basis columns must be orthonormal (E^T E = I)")
         if self.epsilon is not None:
-            if not np.isfinite(self.epsilon) or self.epsilon < 0:
-                raise ValueError(f"epsilon must be a finite number >= 0 or None, got {self.epsilon}")
-            self.epsilon = float(self.epsilon)
+            try:
+                epsilon = float(self.epsilon)
+            except (TypeError, ValueError, OverflowError):
+                epsilon = float("nan")
+            if not np.isfinite(epsilon) or epsilon < 0:
+                raise ValueError(f"epsilon must be a finite number >= 0 or None, got {self.epsilon!r}")
+            self.epsilon = epsilon
 
     @property
     def dim(self) -> int:
@@ -139,6 +151,7 @@ class ForgetLock:
         self.erasures: list[dict[str, str]] = [{str(k): str(v) for k, v in (metadata or {}).items()}]
         self._layers: dict[str, dict[int, LockedBlock]] = {}  # block name -> erasure index -> its lock
         self.interventions: dict[str, int] = {}
+        self.failed_closed: dict[str, int] = {}  # calls whose layers' bands conflicted (module docstring)
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -148,19 +161,45 @@ class ForgetLock:
     def chained(cls, earlier: ForgetLock | None, later: ForgetLock | None) -> ForgetLock | None:
         """The lock of a version erased from a locked one: ``earlier``'s layers, then ``later``'s.
 
-        Either may be None (a parent without a lock, or a method that publishes none). The result shares
-        the layers' tensors with its inputs; no layer is ever modified in place."""
+        Either may be None (a parent without a lock, or a method that publishes none). An erasure of
+        ``later`` that ``earlier`` already holds (same metadata, same blocks, equal tensors: the same lock
+        loaded twice) is not added again. The result shares the layers' tensors with its inputs; no layer is
+        ever modified in place."""
         if earlier is None or later is None:
             return later if earlier is None else earlier
         tolerance = later.tolerance if later.tolerance is not None else earlier.tolerance
         merged = cls(tolerance=tolerance)
-        merged.erasures = [dict(m) for m in earlier.erasures] + [dict(m) for m in later.erasures]
-        offset = len(earlier.erasures)
-        for lock, shift in ((earlier, 0), (later, offset)):
-            for name, layers in lock._layers.items():
-                for index, block in layers.items():
-                    merged.set_block(name, block, erasure=index + shift)
+        merged.erasures = [dict(m) for m in earlier.erasures]
+        for name, layers in earlier._layers.items():
+            for index, block in layers.items():
+                merged.set_block(name, block, erasure=index)
+        for index, metadata in enumerate(later.erasures):
+            own = later._erasure_blocks(index)
+            if any(metadata == earlier.erasures[j] and _same_blocks(own, earlier._erasure_blocks(j))
+                   for j in range(len(earlier.erasures))):
+                continue
+            merged.erasures.append(dict(metadata))
+            for name, block in own.items():
+                merged.set_block(name, block, erasure=len(merged.erasures) - 1)
         return merged
+
+    def anchored_at(self, values: Mapping[str, Array]) -> ForgetLock:
+        """A copy whose newest erasure's layers are anchored at ``values`` (block name -> parameters; c0 =
+        E^T theta), for an erasure whose weights changed after its lock was built. Earlier layers keep theirs."""
+        copy = ForgetLock(tolerance=self.tolerance)
+        copy.erasures = [dict(m) for m in self.erasures]
+        newest = len(self.erasures) - 1
+        for name, layers in self._layers.items():
+            for index, block in layers.items():
+                if index == newest:
+                    theta = as_tensor(values[name], name).reshape(-1).to(WORK_DTYPE)
+                    block = LockedBlock(block.basis, block.displacement,
+                                        block.basis.to(WORK_DTYPE).T @ theta, block.epsilon)
+                copy.set_block(name, block, erasure=index)
+        return copy
+
+    def _erasure_blocks(self, erasure: int) -> dict[str, LockedBlock]:
+        return {name: layers[erasure] for name, layers in self._layers.items() if erasure in layers}
 
     # -- building -------------------------------------------------------------------------
 
@@ -301,7 +340,9 @@ class ForgetLock:
                 raise ValueError(f"theta_current for {block_name!r} has {theta.numel()} elements, expected {dim}")
         tolerance = self.tolerance if self.tolerance is not None else ROUNDING_ULPS * torch.finfo(out_dtype).eps
         scale = torch.linalg.vector_norm(delta)
-        delta, changed = _nearest_allowed(layers, delta, theta, tolerance, scale)
+        delta, changed, failed_closed = _nearest_allowed(layers, delta, theta, tolerance, scale)
+        if failed_closed:
+            self.failed_closed[block_name] = self.failed_closed.get(block_name, 0) + 1
         count = int(sum(c.sum().item() for c in changed))
         self.interventions[block_name] = self.interventions.get(block_name, 0) + count
         return delta.to(out_dtype).reshape(delta_in.shape), count
@@ -316,53 +357,77 @@ class ForgetLock:
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> ForgetLock:
         """Read a lock written by :meth:`save`; checks the format, the checksum, every field and every shape
-        (ValueError when any is wrong)."""
+        (ValueError when any is wrong; OSError when a file is missing or unreadable)."""
         return load_lock(Path(directory))
 
 
-def _span(stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Q, R) with orthonormal Q (d x r) spanning the columns of ``stacked`` (d x k) and stacked = Q R: from the
-    SVD, so that layers sharing a direction (rank r < k) get no spurious coordinate of rounding size."""
+def _same_blocks(a: dict[str, LockedBlock], b: dict[str, LockedBlock]) -> bool:
+    return a.keys() == b.keys() and all(
+        a[n].epsilon == b[n].epsilon and all(torch.equal(getattr(a[n], f).cpu(), getattr(b[n], f).cpu())
+                                             for f in ("basis", "displacement", "anchor")) for n in a)
+
+
+def _span(stacked: torch.Tensor, stored_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Q, R) with orthonormal Q (d x r) spanning the columns of ``stacked`` (d x k) and stacked = Q R up to the
+    bases' stored precision: from the SVD, so that layers sharing a direction (stored separately, rounded to
+    ``stored_eps``) get no spurious coordinate of rounding size."""
     u, s, vh = torch.linalg.svd(stacked, full_matrices=False)
-    keep = s > s[0] * stacked.shape[1] * torch.finfo(stacked.dtype).eps * 16
+    keep = s > s[0] * stacked.shape[1] * stored_eps * 16
     return u[:, keep], s[keep, None] * vh[keep]
 
 
+def _constraints(layers: list[LockedBlock], coordinates: list[torch.Tensor], z0: torch.Tensor,
+                 theta: torch.Tensor | None, directions: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Rows G and bounds h of G dz >= h in span(B)'s coordinates: sign_i (a0_i + R_ji^T dz) >= 0 (``directions``)
+    and anchor - eps <= E^T theta + a0 + R_j^T dz <= anchor + eps (bands, with ``theta``)."""
+    rows, bounds = [], []
+    for block, r_j in zip(layers, coordinates, strict=True):
+        a0 = r_j.T @ z0
+        if directions:
+            sign = torch.sign(block.displacement.to(z0.device, WORK_DTYPE))
+            moving = sign != 0
+            rows.append(sign[moving, None] * r_j.T[moving])
+            bounds.append(-sign[moving] * a0[moving])
+        if theta is not None and block.epsilon is not None:
+            position = block.basis.to(z0.device, WORK_DTYPE).T @ theta + a0
+            anchor = block.anchor.to(z0.device, WORK_DTYPE)
+            rows += [r_j.T, -r_j.T]
+            bounds += [anchor - block.epsilon - position, position - anchor - block.epsilon]
+    if not rows:
+        return np.zeros((0, z0.numel())), np.zeros(0)
+    return torch.cat(rows).cpu().numpy(), torch.cat(bounds).cpu().numpy()
+
+
 def _nearest_allowed(layers: list[LockedBlock], delta: torch.Tensor, theta: torch.Tensor | None, tolerance: float,
-                     scale: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The update's nearest point that every layer allows (module docstring); returns it and, per layer, the
-    coordinates it changed by more than the rounding tolerance."""
+                     scale: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], bool]:
+    """The update's nearest point that every layer allows (module docstring); returns it, per layer the
+    coordinates it changed by more than the rounding tolerance, and whether the lock failed closed.
+
+    As with one layer, a band wins over the direction rule: when no update satisfies both, the nearest one that
+    satisfies every band is taken; only when the bands themselves conflict does the lock fail closed."""
     if len(layers) == 1:
         projected, changed = layers[0].project(delta, theta, tolerance, scale)
-        return projected, [changed]
-    bases = [b.basis.to(device=delta.device, dtype=WORK_DTYPE) for b in layers]
-    q, r = _span(torch.cat(bases, dim=1))
+        return projected, [changed], False
+    stored_eps = max(torch.finfo(b.basis.dtype).eps for b in layers)
+    q, r = _span(torch.cat([b.basis.to(device=delta.device, dtype=WORK_DTYPE) for b in layers], dim=1), stored_eps)
     z0 = q.T @ delta
-    slack = float(tolerance * scale)
-    rows, bounds, coordinates = [], [], []
-    offset = 0
-    for block, basis in zip(layers, bases, strict=True):
-        r_j = r[:, offset:offset + block.rank]  # a_j = R_j^T z
+    coordinates, offset = [], 0
+    for block in layers:
+        coordinates.append(r[:, offset:offset + block.rank])  # a_j = R_j^T z
         offset += block.rank
-        coordinates.append(r_j)
-        a0 = r_j.T @ z0
-        sign = torch.sign(block.displacement.to(delta.device, WORK_DTYPE))
-        moving = sign != 0  # sign_i (a0_i + R_ji^T dz) >= -slack
-        rows.append(sign[moving, None] * r_j.T[moving])
-        bounds.append(-slack - sign[moving] * a0[moving])
-        if theta is not None and block.epsilon is not None:  # anchor - eps <= c + a0 + R_j^T dz <= anchor + eps
-            offset_now = basis.T @ theta + a0
-            anchor = block.anchor.to(delta.device, WORK_DTYPE)
-            rows += [r_j.T, -r_j.T]
-            bounds += [anchor - block.epsilon - offset_now, offset_now - anchor - block.epsilon]
-    g, h = torch.cat(rows).cpu().numpy(), torch.cat(bounds).cpu().numpy()
-    step = least_distance(g, h)
-    if step is not None and bool(np.all(g @ step - h >= -FEASIBILITY_SLACK * max(float(scale), np.abs(h).max()))):
-        dz = torch.as_tensor(step, dtype=WORK_DTYPE, device=delta.device)
-    else:
-        dz = -z0  # fail closed: no move along any locked direction
-    changed = [(r_j.T @ dz).abs() > slack for r_j in coordinates]
-    return delta + q @ dz, changed
+    dz = None
+    for directions in (True, False):
+        g, h = _constraints(layers, coordinates, z0, theta, directions)
+        step = least_distance(g, h)
+        slack = FEASIBILITY_SLACK * max(float(scale), float(np.abs(h).max(initial=0.0)), 1.0)
+        if step is not None and bool(np.all(g @ step - h >= -slack)):
+            dz = torch.as_tensor(step, dtype=WORK_DTYPE, device=delta.device)
+            break
+    failed_closed = dz is None
+    if failed_closed:
+        dz = -z0  # no move along any locked direction
+    changed = [(r_j.T @ dz).abs() > tolerance * scale for r_j in coordinates]
+    return delta + q @ dz, changed, failed_closed
 
 
 __all__ = ["LOCK_FORMAT", "MANIFEST_FILENAME", "SINGLE_ERASURE_FORMAT", "TENSORS_FILENAME", "ForgetLock",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +72,8 @@ def load_lock(directory: Path) -> ForgetLock:
         manifest = json.loads((directory / MANIFEST_FILENAME).read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{MANIFEST_FILENAME} is not JSON ({exc.msg})") from None
+    except RecursionError:
+        raise ValueError(f"{MANIFEST_FILENAME} is nested too deeply") from None
     _expect(isinstance(manifest, dict), "the manifest is not a JSON object")
     fmt = manifest.get("format")
     _expect(fmt in (LOCK_FORMAT, SINGLE_ERASURE_FORMAT), f"unknown format {fmt!r}")
@@ -108,15 +111,22 @@ def load_lock(directory: Path) -> ForgetLock:
         seen.add((name, erasure))
         parts = {part: tensors.get(f"{key}.{part}") for part in ("basis", "displacement", "anchor")}
         _expect(all(t is not None for t in parts.values()), f"block {name!r}: its tensors are missing")
-        block = LockedBlock(**parts, epsilon=epsilon)
+        block = LockedBlock(**parts, epsilon=epsilon)  # checks finiteness and orthonormality
         _expect((block.dim, block.rank) == (entry.get("dim"), entry.get("rank")),
                 f"block {name!r}: stored shape does not match the manifest")
         lock.set_block(name, block, erasure=erasure)
+    referenced = {f"{entry['key']}.{part}" for entry in blocks for part in ("basis", "displacement", "anchor")}
+    _expect(set(tensors) == referenced, "the tensors file holds blocks the manifest does not list")
     return lock
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def _expect(condition: bool, problem: str) -> None:

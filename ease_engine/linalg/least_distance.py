@@ -20,7 +20,8 @@ INFEASIBLE_MARGIN = 1e-12  # |r[n]| at or below this (after scaling h to norm 1)
 
 
 def least_distance(g: np.ndarray, h: np.ndarray) -> np.ndarray | None:
-    """The minimum-norm x with ``g @ x >= h`` (float64), or None when no x satisfies every row."""
+    """The minimum-norm x with ``g @ x >= h`` (float64), or None when no x satisfies every row (or the solver
+    gives no answer: callers treat both as "no allowed point")."""
     g = np.asarray(g, dtype=np.float64)
     h = np.asarray(h, dtype=np.float64).reshape(-1)
     if g.ndim != 2 or g.shape[0] != h.size:
@@ -32,7 +33,10 @@ def least_distance(g: np.ndarray, h: np.ndarray) -> np.ndarray | None:
     e = np.vstack([g.T, h[None, :] / scale])
     f = np.zeros(n + 1)
     f[n] = 1.0
-    u, _ = nnls(e, f, maxiter=50 * max(e.shape))
+    try:
+        u, _ = nnls(e, f, maxiter=50 * max(e.shape))
+    except (RuntimeError, ValueError):  # no convergence, or non-finite input: no answer to trust
+        return None
     r = e @ u - f
     if r[n] > -INFEASIBLE_MARGIN:
         return None
