@@ -46,10 +46,9 @@ class Lineage:
     inherited_lock: ForgetLock | None = None
 
     def lock_to_keep(self) -> ForgetLock | None:
-        """The lock the new version holds: the inherited one, and beside it a lock that filtered this run in its
-        place (an explicit ``lock=``) if that holds anything; an empty override (a control run) adds nothing."""
-        extra = self.lock if self.lock is not self.inherited_lock and self.lock is not None and len(self.lock) else None
-        return ForgetLock.chained(self.inherited_lock, extra)
+        """The lock the new version holds: the one that filtered the run (it includes the inherited layers), or
+        the inherited one when the run was unfiltered (an empty lock: a control)."""
+        return self.lock if self.lock is not None and len(self.lock) else self.inherited_lock
 
 
 def check_lock_fits(lock: ForgetLock, setup: FederationSetup, origin: str = "the Forget Lock") -> None:

@@ -111,8 +111,9 @@ class LedgerStrategy(FedAvg):
         **kwargs,
     ) -> LedgerStrategy:
         """Build the federation from ``config``; continue from a version (its ledger and Forget Lock), or start
-        fresh. ``lock`` filters the run in place of the continued version's own lock (or adds one to a fresh run);
-        the version written keeps the continued version's lock either way (``Lineage.lock_to_keep``)."""
+        fresh. ``lock`` adds its layers to the continued version's lock (or to a fresh run); an empty lock runs
+        unfiltered (a control). The version written keeps the continued version's lock either way
+        (``Lineage.lock_to_keep``)."""
         setup = prepare_federation(config)
         if continue_from is None:
             lineage = fresh_lineage(setup, lock)
@@ -120,7 +121,9 @@ class LedgerStrategy(FedAvg):
             lineage = continued_lineage(setup, continue_from)
             if lock is not None:
                 check_lock_fits(lock, setup)
-                lineage.lock = lock
+                # a lock with layers joins the inherited one (the inherited directions stay guarded); an empty
+                # lock runs the federation unfiltered (a control), while the version still keeps the inherited
+                lineage.lock = ForgetLock.chained(lineage.inherited_lock, lock) if len(lock) else lock
         return cls(setup, out_dir, lineage, **kwargs)
 
     # ------------------------------------------------------------------ Flower's hooks

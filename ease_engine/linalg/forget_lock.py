@@ -70,7 +70,7 @@ from ease_engine.linalg.least_distance import least_distance
 Array = torch.Tensor | np.ndarray
 
 ROUNDING_ULPS = 8  # the default tolerance, in units of the update dtype's machine epsilon
-FEASIBILITY_SLACK = 1e-9  # relative: how far a multi-layer solution may miss a constraint before failing closed
+FEASIBILITY_SLACK = 1e-6  # relative: how far a multi-layer solution may miss a constraint before failing closed
 ORTHONORMALITY_TOLERANCE = 1e-4  # max |E^T E - I|: a float32 basis is orthonormal to about 1e-6
 
 

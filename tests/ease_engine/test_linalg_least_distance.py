@@ -39,3 +39,10 @@ def test_constructed_cases():
     assert least_distance(np.array([[1.0], [-1.0]]), np.array([1.0, 0.0])) is None  # x >= 1 and x <= 0
     with pytest.raises(ValueError, match="m x n"):
         least_distance(np.ones((2, 2)), np.ones(3))
+
+
+def test_a_feasible_but_distant_point_is_found_not_called_infeasible():
+    # x1 >= 1 and x2 >= 1e4 x1: the only allowed points are far away; a solver that gave up on them would
+    # report no allowed point, and the Forget Lock would freeze the block
+    x = least_distance(np.array([[1.0, 0.0], [-1e4, 1.0]]), np.array([1.0, 0.0]))
+    np.testing.assert_allclose(x, [1.0, 1e4], rtol=1e-6)

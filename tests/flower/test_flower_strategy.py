@@ -197,11 +197,21 @@ def test_a_continued_versions_lock_is_kept_and_a_lost_one_stops_the_run(tiny_ver
     lock.add_block(block.name, torch.eye(block.numel)[:, :1], torch.zeros(block.numel), torch.ones(block.numel))
     lock.save(locked / "forget_lock")
     assert continued_lineage(setup, locked).lock.block_names == [block.name]
-    for label, override in (("kept", None), ("control", ForgetLock())):
+    same = ForgetLock.load(locked / "forget_lock")  # the version's own lock passed again: adds no layer
+    for label, override in (("kept", None), ("control", ForgetLock()), ("same", same)):
         strategy = LedgerStrategy.from_config(config, tmp_path / label, continue_from=locked, lock=override)
         written = strategy.write_version(tmp_path / label)
         kept = ForgetLock.load(written / "forget_lock")
         assert kept.erasures == [{"client": "0"}] and kept.block_names == [block.name], label
+        assert len(kept.layers(block.name)) == 1, label
+    assert len(LedgerStrategy.from_config(config, tmp_path / "c", continue_from=locked, lock=ForgetLock()).lineage
+               .lock) == 0, "an empty lock is a control: the run is not filtered"
+    extra = ForgetLock(metadata={"client": "2"})
+    extra.add_block(block.name, torch.eye(block.numel)[:, 1:2], torch.zeros(block.numel), torch.ones(block.numel))
+    joined = LedgerStrategy.from_config(config, tmp_path / "joined", continue_from=locked, lock=extra)
+    assert [m["client"] for m in joined.lineage.lock.erasures] == ["0", "2"], "the inherited layer still filters"
+    written = joined.write_version(tmp_path / "joined")
+    assert [m["client"] for m in ForgetLock.load(written / "forget_lock").erasures] == ["0", "2"]
 
     (locked / "forget_lock" / "forget_lock.safetensors").write_bytes(b"tampered")
     with pytest.raises(LineageError, match="Forget Lock of .* cannot be read"):
