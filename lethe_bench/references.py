@@ -51,6 +51,10 @@ class References:
     def retrain_seconds(self) -> float:
         return float(json.loads((self.retrain / layout.METADATA).read_text())["train_seconds"])
 
+    def retrain_pairs_processed(self) -> int:
+        """Pairs the retrain's clients trained on (forward and backward), over every round: its history."""
+        return int(sum(entry["samples"] for entry in json.loads((self.retrain / "history.json").read_text())))
+
 
 def _trained(path: Path) -> bool:
     return (path / layout.METRICS).is_file()

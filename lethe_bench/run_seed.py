@@ -75,7 +75,7 @@ def run_seed(scenario: Scenario, seed: int, root: Path, quick: bool = False, rea
     rows = rows_for(scenario.scope)
     cached = results_path(refs, scenario.scope, reactivation_rounds, reinjected)
     if cached.is_file():
-        return json.loads(cached.read_text())
+        return with_retrain_cost(json.loads(cached.read_text()), refs)
     cache = FederationDataCache(1)
     context = UnlearningContext.load(refs.original, data_cache=cache)
     bench = Bench.build(context, refs.target, concept=scenario.concept, cache=cache)
@@ -112,4 +112,11 @@ def run_seed(scenario: Scenario, seed: int, root: Path, quick: bool = False, rea
         result["reactivation"] = reactivation(bench, retrain_bundle, outcomes["ease"], reactivation_rounds, every,
                                               reinjected)
     write_json(cached, result)
+    return with_retrain_cost(result, refs)
+
+
+def with_retrain_cost(result: dict, refs: References) -> dict:
+    """The retrain's cost in the unit every method's ``cost`` counts (pairs processed), read from its history:
+    a speed-up in work done, which, unlike wall time, does not depend on what else the machine was running."""
+    result["models"]["retrain"]["cost"] = {"client_samples": refs.retrain_pairs_processed(), "server_samples": 0}
     return result

@@ -33,6 +33,7 @@ def summarise_scenario(runs: list[dict]) -> dict:
                  "n_forget": runs[0]["n_forget"], "n_nonmembers": runs[0]["n_nonmembers"],
                  "retrain_spread": {m: s["std"] for m, s in retrain.items()}, "methods": {}}
     retrain_wall = float(np.mean([run["models"]["retrain"]["wall_s"] for run in runs]))
+    retrain_pairs = _pairs_processed(runs, "retrain")
     for label in labels:
         metrics = _metric_stats(runs, label)
         gaps = {m: abs(metrics[m]["mean"] - retrain[m]["mean"]) for m in metrics if m in retrain}
@@ -45,6 +46,8 @@ def summarise_scenario(runs: list[dict]) -> dict:
             "avg_gap": float(np.mean([gaps[m] for m in R1])),
             "wall_s": wall,
             "speedup": retrain_wall / wall if wall > 0 and label != "retrain" else None,
+            "pairs_processed": (pairs := _pairs_processed(runs, label)),
+            "work_speedup": retrain_pairs / pairs if pairs and retrain_pairs and label != "retrain" else None,
             "verdicts": dict(verdicts),
         }
     cases = {case: [run["gate_cases"].get(case, "-") for run in runs] for case in EXPECTED}
@@ -62,6 +65,14 @@ def summarise_scenario(runs: list[dict]) -> dict:
             for label in curves[0]
         }
     return out
+
+
+def _pairs_processed(runs: list[dict], label: str) -> float | None:
+    """Mean pairs processed (forward and backward, clients and server) by ``label``, if every run recorded it."""
+    costs = [run["models"][label].get("cost") for run in runs]
+    if any(c is None for c in costs):
+        return None
+    return float(np.mean([c.get("client_samples", 0) + c.get("server_samples", 0) for c in costs]))
 
 
 def _cell(s: dict | None, digits: int = 1) -> str:

@@ -132,8 +132,10 @@ def test_jobs_run_each_scenario_seed_in_its_own_process_from_the_cache(tmp_path)
         for name in ("original", f"retrain-without-client{scenario.client}"):
             (config_dir / name).mkdir(parents=True)
             (config_dir / name / layout.METRICS).write_text("{}")
+            (config_dir / name / "history.json").write_text(json.dumps([{"samples": 1500}, {"samples": 500}]))
         refs = ensure_references(root, scenario, seed, log=lambda _: None)  # finds them: trains nothing
         run = _run(seed, 10.0 + seed, 11.0 + seed)
+        run["models"]["ease"]["cost"] = {"client_samples": 60 + 20 * seed, "server_samples": 20}
         write_json(results_path(refs, scenario.scope, 0, 0), run)
 
     out, docs = tmp_path / "unlearning.json", tmp_path / "benchmarks.md"
@@ -143,9 +145,16 @@ def test_jobs_run_each_scenario_seed_in_its_own_process_from_the_cache(tmp_path)
     assert summary["seeds"] == [0, 1]
     assert summary["methods"]["ease"]["metrics"]["forget_i2t_r1"]["mean"] == pytest.approx(11.5)
     assert summary["measured"]["command"] == "lethe bench --jobs 2 --scenarios exclusive --seeds 0 1"
+    # work done: the retrain's 2,000 pairs (its history) over EASE's mean 90 (clients and server)
+    assert summary["methods"]["ease"]["work_speedup"] == pytest.approx(2000 / 90)
+    assert summary["methods"]["finetune"]["work_speedup"] is None  # no cost recorded: no figure
     invocation = summary["measured"]["invocation"]
     assert invocation["jobs"] == 2 and invocation["units"] == 2 and invocation["wall_s"] > 0
     assert invocation["references_cached"] == invocation["rows_cached"] == 2
     assert "2 of 2 scenario-seeds' references and 2 of their rows cached" in docs.read_text()
+    # a second invocation that finds every row cached measured nothing: it keeps the record of when it was measured
+    unlearning.main(["--scenarios", "exclusive", "--seeds", "0", "1", "--root", str(root), "--json", str(out),
+                     "--docs", str(docs)])
+    assert json.loads(out.read_text())["scenarios"]["exclusive"]["measured"] == summary["measured"]
     with pytest.raises(SystemExit):
         unlearning.main(["--jobs", "0"])
