@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -24,9 +24,9 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from ease_engine.atomic import write_bytes
 from ease_engine.linalg._common import WORK_DTYPE
+from ease_engine.linalg.locked_block import LockedBlock
 
-if TYPE_CHECKING:
-    from ease_engine.linalg.forget_lock import ForgetLock
+Layers = list[tuple[str, int, LockedBlock]]  # (block name, erasure index, its lock), oldest erasure first
 
 LOCK_FORMAT = "lethe.forget_lock/2"
 SINGLE_ERASURE_FORMAT = "lethe.forget_lock/1"  # one erasure, no layers
@@ -34,19 +34,18 @@ TENSORS_FILENAME = "forget_lock.safetensors"
 MANIFEST_FILENAME = "forget_lock.json"
 
 
-def save_lock(lock: ForgetLock, directory: Path) -> Path:
+def save_lock(directory: Path, layers: Layers, erasures: list[dict[str, str]], tolerance: float | None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    layered = len(lock.erasures) > 1
+    layered = len(erasures) > 1
     tensors: dict[str, torch.Tensor] = {}
     entries = []
-    for name in lock.block_names:
-        for erasure, block in lock.indexed_layers(name):
-            key = f"block{len(entries)}"
-            tensors[f"{key}.basis"] = block.basis.detach().cpu().contiguous()
-            tensors[f"{key}.displacement"] = block.displacement.detach().cpu().to(WORK_DTYPE).contiguous()
-            tensors[f"{key}.anchor"] = block.anchor.detach().cpu().to(WORK_DTYPE).contiguous()
-            entry = {"name": name, "key": key, "dim": block.dim, "rank": block.rank, "epsilon": block.epsilon}
-            entries.append({**entry, "erasure": erasure} if layered else entry)
+    for name, erasure, block in layers:
+        key = f"block{len(entries)}"
+        tensors[f"{key}.basis"] = block.basis.detach().cpu().contiguous()
+        tensors[f"{key}.displacement"] = block.displacement.detach().cpu().to(WORK_DTYPE).contiguous()
+        tensors[f"{key}.anchor"] = block.anchor.detach().cpu().to(WORK_DTYPE).contiguous()
+        entry = {"name": name, "key": key, "dim": block.dim, "rank": block.rank, "epsilon": block.epsilon}
+        entries.append({**entry, "erasure": erasure} if layered else entry)
     fmt = LOCK_FORMAT if layered else SINGLE_ERASURE_FORMAT
     payload = save_safetensors_bytes(tensors, metadata={"format": fmt})
     manifest: dict[str, Any] = {
@@ -54,20 +53,19 @@ def save_lock(lock: ForgetLock, directory: Path) -> Path:
         "tensors_file": TENSORS_FILENAME,
         "tensors_sha256": hashlib.sha256(payload).hexdigest(),
         "blocks": entries,
-        "metadata": lock.metadata,
-        "tolerance": lock.tolerance,
+        "metadata": erasures[-1],
+        "tolerance": tolerance,
     }
     if layered:
-        manifest["erasures"] = lock.erasures
+        manifest["erasures"] = erasures
     write_bytes(directory / TENSORS_FILENAME, payload)
     manifest_path = directory / MANIFEST_FILENAME
     write_bytes(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     return manifest_path
 
 
-def load_lock(directory: Path) -> ForgetLock:
-    from ease_engine.linalg.forget_lock import ForgetLock, LockedBlock
-
+def load_lock(directory: Path) -> tuple[Layers, list[dict[str, str]], float | None]:
+    """(layers, erasures' metadata, tolerance) of the lock stored in ``directory``; ValueError if malformed."""
     try:
         manifest = json.loads((directory / MANIFEST_FILENAME).read_text())
     except json.JSONDecodeError as exc:
@@ -94,8 +92,8 @@ def load_lock(directory: Path) -> ForgetLock:
         _expect(isinstance(erasures[0], dict), "'metadata' must be an object")
     tolerance = manifest.get("tolerance")
     _expect(tolerance is None or _is_number(tolerance), "'tolerance' must be a number or null")
-    lock = ForgetLock(tolerance=tolerance)
-    lock.erasures = [{str(k): str(v) for k, v in m.items()} for m in erasures]
+    erasures = [{str(k): str(v) for k, v in m.items()} for m in erasures]
+    layers: Layers = []
     blocks = manifest.get("blocks")
     _expect(isinstance(blocks, list), "'blocks' must be a list")
     seen: set[tuple[str, int]] = set()
@@ -104,7 +102,7 @@ def load_lock(directory: Path) -> ForgetLock:
         name, key, epsilon = entry.get("name"), entry.get("key"), entry.get("epsilon")
         erasure = entry.get("erasure") if fmt == LOCK_FORMAT else 0
         _expect(isinstance(name, str) and name and isinstance(key, str), "a block entry needs a 'name' and a 'key'")
-        _expect(type(erasure) is int and 0 <= erasure < len(lock.erasures),
+        _expect(type(erasure) is int and 0 <= erasure < len(erasures),
                 f"block {name!r}: 'erasure' must be an integer index into 'erasures'")
         _expect(epsilon is None or _is_number(epsilon), f"block {name!r}: 'epsilon' must be a number or null")
         _expect((name, erasure) not in seen, f"block {name!r} is stored twice for erasure {erasure}")
@@ -114,10 +112,10 @@ def load_lock(directory: Path) -> ForgetLock:
         block = LockedBlock(**parts, epsilon=epsilon)  # checks finiteness and orthonormality
         _expect((block.dim, block.rank) == (entry.get("dim"), entry.get("rank")),
                 f"block {name!r}: stored shape does not match the manifest")
-        lock.set_block(name, block, erasure=erasure)
+        layers.append((name, erasure, block))
     referenced = {f"{entry['key']}.{part}" for entry in blocks for part in ("basis", "displacement", "anchor")}
     _expect(set(tensors) == referenced, "the tensors file holds blocks the manifest does not list")
-    return lock
+    return layers, erasures, tolerance
 
 
 def _is_number(value: object) -> bool:
