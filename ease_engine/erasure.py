@@ -121,8 +121,8 @@ def erase(
     stage("excising", 0.1)
     outcome = spec.unlearn(context, target, typed_params)
     if parent_lock is not None:
-        outcome.details["inherited_lock_interventions"] = hold_earlier_erasures(context, outcome, parent_lock)
-        if outcome.lock is not None:  # the weights may have changed since the method built its lock
+        held = outcome.details["inherited_lock_interventions"] = hold_earlier_erasures(context, outcome, parent_lock)
+        if held and outcome.lock is not None:  # the weights changed after the method built its lock
             outcome.lock = outcome.lock.anchored_at(read_blocks(outcome.bundle.model, context.setup.blocks))
     stage("verifying", 0.7)
     splits, exclusive = verification_inputs(context, target, gates, cache)

@@ -80,10 +80,9 @@ def bars(summaries: dict[str, dict]) -> str:
                   "lowest Avg. Gap of the baselines", "speed-up (bar 20x)", "pairs processed, retrain / EASE"],
                  rows) + ("\n\nSpeed-up is retrain's wall time (measured when the reference was trained) over EASE's "
                           "(measured when the row ran): two runs, so the ratio moves with whatever else the machine "
-                          "ran at either time (docs/results/unlearning.json keeps the command). The last column counts "
-                          "work "
-                          "instead (pairs forward and backward; EASE's linear algebra not counted), which no load "
-                          "changes; '-' where the scenario's rows were written before it was recorded.")
+                          "ran at either time (docs/results/unlearning.json keeps the command). The last column "
+                          "counts work instead (pairs forward and backward; EASE's linear algebra not counted), which "
+                          "no load changes; '-' where the scenario's rows were written before it was recorded.")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -172,6 +171,11 @@ class BenchUnit:
     reactivation_rounds: int
     references_only: bool
 
+    @property
+    def reinjected(self) -> int:
+        """Forget pairs re-injected in the reactivation experiment (none without one)."""
+        return REINJECTED if self.reactivation_rounds else 0
+
 
 def cached_at_start(units: list[BenchUnit]) -> dict[str, int]:
     """How many units found their references trained, and their rows computed, before the invocation began."""
@@ -179,8 +183,7 @@ def cached_at_start(units: list[BenchUnit]) -> dict[str, int]:
     for unit in units:
         refs = reference_paths(unit.root, SCENARIOS[unit.scenario], unit.seed, unit.quick)
         references += references_cached(refs)
-        rows += results_path(refs, SCENARIOS[unit.scenario].scope, unit.reactivation_rounds,
-                             REINJECTED if unit.reactivation_rounds else 0).is_file()
+        rows += results_path(refs, SCENARIOS[unit.scenario].scope, unit.reactivation_rounds, unit.reinjected).is_file()
     return {"references_cached": references, "rows_cached": rows}
 
 
@@ -192,8 +195,7 @@ def run_unit(unit: BenchUnit) -> dict | None:
     if unit.references_only:
         ensure_references(unit.root, scenario, unit.seed, unit.quick, log=log)
         return None
-    reinjected = REINJECTED if unit.reactivation_rounds else 0
-    return run_seed(scenario, unit.seed, unit.root, unit.quick, unit.reactivation_rounds, reinjected, log=log)
+    return run_seed(scenario, unit.seed, unit.root, unit.quick, unit.reactivation_rounds, unit.reinjected, log=log)
 
 
 def run_units(units: list[BenchUnit], jobs: int) -> list[dict | None]:

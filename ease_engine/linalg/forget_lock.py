@@ -31,11 +31,11 @@ every layer's constraints at once: with B = [E_1 ... E_m] = Q R (Q an orthonorma
 from B's SVD), the change lies in span(B), the
 constraints act on R^T z (z = Q^T Delta), and the shortest change in those few coordinates is a
 least-distance problem solved exactly (``ease_engine.linalg.least_distance``, Lawson-Hanson via NNLS).
-A component back toward the excised knowledge is allowed up to the rounding tolerance (the same one
-step 1 ignores). If the layers' bands leave no update that satisfies them all, or the solution fails
-its own check, the lock fails closed: the update loses its whole component in span(B), so it moves along
-no locked direction (a band the model was already outside then stays violated). One layer is steps 1
-and 2 above, exactly.
+As with one layer, a band wins over the direction rule: when no update satisfies both, the nearest one
+inside every band is taken. If the bands themselves leave no update, or a solution fails its own check,
+the lock fails closed: the update loses its whole component in span(B), so it moves along no locked
+direction (a band the model was already outside then stays violated; ``ForgetLock.failed_closed`` counts
+it). One layer is steps 1 and 2 above, exactly.
 
 The intervention count of a call is the number of coordinates i whose E-coordinate of the
 update was changed by step 1 or step 2 (each coordinate counted once; with several layers,
@@ -193,17 +193,16 @@ class ForgetLock:
     def block_names(self) -> list[str]:
         return list(self._layers)
 
-    def layers(self, name: str) -> list[LockedBlock]:
-        """Every erasure's lock of block ``name``, oldest first."""
+    def indexed_layers(self, name: str) -> list[tuple[int, LockedBlock]]:
+        """(erasure index, lock) of every erasure that locks block ``name``, oldest first."""
         try:
-            return [block for _, block in sorted(self._layers[name].items())]
+            return sorted(self._layers[name].items())
         except KeyError:
             raise KeyError(f"block {name!r} is not locked; locked blocks: {self.block_names}") from None
 
-    def indexed_layers(self, name: str) -> list[tuple[int, LockedBlock]]:
-        """(erasure index, lock) of every erasure that locks block ``name``, oldest first."""
-        self.layers(name)  # a clear KeyError for a block that is not locked
-        return sorted(self._layers[name].items())
+    def layers(self, name: str) -> list[LockedBlock]:
+        """Every erasure's lock of block ``name``, oldest first."""
+        return [block for _, block in self.indexed_layers(name)]
 
     def block(self, name: str) -> LockedBlock:
         """The newest erasure's lock of block ``name`` (all of them: :meth:`layers`)."""
@@ -215,8 +214,8 @@ class ForgetLock:
         for name in self.block_names:
             if name not in sizes:
                 return f"it locks block {name!r}, which this model does not train"
-            if self.block(name).dim != sizes[name]:
-                return f"block {name!r} has {self.block(name).dim} elements in the lock and {sizes[name]} in this model"
+            if (dim := self.block(name).dim) != sizes[name]:
+                return f"block {name!r} has {dim} elements in the lock and {sizes[name]} in this model"
         return None
 
     def __contains__(self, name: object) -> bool:
@@ -262,9 +261,10 @@ class ForgetLock:
         return filtered, counts
 
     def _filter(self, block_name: str, update: Array, theta_current: Array | None) -> tuple[torch.Tensor, int]:
-        layers = [b for b in self.layers(block_name) if b.rank > 0]
+        every_layer = self.layers(block_name)
+        layers = [b for b in every_layer if b.rank > 0]
         delta_in = as_tensor(update, "update")
-        dim = self.block(block_name).dim
+        dim = every_layer[-1].dim  # one size for every layer (set_block)
         if delta_in.numel() != dim:
             raise ValueError(f"update for {block_name!r} has {delta_in.numel()} elements, expected {dim}")
         out_dtype = delta_in.dtype if delta_in.is_floating_point() else torch.float32
