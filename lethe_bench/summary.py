@@ -27,7 +27,7 @@ def _metric_stats(runs: list[dict], label: str) -> dict[str, dict]:
 
 
 def summarise_scenario(runs: list[dict]) -> dict:
-    labels = list(runs[0]["models"])
+    labels = sorted(runs[0]["models"])  # one order, whether the rows were just run or read from the cache
     retrain = _metric_stats(runs, "retrain")
     out: dict = {"seeds": [run["seed"] for run in runs], "scope": runs[0]["scope"],
                  "n_forget": runs[0]["n_forget"], "n_nonmembers": runs[0]["n_nonmembers"],
