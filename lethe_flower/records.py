@@ -36,6 +36,7 @@ LR_KEY = "lr"
 ROUND_INDEX_KEY = "round-index"
 FINGERPRINT_KEY = "model-fingerprint"
 LOCK_INTERVENTIONS_KEY = "lock-interventions"
+LOCK_FAILED_CLOSED_KEY = "lock-failed-closed"
 NODE_CLIENT_ID_KEY = "lethe-client-id"  # node config of a SuperNode in a deployment: its stable client id
 
 

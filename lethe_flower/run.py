@@ -77,9 +77,12 @@ def run_flower_federation(
 
     def report(entry: dict) -> None:
         if show_progress:
+            closed = entry["lock_failed_closed"]
             print(
                 f"flower round {entry['round']}: loss {entry['loss']:.4f}, {len(entry['participants'])} clients, "
-                f"{entry['lock_interventions']} lock interventions, {entry['seconds']:.1f} s",
+                f"{entry['lock_interventions']} lock interventions"
+                + (f", {closed} blocks failed closed (the lock's bands conflict)" if closed else "")
+                + f", {entry['seconds']:.1f} s",
                 flush=True,
             )
 

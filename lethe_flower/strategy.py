@@ -7,8 +7,8 @@ Per round, ``aggregate_train``
    of the version the run continues from, weights it by p_k = n_k / sum n, records p_k Delta_k in
    the contribution ledger and adds it to the global model: the built-in simulation's
    :class:`~ease_engine.federation.fedavg.RoundAggregate`, the same code;
-3. appends the round to the history (with the lock's interventions) and reports the lock's
-   interventions as the Flower metric ``lock-interventions``.
+3. appends the round to the history (with the lock's interventions and the blocks it failed closed)
+   and reports both as the Flower metrics ``lock-interventions`` and ``lock-failed-closed``.
 
 At the end of :meth:`LedgerStrategy.start` (and every ``write_every`` rounds, as
 ``<out>-round-NNNN``) it writes a Lethe version directory with the engine's own writer, so the
@@ -38,6 +38,7 @@ from ease_engine.models.blocks import write_blocks
 from lethe_flower.lineage import Lineage, check_lock_fits, continued_lineage, fresh_lineage
 from lethe_flower.records import (
     FINGERPRINT_KEY,
+    LOCK_FAILED_CLOSED_KEY,
     LOCK_INTERVENTIONS_KEY,
     LR_KEY,
     NUM_EXAMPLES_KEY,
@@ -201,9 +202,11 @@ class LedgerStrategy(FedAvg):
         if keep_raw:
             aggregate.save_updates(self.work / "updates")
         interventions = sum(s["lock_interventions"] for s in stats.values())
+        failed_closed = sum(s["lock_failed_closed"] for s in stats.values())
         seconds = time.perf_counter() - self._round_started.pop(server_round, time.perf_counter())
         entry = history_entry(self.setup, t, lr, sorted(stats), stats, seconds, self.lineage.ledger)
         entry["lock_interventions"] = interventions
+        entry["lock_failed_closed"] = failed_closed
         entry["failed_clients"] = len(failed)
         entry["refused_clients"] = refused
         self.history.append(entry)
@@ -216,6 +219,7 @@ class LedgerStrategy(FedAvg):
                 "loss": float(entry["loss"]),
                 NUM_EXAMPLES_KEY: int(sum(sizes.values())),
                 LOCK_INTERVENTIONS_KEY: int(interventions),
+                LOCK_FAILED_CLOSED_KEY: int(failed_closed),
                 "clients": len(parsed),
             }
         )
@@ -263,6 +267,7 @@ class LedgerStrategy(FedAvg):
             rounds_total=lineage.first_round + len(self.history),
             continued_from=lineage.parent.name if lineage.parent else None,
             lock_interventions=sum(h["lock_interventions"] for h in self.history),
+            lock_failed_closed=sum(h["lock_failed_closed"] for h in self.history),
             wall_seconds_this_process=time.perf_counter() - self._began,
         )
         written = write_federation_version(

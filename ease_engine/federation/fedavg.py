@@ -177,15 +177,19 @@ class RoundAggregate:
         self.weights: dict[int, float] = {}
 
     def add(self, client: int, local: dict[str, torch.Tensor]) -> dict:
-        """Aggregate client ``client``'s trained values; returns its weight and lock interventions."""
+        """Aggregate client ``client``'s trained values; returns its weight, the lock's interventions and how
+        many of its blocks the lock failed closed (layers' bands that no update can satisfy together: the
+        block lost its whole locked component; ``ForgetLock.failed_closed``)."""
         weight = self.sizes[client] / self.total
         start = self.start
         raw = {name: local[name] - start[name] for name in start}
-        interventions = 0
+        interventions = failed_closed = 0
         if self.lock is not None:
+            closed_before = sum(self.lock.failed_closed.values())
             raw, counts = self.lock.apply_to_updates(raw, theta_current=start)
             raw = {name: v.to(start[name].dtype) for name, v in raw.items()}
             interventions = sum(counts.values())
+            failed_closed = sum(self.lock.failed_closed.values()) - closed_before
         if self.raw_updates is not None:
             self.raw_updates[client] = raw
         weighted = {name: weight * delta for name, delta in raw.items()}
@@ -194,7 +198,7 @@ class RoundAggregate:
         if self.ledger is not None:
             self.ledger.record(client, self.round_index, weighted)
         self.weights[client] = weight
-        return {"weight": weight, "lock_interventions": interventions}
+        return {"weight": weight, "lock_interventions": interventions, "lock_failed_closed": failed_closed}
 
     def result(self) -> dict[str, torch.Tensor]:
         return {name: self.start[name] + self.aggregate[name] for name in self.start}

@@ -330,7 +330,9 @@ def test_bands_no_update_can_satisfy_fail_closed():
     side = basis[:, 1]
     filtered, count = chained.apply_with_state("w", 0.5 * basis[:, 0] + side, torch.zeros(7, dtype=torch.float64))
     torch.testing.assert_close(filtered, side, atol=1e-12, rtol=0)
-    assert count == 2
+    assert count == 2 and chained.failed_closed == {"w": 1}
+    chained.apply("w", 0.5 * basis[:, 0] + side)  # without the state the bands do not apply: nothing conflicts
+    assert chained.failed_closed == {"w": 1}
 
 
 def test_orthogonal_layers_act_as_each_layer_alone():
@@ -459,3 +461,27 @@ def test_a_block_with_non_finite_values_or_a_non_orthonormal_basis_is_refused(pa
         LockedBlock(**fields)
     with pytest.raises(ValueError, match="floating"):
         LockedBlock(block.basis.to(torch.int64), block.displacement, block.anchor)
+
+
+def test_a_round_reports_per_client_update_whether_the_lock_failed_closed():
+    """The aggregation counts, per client update, the blocks whose layers' bands conflicted (the history
+    line and the Flower metric ``lock-failed-closed`` sum it); a lock whose bands agree reports none."""
+    from ease_engine.federation.fedavg import RoundAggregate
+
+    basis = _basis(6, d=7, q=2)
+    start = {"w": torch.zeros(7), "free": torch.zeros(3)}
+    update = {"w": 0.5 * basis[:, 0].float(), "free": torch.ones(3)}
+
+    def aggregate(lock):
+        round_aggregate = RoundAggregate(start, {0: 10, 1: 30}, 5, None, lock)
+        return [round_aggregate.add(k, {n: start[n] + v for n, v in update.items()}) for k in (0, 1)]
+
+    first = _layer(basis[:, :1], torch.tensor([1.0], dtype=torch.float64), {}, epsilon=0.1)
+    second = _layer(basis[:, :1], torch.tensor([1.0], dtype=torch.float64), {}, epsilon=0.1)
+    assert [s["lock_failed_closed"] for s in aggregate(ForgetLock.chained(first, second))] == [0, 0]
+    second.block("w").anchor.fill_(1.0)  # [0.9, 1.1] against the first's [-0.1, 0.1]: no value satisfies both
+    conflicting = ForgetLock.chained(first, second)
+    stats = aggregate(conflicting)
+    assert [s["lock_failed_closed"] for s in stats] == [1, 1] and conflicting.failed_closed == {"w": 2}
+    assert [s["weight"] for s in stats] == [0.25, 0.75]
+    assert [s["lock_failed_closed"] for s in aggregate(None)] == [0, 0]

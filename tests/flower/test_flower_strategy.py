@@ -40,7 +40,8 @@ def test_flower_rounds_match_the_builtin_simulation(tiny_version, tmp_path):
         assert json.loads((out / name).read_text()) == json.loads((builtin / name).read_text()), name
     history = json.loads((out / "history.json").read_text())
     assert [h["participants"] for h in history] == [[0, 1, 2]] * config.training.rounds
-    assert all(h["lock_interventions"] == 0 for h in history)
+    assert all(h["lock_interventions"] == 0 and h["lock_failed_closed"] == 0 for h in history)
+    assert json.loads((out / "metadata.json").read_text())["lock_failed_closed"] == 0
     stored = sorted(p.name for p in (out / "updates").iterdir())
     assert stored == sorted(p.name for p in (builtin / "updates").iterdir())
 
