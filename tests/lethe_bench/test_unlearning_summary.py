@@ -158,3 +158,20 @@ def test_jobs_run_each_scenario_seed_in_its_own_process_from_the_cache(tmp_path)
     assert json.loads(out.read_text())["scenarios"]["exclusive"]["measured"] == summary["measured"]
     with pytest.raises(SystemExit):
         unlearning.main(["--jobs", "0"])
+
+
+def test_the_rows_time_adds_each_timed_invocation_once_and_only_when_every_scenario_was_timed():
+    from lethe_bench.unlearning import rows_time_line
+
+    def measured(scenarios, wall_s, references_cached=3, rows_cached=0):
+        return {"measured": {"invocation": {"scenarios": scenarios, "jobs": 2, "wall_s": wall_s, "units": 3,
+                                            "references_cached": references_cached, "rows_cached": rows_cached}}}
+
+    summaries = {"exclusive": measured(["exclusive", "dirichlet"], 600.0),
+                 "dirichlet": measured(["exclusive", "dirichlet"], 600.0),
+                 "samples": measured(["samples"], 300.0)}
+    line = rows_time_line(summaries)
+    assert "all 3 scenarios" in line and "10.0 + 5.0 = 15.0 min wall in 2 invocation(s)" in line
+    assert rows_time_line({**summaries, "samples": measured(["samples"], 300.0, references_cached=2)}) == ""
+    assert rows_time_line({**summaries, "samples": measured(["samples"], 300.0, rows_cached=1)}) == ""
+    assert rows_time_line({**summaries, "samples": {"measured": {"command": "earlier"}}}) == ""
