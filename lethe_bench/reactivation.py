@@ -27,14 +27,16 @@ def continue_training(
     seed: int = 0,
     lr: float | None = None,
     every: int = 1,
+    clients: list[int] | None = None,
 ) -> list[dict]:
     """K more FedAvg rounds on the retained data from ``bundle`` (a copy is trained); ``lr`` defaults to the
-    federation's peak learning rate."""
+    federation's peak learning rate; ``clients`` (default: every client the erasure retains) train, the first
+    of them with the re-injected pairs."""
     context, target = bench.context, bench.target
     bundle = bundle.copy()
     setup = context.with_model(bundle)
     retained_items_of = context.retained_items_of(target)
-    clients = [k for k in context.retained_clients(target) if len(retained_items_of(k))]
+    clients = [k for k in (clients or context.retained_clients(target)) if len(retained_items_of(k))]
     attacker = clients[0]
     injected = np.random.default_rng(seed).choice(context.forget_items(target), size=reinjected, replace=False)
 
