@@ -15,6 +15,7 @@ import numpy as np
 from ease_engine.federation.fedavg import fedavg_round, round_participants
 from ease_engine.linalg.forget_lock import ForgetLock
 from ease_engine.models.factory import ClipBundle
+from lethe_bench.markdown import table
 from lethe_bench.measure import Bench, figures_metrics
 
 
@@ -36,7 +37,8 @@ def continue_training(
     bundle = bundle.copy()
     setup = context.with_model(bundle)
     retained_items_of = context.retained_items_of(target)
-    clients = [k for k in (clients or context.retained_clients(target)) if len(retained_items_of(k))]
+    clients = [k for k in (context.retained_clients(target) if clients is None else clients)
+               if len(retained_items_of(k))]
     attacker = clients[0]
     injected = np.random.default_rng(seed).choice(context.forget_items(target), size=reinjected, replace=False)
 
@@ -46,17 +48,38 @@ def continue_training(
 
     lr = context.config.training.lr if lr is None else lr
     start = context.config.training.rounds + 100  # fresh seeds, distinct from the federation's own rounds
-    curve = [_point(bench, bundle, 0, 0)]
-    interventions = 0
+    curve = [_point(bench, bundle, 0, 0, 0)]
+    interventions = failed_closed = 0
     for r in range(rounds):
         participants = round_participants(setup.config, clients, start + r)
         stats = fedavg_round(setup, start + r, participants, lr, items_of=items_of, lock=lock)
         interventions += sum(s["lock_interventions"] for s in stats.values())
+        failed_closed += sum(s["lock_failed_closed"] for s in stats.values())
         if (r + 1) % every == 0 or r + 1 == rounds:
-            curve.append(_point(bench, bundle, r + 1, interventions))
-            interventions = 0
+            curve.append(_point(bench, bundle, r + 1, interventions, failed_closed))
+            interventions = failed_closed = 0
     return curve
 
 
-def _point(bench: Bench, bundle: ClipBundle, round_index: int, interventions: int) -> dict:
-    return {"round": round_index, **figures_metrics(bench.measure(bundle)), "lock_interventions": interventions}
+def _point(bench: Bench, bundle: ClipBundle, round_index: int, interventions: int, failed_closed: int) -> dict:
+    return {"round": round_index, **figures_metrics(bench.measure(bundle)), "lock_interventions": interventions,
+            "lock_failed_closed": failed_closed}
+
+
+def curves_table(curves: dict[str, list[dict]], residual: str = "ledger residual") -> str:
+    """Each run's move from its first to its last point (means over seeds, ± the standard deviation at the end:
+    :func:`lethe_bench.summary.stats` per metric and point) and its lock interventions in all."""
+    rows = []
+    for label, curve in curves.items():
+        first, last = curve[0], curve[-1]
+
+        def move(metric: str, digits: int = 1, first=first, last=last) -> str:
+            if metric not in first or metric not in last:
+                return "-"
+            return (f"{first[metric]['mean']:.{digits}f} -> {last[metric]['mean']:.{digits}f} ± "
+                    f"{last[metric]['std']:.{digits}f}")
+
+        interventions = sum(point["lock_interventions"] for point in curve)
+        rows.append([label, move("forget_i2t_r1"), move("forget_t2i_r1"), move("probe"), move("ledger_residual", 2),
+                     f"{interventions:.0f}"])
+    return table(["run", "forget i2t R@1", "forget t2i R@1", "probe", residual, "lock interventions"], rows)

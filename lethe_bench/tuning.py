@@ -91,13 +91,13 @@ def main(argv: list[str] | None = None) -> None:
                          "wall_s": time.perf_counter() - began, "default": is_default(name, params)})
             print(f"{name} {params}: Avg. Gap {gap:.2f}, verdict {runs[-1]['verdict']}", flush=True)
         best = min(runs, key=lambda r: r["avg_gap"])
-        results["methods"][name] = {"runs": runs, "chosen": best["params"]}
+        results["methods"][name] = {"runs": runs, ("best" if check else "chosen"): best["params"]}
     write_json(json_path, results)
     command = f"python -m lethe_bench.tuning --scenario {args.scenario} --seed {args.seed}"
     if check:
         rows = [[name, str(run["params"]), f"{run['avg_gap']:.2f}", run["verdict"], f"{run['wall_s']:.0f}",
                  ", ".join(word for word, on in (("default", run["default"]),
-                                                  ("best here", run["params"] == m["chosen"])) if on)]
+                                                  ("best here", run["params"] == m["best"])) if on)]
                 for name, m in results["methods"].items() for run in m["runs"]]
         text = (f"### Check of the defaults: {args.scenario}, seed {args.seed}\n\nCommand: `{command}` "
                 f"({date.today().isoformat()}); the same grids and objective as above, on a scenario and seed "

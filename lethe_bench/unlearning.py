@@ -32,6 +32,7 @@ from pathlib import Path
 from ease_engine.atomic import write_json
 from lethe_bench.markdown import replace_section, table
 from lethe_bench.pretrain import ensure as ensure_pretrained
+from lethe_bench.reactivation import curves_table
 from lethe_bench.references import ensure_references, reference_paths, references_cached
 from lethe_bench.run_seed import results_path, run_seed
 from lethe_bench.scenarios import SCENARIOS
@@ -42,19 +43,7 @@ REINJECTED = 50  # forget pairs re-injected into one retained client (about 10% 
 
 
 def reactivation_table(summary: dict) -> str:
-    rows = []
-    for label, curve in summary["reactivation"].items():
-        first, last = curve[0], curve[-1]
-
-        def move(metric: str, first=first, last=last) -> str:
-            if metric not in last:
-                return "-"
-            return f"{first[metric]['mean']:.1f} -> {last[metric]['mean']:.1f} ± {last[metric]['std']:.1f}"
-
-        interventions = sum(point["lock_interventions"] for point in curve)
-        rows.append([label, move("forget_i2t_r1"), move("forget_t2i_r1"), move("probe"),
-                     move("ledger_residual"), f"{interventions:.0f}"])
-    return table(["run", "forget i2t R@1", "forget t2i R@1", "probe", "ledger residual", "lock interventions"], rows)
+    return curves_table(summary["reactivation"])
 
 
 def bars(summaries: dict[str, dict]) -> str:
@@ -273,8 +262,8 @@ def rows_time_line(summaries: dict[str, dict]) -> str:
         if not run or run["references_cached"] != run["units"] or run["rows_cached"]:
             return ""
         runs[(tuple(run["scenarios"]), run["wall_s"])] = run
-    if not runs:
-        return ""
+    if not runs or sum(len(run["scenarios"]) for run in runs.values()) != len(summaries):
+        return ""  # an invocation also ran a scenario whose published rows a later one computed
     ordered = sorted(runs.values(), key=lambda run: [list(SCENARIOS).index(n) for n in run["scenarios"]])
     parts = " + ".join(f"{run['wall_s'] / 60:.1f}" for run in ordered)
     total = sum(run["wall_s"] for run in ordered) / 60

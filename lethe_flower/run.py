@@ -81,7 +81,7 @@ def run_flower_federation(
             print(
                 f"flower round {entry['round']}: loss {entry['loss']:.4f}, {len(entry['participants'])} clients, "
                 f"{entry['lock_interventions']} lock interventions"
-                + (f", {closed} blocks failed closed (the lock's bands conflict)" if closed else "")
+                + (f", {closed} client-update blocks failed closed (the lock's bands conflict)" if closed else "")
                 + f", {entry['seconds']:.1f} s",
                 flush=True,
             )

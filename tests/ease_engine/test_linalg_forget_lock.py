@@ -476,9 +476,12 @@ def test_a_round_reports_per_client_update_whether_the_lock_failed_closed():
         round_aggregate = RoundAggregate(start, {0: 10, 1: 30}, 5, None, lock)
         return [round_aggregate.add(k, {n: start[n] + v for n, v in update.items()}) for k in (0, 1)]
 
-    first = _layer(basis[:, :1], torch.tensor([1.0], dtype=torch.float64), {}, epsilon=0.1)
-    second = _layer(basis[:, :1], torch.tensor([1.0], dtype=torch.float64), {}, epsilon=0.1)
-    assert [s["lock_failed_closed"] for s in aggregate(ForgetLock.chained(first, second))] == [0, 0]
+    first = _layer(basis[:, :1], torch.tensor([1.0], dtype=torch.float64), {"erasure": "1"}, epsilon=0.1)
+    second = _layer(basis[:, :1], torch.tensor([1.0], dtype=torch.float64), {"erasure": "2"}, epsilon=0.1)
+    second.block("w").anchor.fill_(0.15)  # [0.05, 0.25] overlaps the first's [-0.1, 0.1]: both hold at once
+    agreeing = ForgetLock.chained(first, second)
+    assert len(agreeing.layers("w")) == 2
+    assert [s["lock_failed_closed"] for s in aggregate(agreeing)] == [0, 0]
     second.block("w").anchor.fill_(1.0)  # [0.9, 1.1] against the first's [-0.1, 0.1]: no value satisfies both
     conflicting = ForgetLock.chained(first, second)
     stats = aggregate(conflicting)

@@ -175,3 +175,5 @@ def test_the_rows_time_adds_each_timed_invocation_once_and_only_when_every_scena
     assert rows_time_line({**summaries, "samples": measured(["samples"], 300.0, references_cached=2)}) == ""
     assert rows_time_line({**summaries, "samples": measured(["samples"], 300.0, rows_cached=1)}) == ""
     assert rows_time_line({**summaries, "samples": {"measured": {"command": "earlier"}}}) == ""
+    rerun = {**summaries, "dirichlet": measured(["dirichlet"], 120.0)}  # its rows are also in the first invocation
+    assert rows_time_line(rerun) == ""
