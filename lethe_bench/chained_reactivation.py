@@ -32,8 +32,6 @@ import tempfile
 from datetime import date
 from pathlib import Path
 
-import numpy as np
-
 from ease_engine.atomic import write_json
 from ease_engine.erasure import erase
 from ease_engine.federation.data_cache import FederationDataCache
@@ -46,12 +44,11 @@ from lethe_bench.measure import Bench
 from lethe_bench.reactivation import continue_training, curves_table
 from lethe_bench.references import ensure_references
 from lethe_bench.scenarios import SCENARIOS
-from lethe_bench.summary import stats
+from lethe_bench.summary import summarise_curves
 
 SCENARIO = SCENARIOS["shared-concept"]
 SECOND_CLIENT = 1  # the other holder of the concept
 RUNS = ("chained lock", "newest layer only", "no lock")
-METRICS = ("forget_i2t_r1", "forget_t2i_r1", "probe", "ledger_residual")
 CACHE_VERSION = 1  # bump when what a run measures changes in a way the key below does not see
 
 
@@ -107,16 +104,8 @@ def run_seed(seed: int, root: Path, rounds: int, reinjected: int, log=print) -> 
 
 
 def summarise(results: list[dict]) -> dict:
-    out: dict = {"seeds": [r["seed"] for r in results], "runs": {}}
-    for label in RUNS:
-        curves = [r["curves"][label] for r in results]
-        out["runs"][label] = [
-            {"round": points[0]["round"],
-             **{m: stats([p[m] for p in points]) for m in METRICS if all(m in p for p in points)},
-             "lock_interventions": float(np.mean([p["lock_interventions"] for p in points])),
-             "lock_failed_closed": float(np.mean([p["lock_failed_closed"] for p in points]))}
-            for points in zip(*curves, strict=True)]
-    return out
+    return {"seeds": [r["seed"] for r in results],
+            "runs": summarise_curves([{label: r["curves"][label] for label in RUNS} for r in results])}
 
 
 def docs_section(summary: dict, command: str) -> str:

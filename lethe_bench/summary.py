@@ -55,16 +55,25 @@ def summarise_scenario(runs: list[dict]) -> dict:
     out["gate_cases"] = {case: Counter(words).most_common(1)[0][0] for case, words in cases.items()}
     curves = [run["reactivation"] for run in runs if "reactivation" in run]
     if curves:
-        out["reactivation"] = {
-            label: [{"round": point["round"],
-                     **{m: stats([c[label][i][m] for c in curves]) for m in ("forget_i2t_r1", "forget_t2i_r1",
-                                                                             "probe", "ledger_residual")
-                        if m in point},
-                     "lock_interventions": float(np.mean([c[label][i]["lock_interventions"] for c in curves]))}
-                    for i, point in enumerate(curves[0][label])]
-            for label in curves[0]
-        }
+        out["reactivation"] = summarise_curves(curves)
     return out
+
+
+CURVE_METRICS = ("forget_i2t_r1", "forget_t2i_r1", "probe", "ledger_residual")
+LOCK_COUNTS = ("lock_interventions", "lock_failed_closed")
+
+
+def summarise_curves(seeds: list[dict[str, list[dict]]]) -> dict[str, list[dict]]:
+    """Reactivation curves over seeds (each: run label -> points, one per measured round, the same rounds in
+    every seed): per run and point, :func:`stats` of each metric and the mean of each lock count, where every
+    seed has it."""
+    def point(label: str, i: int) -> dict:
+        points = [seed[label][i] for seed in seeds]
+        return {"round": points[0]["round"],
+                **{m: stats([p[m] for p in points]) for m in CURVE_METRICS if all(m in p for p in points)},
+                **{c: float(np.mean([p[c] for p in points])) for c in LOCK_COUNTS if all(c in p for p in points)}}
+
+    return {label: [point(label, i) for i in range(len(seeds[0][label]))] for label in seeds[0]}
 
 
 def _pairs_processed(runs: list[dict], label: str) -> float | None:

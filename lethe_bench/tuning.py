@@ -94,25 +94,26 @@ def main(argv: list[str] | None = None) -> None:
         results["methods"][name] = {"runs": runs, ("best" if check else "chosen"): best["params"]}
     write_json(json_path, results)
     command = f"python -m lethe_bench.tuning --scenario {args.scenario} --seed {args.seed}"
+
+    def mark(run: dict, method: dict) -> str:
+        if not check:
+            return "chosen" if run["params"] == method["chosen"] else ""
+        return ", ".join(word for word, on in (("default", run["default"]),
+                                               ("best here", run["params"] == method["best"])) if on)
+
+    rows = [[name, str(run["params"]), f"{run['avg_gap']:.2f}", run["verdict"], f"{run['wall_s']:.0f}", mark(run, m)]
+            for name, m in results["methods"].items() for run in m["runs"]]
     if check:
-        rows = [[name, str(run["params"]), f"{run['avg_gap']:.2f}", run["verdict"], f"{run['wall_s']:.0f}",
-                 ", ".join(word for word, on in (("default", run["default"]),
-                                                  ("best here", run["params"] == m["best"])) if on)]
-                for name, m in results["methods"].items() for run in m["runs"]]
         text = (f"### Check of the defaults: {args.scenario}, seed {args.seed}\n\nCommand: `{command}` "
                 f"({date.today().isoformat()}); the same grids and objective as above, on a scenario and seed "
                 "outside the calibration: a check, not a choice (the defaults stay those chosen above). Retrain "
-                "reference of this seed: " + ", ".join(f"{m} {retrain[m]:.1f}" for m in R1) + ".\n\n"
-                + table(["method", "setting", "Avg. Gap", "verdict", "wall s", ""], rows) + "\n")
+                "reference of this seed: " + ", ".join(f"{m} {retrain[m]:.1f}" for m in R1) + ".\n\n")
     else:
-        rows = [[name, str(run["params"]), f"{run['avg_gap']:.2f}", run["verdict"], f"{run['wall_s']:.0f}",
-                 "chosen" if run["params"] == m["chosen"] else ""]
-                for name, m in results["methods"].items() for run in m["runs"]]
         text = (f"## Equal tuning (issue 9)\n\nCommand: `{command}` ({date.today().isoformat()}); budget: "
                 f"{results['budget']}; objective: {results['objective']}. The chosen settings are the methods' "
                 f"defaults in code; the unlearning benchmark below evaluates those (seed {args.seed} of "
-                f"{args.scenario} is in-sample for every method alike).\n\n"
-                + table(["method", "setting", "Avg. Gap", "verdict", "wall s", ""], rows) + "\n")
+                f"{args.scenario} is in-sample for every method alike).\n\n")
+    text += table(["method", "setting", "Avg. Gap", "verdict", "wall s", ""], rows) + "\n"
     replace_section(args.docs, label, text)
 
 

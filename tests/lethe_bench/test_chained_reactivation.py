@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from ease_engine.linalg import ForgetLock, LockedBlock
-from lethe_bench.chained_reactivation import METRICS, RUNS, newest_layer, summarise
+from lethe_bench.chained_reactivation import RUNS, newest_layer, summarise
+from lethe_bench.summary import CURVE_METRICS as METRICS
 
 
 def _lock(names: list[str], seed: int, client: str) -> ForgetLock:
