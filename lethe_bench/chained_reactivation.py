@@ -45,6 +45,7 @@ from lethe_bench.reactivation import continue_training, curves_table
 from lethe_bench.references import ensure_references
 from lethe_bench.scenarios import SCENARIOS
 from lethe_bench.summary import summarise_curves
+from lethe_format import layout
 
 SCENARIO = SCENARIOS["shared-concept"]
 SECOND_CLIENT = 1  # the other holder of the concept
@@ -79,7 +80,7 @@ def run_seed(seed: int, root: Path, rounds: int, reinjected: int, log=print) -> 
                       publish_on_failure=True, data_cache=cache, concept=SCENARIO.concept)
         second = erase(first.version_dir, ErasureTarget(SECOND_CLIENT), "ease", None, Path(work) / "second",
                        gates=gates, publish_on_failure=True, data_cache=cache)
-        lock = ForgetLock.load(second.version_dir / "forget_lock")
+        lock = ForgetLock.load(second.version_dir / layout.FORGET_LOCK_DIR)
         if len(lock.erasures) != 2:
             raise RuntimeError(f"seed {seed}: the twice-erased version holds {len(lock.erasures)} lock layer(s), "
                                "not one per erasure; the runs below would not differ as their labels say")

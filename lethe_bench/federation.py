@@ -26,6 +26,7 @@ from ease_engine.configs import DEFAULT_CONFIG
 from ease_engine.federation.config import FederationConfig, load_config
 from ease_engine.federation.version_eval import evaluate_version
 from lethe_bench.markdown import replace_section, table
+from lethe_format import layout
 
 QUICK_OVERRIDES = {
     "data": {"scenes": {"n_train": 300, "n_test": 80}},
@@ -88,7 +89,7 @@ def run(config: FederationConfig, workdir: Path, docs: Path | None, command: str
     probe = f"{attribute}={value}"
     evals = {name: evaluate_version(workdir / name, splits, probe, gallery=GALLERY) for name in runs}
     ledger = json.loads((original / "ledger" / "ledger.json").read_text())
-    history = json.loads((original / "history.json").read_text())
+    history = json.loads((original / layout.HISTORY).read_text())
     n_clients = len(ledger["clients"])
     result = {
         "runs": runs,

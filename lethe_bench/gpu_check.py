@@ -104,6 +104,7 @@ def run_check(args: argparse.Namespace, workdir: Path) -> dict:
     from ease_engine.federation.fedavg import prepare_federation, run_federation
     from ease_engine.unlearning import ErasureTarget
     from ease_engine.verification.report import GateConfig
+    from lethe_format import layout
 
     config = build_config(args)
     memory = Memory(args.device)
@@ -125,7 +126,7 @@ def run_check(args: argparse.Namespace, workdir: Path) -> dict:
         hook.remove()
     result["federation_peak_gpu_mib"] = memory.peak_mib()
     result["autocast_dtypes"] = sorted(seen_dtypes)
-    history = json.loads((version / "history.json").read_text())
+    history = json.loads((version / layout.HISTORY).read_text())
     result["rounds"] = [
         {"round": entry["round"], "seconds": round(entry["seconds"], 3), "steps": entry["steps"],
          "train_seconds": round(entry["train_seconds"], 3),

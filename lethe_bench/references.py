@@ -53,7 +53,7 @@ class References:
 
     def retrain_pairs_processed(self) -> int:
         """Pairs the retrain's clients trained on (forward and backward), over every round: its history."""
-        return int(sum(entry["samples"] for entry in json.loads((self.retrain / "history.json").read_text())))
+        return int(sum(entry["samples"] for entry in json.loads((self.retrain / layout.HISTORY).read_text())))
 
 
 def _trained(path: Path) -> bool:

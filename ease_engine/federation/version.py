@@ -118,7 +118,7 @@ def write_federation_version(
         if ledger is not None:
             ledger.save(tmp / "ledger")
         write_json(tmp / layout.CLIENTS, clients.to_json())
-        write_json(tmp / "history.json", history)
+        write_json(tmp / layout.HISTORY, history)
         write_json(tmp / "metrics.json", metrics)
         if lock is not None:
             lock.save(tmp / layout.FORGET_LOCK_DIR)
