@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import platform
 import tempfile
 from datetime import date
 from pathlib import Path
@@ -39,6 +37,7 @@ from ease_engine.linalg.forget_lock import ForgetLock
 from ease_engine.models.version_io import load_version
 from ease_engine.unlearning import METHODS, ErasureTarget, UnlearningContext
 from ease_engine.verification.gates import GateConfig
+from lethe_bench.machine import describe as describe_machine
 from lethe_bench.markdown import replace_section
 from lethe_bench.measure import Bench
 from lethe_bench.reactivation import continue_training, curves_table
@@ -145,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     command = (f"python -m lethe_bench.chained_reactivation --seeds {' '.join(map(str, args.seeds))} "
                f"--rounds {args.rounds} --reinjected {args.reinjected}")
     summary = {**summarise(results), "rounds": args.rounds, "reinjected": args.reinjected, "command": command,
-               "date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+               "date": date.today().isoformat(), "machine": describe_machine(),
                "per_seed": results}
     write_json(args.json, summary)
     replace_section(args.docs, "chained-reactivation", docs_section(summary, command))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 from ease_engine.configs import DEFAULT_CONFIG
 from ease_engine.federation.config import FederationConfig, load_config
 from ease_engine.federation.version_eval import evaluate_version
+from lethe_bench.machine import describe as describe_machine
 from lethe_bench.markdown import replace_section, table
 from lethe_format import layout
 
@@ -151,7 +151,7 @@ def render(result: dict, config: FederationConfig, command: str) -> str:
     tc = config.training
     return f"""## Federation foundation (issue 2)
 
-Command: `{command}` ({date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} CPU cores, torch threads
+Command: `{command}` ({date.today().isoformat()}, {describe_machine()}, torch threads
 default). Setup: `{config.data.source}` with {config.data.scenes.n_train} training and {config.data.scenes.n_test}
 test images at {config.data.scenes.image_size} px; {config.partition.n_clients} clients, client {owner} alone holds
 `{result["probe"]}` (plus {config.partition.n_shared_per_owner} ordinary pairs); `{config.model.architecture}`

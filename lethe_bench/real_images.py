@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from datetime import date
@@ -37,6 +35,7 @@ from ease_engine.evaluation.splits import sample_gallery, select_split
 from ease_engine.federation.config import FederationConfig, load_config, load_federation_data
 from ease_engine.federation.fedavg import run_federation
 from ease_engine.models.version_io import load_version
+from lethe_bench.machine import describe as describe_machine
 from lethe_bench.markdown import replace_section, table
 
 DEFAULT_CONFIG = CONFIG_DIR / "real-images.toml"
@@ -142,7 +141,7 @@ def render_markdown(summary: dict, gallery_sizes: dict, config: FederationConfig
     wall = {role: summary[role]["wall_seconds"] for role in ("original", "retrain")}
     return (
         f"## Real images: does the federation know the erased category?\n\nCommand: `{command}` "
-        f"({date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs). "
+        f"({date.today().isoformat()}, {describe_machine()} shared with other jobs). "
         f"Data: the emoji of {', '.join(emoji.groups or ['every group'])} (Noto Color Emoji at {emoji.image_size} px, "
         f"Unicode names{' and CLDR keywords' if emoji.annotations else ''}), {emoji.held_out_fraction:.0%} of every "
         f"group held out; one group per client, client {client} ({', '.join(category)}) erased. "

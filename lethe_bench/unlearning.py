@@ -19,8 +19,6 @@ import argparse
 import fcntl
 import json
 import multiprocessing
-import os
-import platform
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -30,6 +28,7 @@ from datetime import date
 from pathlib import Path
 
 from ease_engine.atomic import write_json
+from lethe_bench.machine import describe as describe_machine
 from lethe_bench.markdown import replace_section, table
 from lethe_bench.pretrain import ensure as ensure_pretrained
 from lethe_bench.reactivation import curves_table
@@ -119,8 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         rounds = reactivation_rounds(name, args)
         summary = summaries[name] = summarise_scenario([r for u, r in zip(units, results, strict=True)
                                                         if u.scenario == name])
-        summary["measured"] = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, "
-                               f"{os.cpu_count()} CPU cores, torch threads 1",
+        summary["measured"] = {"date": date.today().isoformat(), "machine": f"{describe_machine()}, torch threads 1",
                                "command": f"lethe bench{quick}{jobs} --scenarios {name} --seeds "
                                           + " ".join(map(str, args.seeds)),
                                # the whole invocation (every scenario it ran, cached references read, not trained)

@@ -4,8 +4,9 @@ section of docs/benchmarks.md."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 import platform
+
+from lethe_bench.machine import describe as describe_machine
 
 POST_TARGET_RATE, POST_P99_MS, GET_P99_MS = 200.0, 100.0, 20.0
 TARGETS = (f"POST capacity >= {POST_TARGET_RATE:g}/s and POST at {POST_TARGET_RATE:g}/s with p99 <= "
@@ -47,7 +48,7 @@ def report_markdown(args, command: str, results: list[dict], checks: dict, verdi
     return "\n".join([
         "## Service load (issue 4)",
         "",
-        f"Command: `{command}` ({when}, {platform.machine()}, {os.cpu_count()} CPU cores, Postgres and Redis on "
+        f"Command: `{command}` ({when}, {describe_machine()}, Postgres and Redis on "
         f"loopback, Python {platform.python_version()}). `wrk` drives uvicorn with {args.workers} worker "
         f"process(es) on the same machine, the outbox dispatcher "
         f"{'in its own process (`lethe dispatcher`)' if args.dispatcher == 'process' else 'as a thread of the API'};"
