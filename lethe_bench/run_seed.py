@@ -32,7 +32,7 @@ def verdict_word(report: VerificationReport) -> str:
     return {"passed": "pass", "failed": "fail"}.get(str(report.verdict), str(report.verdict))
 
 
-def _run_row(bench: Bench, row: Row) -> dict:
+def run_row(bench: Bench, row: Row) -> dict:
     spec = METHODS[row.method]
     began = time.perf_counter()
     outcome = spec.unlearn(bench.context, bench.target, spec.params.model_validate(row.params))
@@ -94,14 +94,14 @@ def run_seed(scenario: Scenario, seed: int, root: Path, quick: bool = False, rea
     }
     outcomes = {}
     for row in rows:
-        row_result = _run_row(bench, row)
+        row_result = run_row(bench, row)
         outcomes[row.label] = row_result.pop("_outcome")
         result["models"][row.label] = row_result
         log(f"{scenario.name} seed {seed} {row.label}: {row_result['wall_s']:.1f} s, verdict {row_result['verdict']}, "
             f"forget R@1 {row_result['metrics']['forget_i2t_r1']:.1f}/{row_result['metrics']['forget_t2i_r1']:.1f}")
     for case, row in GATE_CASES.items():
         if row is not None:
-            case_result = _run_row(bench, row)
+            case_result = run_row(bench, row)
             case_result.pop("_outcome")
             result["gate_cases"][case] = case_result["verdict"]
             result[f"gate_case_{case}"] = {k: case_result[k] for k in ("metrics", "failed_gates", "reasons")}

@@ -89,6 +89,10 @@ class EaseParams(BaseModel):
     lr: float = Field(2e-3, gt=0)
     batch_size: int = Field(64, ge=2)
     retain_weight: float = Field(5.0, ge=0)
+    retain_loss: Literal["anchor", "contrastive", "both"] = Field(
+        "anchor", description="the retain term: keep the retain proxy's embeddings at the parent's (anchor), learn "
+        "the retain proxy's pairs with the CLIP loss (contrastive: the retrain's objective, can exceed the parent), "
+        "or the sum of both")
     decouple_weight: float = Field(1.0, ge=0)
     decouple: Literal["hinge", "match", "none"] = "hinge"
     retain_proxy_size: int = Field(512, ge=2, description="retained pairs the server uses as proxy D_r")

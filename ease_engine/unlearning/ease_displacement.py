@@ -13,7 +13,9 @@ optimisation of BOTH towers (``towers``),
   (pairs are pushed down to the level of pairs the model never saw, never pulled up: pulling up
   re-teaches them);
 - ``L_retain``: both towers' unimodal embeddings on a retain proxy (retained clients' training pairs)
-  kept close to the ANCHOR model's (the parent): this closes the utility gap the excision opens.
+  kept close to the ANCHOR model's (the parent): this closes the utility gap the excision opens
+  (``retain_loss = "contrastive"`` learns the proxy's pairs with the CLIP loss instead, ``"both"`` adds
+  the two; ``retain_term``).
 
 After each step the move is projected per block: ``off`` removes its components along the excised
 directions (client scope: the displacement must not put back what closure 1 took out), ``onto`` keeps
@@ -32,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import ks_2samp
 
-from ease_engine.federation.training import EncodedCaptions
+from ease_engine.federation.training import EncodedCaptions, clip_loss
 from ease_engine.models.blocks import ParameterBlock, read_blocks
 from ease_engine.models.factory import ClipBundle
 
@@ -119,6 +121,22 @@ def _restore_rows_outside(model, plan: DisplacementPlan, fixed: dict[str, torch.
         named[name][keep] = fixed[name][keep]
 
 
+def retain_term(model, anchor: ClipBundle, images: torch.Tensor, tokens: torch.Tensor, kind: str) -> torch.Tensor:
+    """The utility term on a batch of retained pairs: ``anchor`` keeps both towers' embeddings at the parent's
+    (the function the excision disturbed; it cannot exceed the parent), ``contrastive`` learns the pairs with
+    the CLIP loss (the retrain's own objective), ``both`` adds the two."""
+    image_features, text_features = model.encode_image(images), model.encode_text(tokens)
+    loss = torch.zeros((), device=image_features.device)
+    if kind in ("anchor", "both"):
+        with torch.no_grad():
+            anchor.model.eval()
+            ref_img, ref_txt = anchor.model.encode_image(images), anchor.model.encode_text(tokens)
+        loss = loss + F.mse_loss(image_features, ref_img) + F.mse_loss(text_features, ref_txt)
+    if kind in ("contrastive", "both"):
+        loss = loss + clip_loss(image_features, text_features, model.logit_scale.detach())
+    return loss
+
+
 def displace(bundle: ClipBundle, anchor: ClipBundle, setup, plan: DisplacementPlan, params, generator,
              rng: np.random.Generator) -> dict:
     """Run the optimisation in place on ``bundle``; returns steps, the final KS statistic and the history."""
@@ -158,11 +176,7 @@ def displace(bundle: ClipBundle, anchor: ClipBundle, setup, plan: DisplacementPl
                                  replace=False)
             r_images = bundle.image_batch(setup.train, r_items, device)
             r_tokens = setup.captions.pick(r_items, generator).to(device)
-            with torch.no_grad():
-                anchor.model.eval()
-                ref_img, ref_txt = anchor.model.encode_image(r_images), anchor.model.encode_text(r_tokens)
-            loss = loss + params.retain_weight * (F.mse_loss(model.encode_image(r_images), ref_img)
-                                                  + F.mse_loss(model.encode_text(r_tokens), ref_txt))
+            loss = loss + params.retain_weight * retain_term(model, anchor, r_images, r_tokens, params.retain_loss)
         if not loss.requires_grad:
             break
         optimizer.zero_grad(set_to_none=True)

@@ -177,3 +177,46 @@ def test_rows_outside_the_plan_are_put_back():
     _restore_rows_outside(model, plan, fixed)
     assert torch.equal(model.emb.detach()[[0, 1, 3]], torch.zeros(3, 2)) and torch.equal(
         model.emb.detach()[2], torch.ones(2))
+
+
+class _TwoTowers(torch.nn.Module):
+    def __init__(self, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.image, self.text = torch.nn.Linear(3, 4), torch.nn.Linear(5, 4)
+        self.logit_scale = torch.nn.Parameter(torch.tensor(np.log(10.0), dtype=torch.float32))
+
+    def encode_image(self, x):
+        return self.image(x)
+
+    def encode_text(self, x):
+        return self.text(x)
+
+
+def test_the_retain_term_anchors_to_the_parent_learns_the_pairs_or_both():
+    """anchor: the squared distance of both towers' embeddings to the parent's (0 at the parent itself);
+    contrastive: the symmetric InfoNCE of the batch (brute force); both: their sum."""
+    import types
+
+    from ease_engine.unlearning.ease_displacement import retain_term
+
+    images, tokens = torch.randn(6, 3, generator=torch.Generator().manual_seed(1)), torch.randn(
+        6, 5, generator=torch.Generator().manual_seed(2))
+    parent, moved = _TwoTowers(0), _TwoTowers(1)
+    anchor = types.SimpleNamespace(model=parent)
+    assert float(retain_term(parent, anchor, images, tokens, "anchor")) == 0.0
+    with torch.no_grad():
+        mse = (float(((moved.image(images) - parent.image(images)) ** 2).mean())
+               + float(((moved.text(tokens) - parent.text(tokens)) ** 2).mean()))
+        a = torch.nn.functional.normalize(moved.image(images), dim=-1).double().numpy()
+        b = torch.nn.functional.normalize(moved.text(tokens), dim=-1).double().numpy()
+    logits = 10.0 * a @ b.T
+    i2t = -np.mean(np.diag(logits) - np.log(np.exp(logits).sum(axis=1)))
+    t2i = -np.mean(np.diag(logits) - np.log(np.exp(logits).sum(axis=0)))
+    anchored = float(retain_term(moved, anchor, images, tokens, "anchor"))
+    learned = float(retain_term(moved, anchor, images, tokens, "contrastive"))
+    assert anchored == pytest.approx(mse, rel=1e-5) and anchored > 0
+    assert learned == pytest.approx(0.5 * (i2t + t2i), rel=1e-5)
+    assert float(retain_term(moved, anchor, images, tokens, "both")) == pytest.approx(anchored + learned, rel=1e-5)
+    retain_term(moved, anchor, images, tokens, "contrastive").backward()
+    assert moved.logit_scale.grad is None  # the temperature is the parent's, not a knob of the repair
