@@ -25,9 +25,17 @@ def test_a_variant_is_marked_only_at_or_below_every_baseline():
     gaps = {row.label: 3.0 for row in BASELINES} | {"pga": 1.5}
     gaps |= {"ease": 2.0, "ease, contrastive repair": 1.5, "ease, anchor + contrastive repair": 1.4,
              "ease w/o displacement": 9.0}
-    rows = {r[1]: r[-1] for r in compare("s", _summary(gaps))}
-    assert rows == {"ease": "no (pga 1.50)", "ease, contrastive repair": "yes (pga 1.50)",
-                    "ease, anchor + contrastive repair": "yes (pga 1.50)", "ease w/o displacement": "no (pga 1.50)"}
+    runs = [{"models": {"retrain": {"metrics": dict.fromkeys(R1, 10.0)}}
+             | {label: {"metrics": dict.fromkeys(R1, 10.0 + gap + (seed - 1) * 0.5)} for label, gap in gaps.items()}}
+            for seed in range(3)]
+    table_rows = compare("s", _summary(gaps), runs)
+    rows = {r[1]: r[-1] for r in table_rows}
+    assert {r[1]: r[-2] for r in table_rows} == {"ease": "-", "ease, contrastive repair": "3 of 3",
+                                                 "ease, anchor + contrastive repair": "3 of 3",
+                                                 "ease w/o displacement": "0 of 3"}
+    assert rows == {"ease": "no (pga 1.50, pass 3)", "ease, contrastive repair": "yes (pga 1.50, pass 3)",
+                    "ease, anchor + contrastive repair": "yes (pga 1.50, pass 3)",
+                    "ease w/o displacement": "no (pga 1.50, pass 3)"}
 
 
 def test_each_row_is_cached_and_only_missing_rows_run(tmp_path, monkeypatch):
