@@ -1,21 +1,21 @@
 """A study of EASE's repair objective: variants of EASE, against the same references as the benchmark.
 
-    python -m lethe_bench.ease_variants --scenarios real-images pretrained-lora --seeds 0 1 2
+    python -m lethe_bench.ease_variants --scenarios real-images [...] [--seeds 0 1 2]
 
 Closure 2's retain term keeps the retain proxy's embeddings at the parent's (``retain_loss = "anchor"``, the
 default). That repairs what the excision disturbed, but it cannot take the model past the parent, while the
 retrain reference, which spends none of its capacity on the erased client, can be better than the parent on
-the retained clients' data (real-images: retain Recall@1 16.6/16.9 for the parent, 24.8/29.2 for the
-retrain). The variants here learn the retained pairs instead (``contrastive``: the CLIP loss, the retrain's
-own objective) or do both.
+the retained clients' data (real images). The variants here learn the retained pairs instead
+(``contrastive``: the CLIP loss, the retrain's own objective) or do both, and, as the floor, skip the repair.
 
 Each variant is a row like the benchmark's (``lethe_bench.rows.Row``), run on the benchmark's references
 (trained, or found in its cache) and judged on the same audit split, summarised over seeds by the
 benchmark's own ``summarise_scenario``. The benchmark's baselines run again here on the same references:
 freshly trained references differ between machines, so a comparison with the published table would compare
 different federations. Per seed each row is cached beside the references (``study-rows.json``). Writes
-docs/results/ease_variants.json and the ``ease-variants`` section of docs/benchmarks.md. A study, not a
-change of default: the benchmark's tables stay measured with the defaults in code.
+docs/results/ease_variants.json (other scenarios already there are kept) and the ``ease-variants`` section of
+docs/benchmarks.md. A study, not a change of default: the benchmark's tables stay measured with the
+defaults in code.
 """
 
 from __future__ import annotations
@@ -29,16 +29,16 @@ from pathlib import Path
 
 from ease_engine.atomic import write_json
 from ease_engine.federation.data_cache import FederationDataCache
-from ease_engine.models.version_io import load_version
-from ease_engine.unlearning import UnlearningContext
+from ease_engine.unlearning import METHODS, UnlearningContext
 from lethe_bench.machine import describe as describe_machine
 from lethe_bench.markdown import replace_section, table
-from lethe_bench.measure import Bench, figures_metrics, report_metrics
+from lethe_bench.measure import Bench
 from lethe_bench.references import ensure_references
 from lethe_bench.rows import ROWS, Row
-from lethe_bench.run_seed import RESULTS_VERSION, run_row, with_retrain_cost
+from lethe_bench.run_seed import RESULTS_VERSION, references_head, run_row, with_retrain_cost
 from lethe_bench.scenarios import SCENARIOS
-from lethe_bench.summary import R1, summarise_scenario
+from lethe_bench.summary import R1, avg_gap, summarise_scenario
+from lethe_format import layout
 
 VARIANTS: list[Row] = [
     Row("ease", "ease"),
@@ -51,54 +51,65 @@ VARIANTS: list[Row] = [
 BASELINES: list[Row] = [row for row in ROWS if row.method != "ease" and row.label == row.method]
 
 
-def _row_key(row: Row) -> str:
-    return hashlib.sha256(json.dumps([RESULTS_VERSION, asdict(row)], sort_keys=True).encode()).hexdigest()[:10]
+def row_key(row: Row) -> str:
+    """A row's cache key: the results format and the method's parameters as resolved (defaults included), so a
+    change of a default reruns the rows it concerns."""
+    resolved = METHODS[row.method].params.model_validate(row.params).model_dump(mode="json")
+    return hashlib.sha256(json.dumps([RESULTS_VERSION, row.label, row.method, resolved], sort_keys=True)
+                          .encode()).hexdigest()[:10]
+
+
+def references_fingerprint(refs) -> str:
+    """What the cached rows were measured on: the two references' recorded metrics (retraining either in place
+    changes them)."""
+    digest = hashlib.sha256()
+    for path in (refs.original / layout.METRICS, refs.retrain / layout.METRICS):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def run_rows(root: Path, scenario_name: str, seed: int, rows: list[Row], log=print) -> dict:
     """One scenario and seed: the original, the retrain and ``rows``, in run_seed's result format. Each row's
-    result is cached beside the references (``study-rows.json``, keyed per row), so adding a variant runs only
-    that variant."""
+    result is cached beside the references (``study-rows.json``, keyed per row and discarded when the references
+    change), so adding a variant runs only that variant."""
     scenario = SCENARIOS[scenario_name]
     refs = ensure_references(root, scenario, seed, log=log)
     cache_path = refs.original.parent / "study-rows.json"
+    fingerprint = references_fingerprint(refs)
     cached = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    missing = [row for row in rows if _row_key(row) not in cached.get("rows", {})]
+    if cached.get("references") != fingerprint:
+        cached = {"references": fingerprint, "rows": {}}
+    missing = [row for row in rows if row_key(row) not in cached["rows"]]
     if missing or "head" not in cached:
         cache = FederationDataCache(1)
         context = UnlearningContext.load(refs.original, data_cache=cache)
         bench = Bench.build(context, refs.target, concept=scenario.concept, cache=cache)
-        cached.setdefault("rows", {})
-        cached["head"] = {
-            "scenario": scenario.name, "seed": seed, "scope": scenario.scope, "n_forget": len(bench.splits.members),
-            "n_nonmembers": len(bench.splits.nonmembers), "gate_cases": {},
-            "models": {"original": {"metrics": figures_metrics(bench.parent), "wall_s": 0.0},
-                       "retrain": {"metrics": report_metrics(bench.verify(load_version(refs.retrain)[0])),
-                                   "wall_s": refs.retrain_seconds()}}}
+        cached["head"] = references_head(bench, refs, scenario, seed)
+        retrain = cached["head"]["models"]["retrain"]["metrics"]
         for row in missing:
             row_result = run_row(bench, row)
             row_result.pop("_outcome")
-            cached["rows"][_row_key(row)] = row_result
-            retrain = cached["head"]["models"]["retrain"]["metrics"]
-            log(f"{scenario.name} seed {seed} {row.label}: Avg. Gap "
-                f"{sum(abs(row_result['metrics'][m] - retrain[m]) for m in R1) / len(R1):.2f}")
+            cached["rows"][row_key(row)] = row_result
+            log(f"{scenario.name} seed {seed} {row.label}: Avg. Gap {avg_gap(row_result['metrics'], retrain):.2f}")
             write_json(cache_path, cached)  # a killed study keeps the rows it finished
+        write_json(cache_path, cached)
     result = json.loads(json.dumps(cached["head"]))
-    result["models"].update({row.label: cached["rows"][_row_key(row)] for row in rows})
+    result["models"].update({row.label: cached["rows"][row_key(row)] for row in rows})
     return with_retrain_cost(result, refs)
 
 
-def seed_gap(run: dict, label: str) -> float:
-    """One seed's Avg. Gap of ``label`` to that seed's own retrain (the six Recall@1 figures)."""
-    metrics, retrain = run["models"][label]["metrics"], run["models"]["retrain"]["metrics"]
-    return sum(abs(metrics[m] - retrain[m]) for m in R1) / len(R1)
+def seed_gaps(runs: list[dict], label: str) -> list[float]:
+    """Per seed, the Avg. Gap of ``label`` to that seed's own retrain."""
+    return [round(avg_gap(run["models"][label]["metrics"], run["models"]["retrain"]["metrics"]), 3) for run in runs]
 
 
-def compare(name: str, summary: dict, runs: list[dict]) -> list[list[str]]:
+def compare(name: str, summary: dict) -> list[list[str]]:
     """Table rows: each variant's gaps and cost, on how many seeds it is closer to that seed's retrain than
-    the default EASE, and whether it is at or below every baseline of the same run."""
-    methods = summary["methods"]
+    the default EASE (``summary["seed_avg_gaps"]``), and whether it is at or below every baseline of the same
+    run."""
+    methods, per_seed = summary["methods"], summary["seed_avg_gaps"]
     best = min(((row.label, methods[row.label]["avg_gap"]) for row in BASELINES), key=lambda kv: kv[1])
+
     def verdicts(label: str) -> str:
         return ", ".join(f"{v} {n}" for v, n in sorted(methods[label]["verdicts"].items()))
 
@@ -106,6 +117,7 @@ def compare(name: str, summary: dict, runs: list[dict]) -> list[list[str]]:
     for row in VARIANTS:
         m = methods[row.label]
         gap = m["gap_to_retrain"]
+        closer = sum(a < b for a, b in zip(per_seed[row.label], per_seed["ease"], strict=True))
         rows.append([
             name, row.label, f"{m['avg_gap']:.2f}",
             f"{max(gap['forget_i2t_r1'], gap['forget_t2i_r1']):.1f}", f"{max(gap[k] for k in R1[2:]):.1f}",
@@ -113,8 +125,7 @@ def compare(name: str, summary: dict, runs: list[dict]) -> list[list[str]]:
             f"{m['speedup']:.0f}x" if m.get("speedup") else "-",
             f"{m['work_speedup']:.0f}x" if m.get("work_speedup") else "-",
             verdicts(row.label),
-            "-" if row.label == "ease" else
-            f"{sum(seed_gap(r, row.label) < seed_gap(r, 'ease') for r in runs)} of {len(runs)}",
+            "-" if row.label == "ease" else f"{closer} of {len(per_seed['ease'])}",
             f"{'yes' if m['avg_gap'] <= best[1] else 'no'} ({best[0]} {best[1]:.2f}, {verdicts(best[0])})",
         ])
     return rows
@@ -122,32 +133,37 @@ def compare(name: str, summary: dict, runs: list[dict]) -> list[list[str]]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenarios", nargs="+", default=["real-images", "pretrained-lora"], choices=list(SCENARIOS))
+    parser.add_argument("--scenarios", nargs="+", required=True, choices=list(SCENARIOS),
+                        help="scenarios whose references are trained (or may be: a missing one is trained first)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--root", type=Path, default=Path("runs/bench"))
     parser.add_argument("--json", type=Path, default=Path("docs/results/ease_variants.json"))
     parser.add_argument("--docs", type=Path, default=Path("docs/benchmarks.md"))
     args = parser.parse_args(argv)
-    command = ("python -m lethe_bench.ease_variants --scenarios " + " ".join(args.scenarios) + " --seeds "
-               + " ".join(map(str, args.seeds)))
-    summaries, rows = {}, []
+    # other scenarios already in the results file are kept (each with the command and machine it came from)
+    earlier = json.loads(args.json.read_text()).get("scenarios", {}) if args.json.is_file() else {}
+    summaries = {name: earlier[name] for name in SCENARIOS if name in earlier and name not in args.scenarios}
     for name in args.scenarios:
         runs = [run_rows(args.root, name, seed, VARIANTS + BASELINES) for seed in args.seeds]
-        summaries[name] = summarise_scenario(runs)
-        summaries[name]["seed_avg_gaps"] = {row.label: [round(seed_gap(r, row.label), 3) for r in runs]
-                                            for row in VARIANTS + BASELINES}
-        rows += compare(name, summaries[name], runs)
-    write_json(args.json, {"command": command, "date": date.today().isoformat(), "machine": describe_machine(),
-                           "variants": [asdict(r) for r in VARIANTS],
-                           "baselines": [asdict(r) for r in BASELINES], "scenarios": summaries})
+        summaries[name] = summarise_scenario(runs) | {
+            "seed_avg_gaps": {row.label: seed_gaps(runs, row.label) for row in VARIANTS + BASELINES},
+            "measured": {"date": date.today().isoformat(), "machine": describe_machine(),
+                         "command": f"python -m lethe_bench.ease_variants --scenarios {name} --seeds "
+                                    + " ".join(map(str, args.seeds))}}
+    summaries = {name: summaries[name] for name in SCENARIOS if name in summaries}
+    write_json(args.json, {"variants": [asdict(r) for r in VARIANTS], "baselines": [asdict(r) for r in BASELINES],
+                           "scenarios": summaries})
+    rows = [line for name, summary in summaries.items() for line in compare(name, summary)]
+    commands = "\n".join(f"- {name}: `{s['measured']['command']}` ({s['measured']['date']}, "
+                         f"{s['measured']['machine']}; {len(s['seeds'])} seeds)" for name, s in summaries.items())
     text = ("## EASE's repair objective: a study (issue 10)\n\n" + __doc__.split("\n\n")[1].strip() + "\n\n"
-            + f"Command: `{command}` ({date.today().isoformat()}, {describe_machine()}); {len(args.seeds)} seeds; "
-            "gaps to the retrain mean "
-            "as in the benchmark (judge them against the retrain spread there); `seeds closer`: on how many "
-            "seeds the variant's Avg. Gap to that seed's own retrain is below the default EASE's; the last "
-            "column: whether the variant's Avg. Gap is at or below every baseline's (finetune, PGA, FedEraser, "
-            "SFU, MultiDelete at their defaults) on the same references, and the best baseline with its "
-            "verdicts (an Avg. Gap over Recall@1 alone does not see the concept probe).\n\n"
+            + commands + "\n\nGaps to the retrain mean as in the benchmark (judge them against the retrain spread "
+            "there); `seeds closer`: on how many seeds the variant's Avg. Gap to that seed's own retrain is below "
+            "the default EASE's; the last column: whether the variant's Avg. Gap is at or below every baseline's "
+            "(finetune, PGA, FedEraser, SFU, MultiDelete at their defaults) on the same references, and the best "
+            "baseline with its verdicts (an Avg. Gap over Recall@1 alone does not see the concept probe). The "
+            "variants are not tuned: every one keeps EASE's other defaults (30 steps, lr 2e-3, retain weight 5, "
+            "which were tuned with the anchor term).\n\n"
             + table(["scenario", "variant", "Avg. Gap", "forget |gap|", "retain/test |gap|", "probe |gap|",
                      "speed-up (wall)", "pairs processed, retrain / variant", "verdicts",
                      "seeds closer to retrain than ease", "at or below every baseline (best)"], rows) + "\n")

@@ -69,6 +69,23 @@ def results_path(refs: References, scope: str, reactivation_rounds: int, reinjec
     return refs.original.parent / f"results-{key}.json"
 
 
+def references_head(bench: Bench, refs: References, scenario: Scenario, seed: int, retrain_bundle=None) -> dict:
+    """A seed's result before any row: the scenario, the split sizes, the original and the retrain reference
+    (verified as a candidate: its figures, verdict and gate case)."""
+    retrain_report = bench.verify(retrain_bundle if retrain_bundle is not None else load_version(refs.retrain)[0])
+    return {
+        "scenario": scenario.name, "seed": seed, "scope": scenario.scope, "client": scenario.client,
+        "n_forget": len(bench.splits.members), "n_nonmembers": len(bench.splits.nonmembers),
+        "models": {
+            "original": {"metrics": figures_metrics(bench.parent), "wall_s": 0.0},
+            "retrain": {"metrics": report_metrics(retrain_report), "wall_s": refs.retrain_seconds(),
+                        "verdict": verdict_word(retrain_report),
+                        "failed_gates": [g.name for g in retrain_report.failed()]},
+        },
+        "gate_cases": {"retrain": verdict_word(retrain_report)},
+    }
+
+
 def run_seed(scenario: Scenario, seed: int, root: Path, quick: bool = False, reactivation_rounds: int = 0,
              reinjected: int = 0, log=print) -> dict:
     refs = ensure_references(root, scenario, seed, quick, log)
@@ -80,18 +97,7 @@ def run_seed(scenario: Scenario, seed: int, root: Path, quick: bool = False, rea
     context = UnlearningContext.load(refs.original, data_cache=cache)
     bench = Bench.build(context, refs.target, concept=scenario.concept, cache=cache)
     retrain_bundle = load_version(refs.retrain)[0]
-    retrain_report = bench.verify(retrain_bundle)
-    result: dict = {
-        "scenario": scenario.name, "seed": seed, "scope": scenario.scope, "client": scenario.client,
-        "n_forget": len(bench.splits.members), "n_nonmembers": len(bench.splits.nonmembers),
-        "models": {
-            "original": {"metrics": figures_metrics(bench.parent), "wall_s": 0.0},
-            "retrain": {"metrics": report_metrics(retrain_report), "wall_s": refs.retrain_seconds(),
-                        "verdict": verdict_word(retrain_report),
-                        "failed_gates": [g.name for g in retrain_report.failed()]},
-        },
-        "gate_cases": {"retrain": verdict_word(retrain_report)},
-    }
+    result = references_head(bench, refs, scenario, seed, retrain_bundle)
     outcomes = {}
     for row in rows:
         row_result = run_row(bench, row)

@@ -15,6 +15,11 @@ OTHER = ("probe", "mia_similarity_auc", "ledger_residual", "retained_heldout_i2t
 SPREAD_Z = 2.0  # a gap is "within the spread" when |gap| <= 2 x the retrain-to-retrain standard deviation
 
 
+def avg_gap(metrics: dict[str, float], retrain: dict[str, float]) -> float:
+    """One run's Avg. Gap to one retrain: the mean absolute difference over the six Recall@1 figures."""
+    return sum(abs(metrics[m] - retrain[m]) for m in R1) / len(R1)
+
+
 def stats(values: list[float]) -> dict:
     arr = np.asarray(values, dtype=float)
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, "n": len(arr)}

@@ -29,7 +29,7 @@ from lethe_bench.measure import Bench, report_metrics
 from lethe_bench.references import ensure_references
 from lethe_bench.run_seed import verdict_word
 from lethe_bench.scenarios import SCENARIOS
-from lethe_bench.summary import R1
+from lethe_bench.summary import R1, avg_gap
 
 GRIDS: dict[str, list[dict]] = {
     "finetune": [{"rounds": 1, "lr": 5e-4}, {"rounds": 3, "lr": 5e-4}, {"rounds": 3, "lr": 1.5e-3},
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
             outcome = spec.unlearn(context, refs.target, spec.params.model_validate(params))
             report = bench.verify(outcome.bundle)
             metrics = report_metrics(report)
-            gap = sum(abs(metrics[m] - retrain[m]) for m in R1) / len(R1)
+            gap = avg_gap(metrics, retrain)
             runs.append({"params": params, "avg_gap": gap, "verdict": verdict_word(report), "metrics": metrics,
                          "wall_s": time.perf_counter() - began, "default": is_default(name, params)})
             print(f"{name} {params}: Avg. Gap {gap:.2f}, verdict {runs[-1]['verdict']}", flush=True)

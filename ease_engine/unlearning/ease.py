@@ -21,7 +21,9 @@ Measured reasons for this shape (default federation, docs/benchmarks.md and docs
 Closure 2, bilateral displacement (bilinear cross-modal coupling; ``ease_displacement``): a short
 optimisation of BOTH towers that keeps their embeddings of retained pairs close to the parent's (the
 utility the excision opened) while a hinge keeps the forget pairs' similarities at or below those of
-non-members from the same client (its calibration pairs). Gradients are projected off the excised
+non-members from the same client (its calibration pairs). (``retain_loss`` "contrastive" or "both" learn
+the retained pairs with the CLIP loss instead of, or beside, the anchor: a study, docs/ease.md "The repair
+objective"; the default stays the anchor.) Gradients are projected off the excised
 directions, so the displacement cannot put back what closure 1 removed; wholly exclusive blocks stay
 frozen.
 

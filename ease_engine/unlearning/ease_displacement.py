@@ -125,6 +125,8 @@ def retain_term(model, anchor: ClipBundle, images: torch.Tensor, tokens: torch.T
     """The utility term on a batch of retained pairs: ``anchor`` keeps both towers' embeddings at the parent's
     (the function the excision disturbed; it cannot exceed the parent), ``contrastive`` learns the pairs with
     the CLIP loss (the retrain's own objective), ``both`` adds the two."""
+    if kind not in ("anchor", "contrastive", "both"):
+        raise ValueError(f"unknown retain term {kind!r}: use anchor, contrastive or both")
     image_features, text_features = model.encode_image(images), model.encode_text(tokens)
     loss = torch.zeros((), device=image_features.device)
     if kind in ("anchor", "both"):

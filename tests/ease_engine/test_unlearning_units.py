@@ -213,10 +213,12 @@ def test_the_retain_term_anchors_to_the_parent_learns_the_pairs_or_both():
     logits = 10.0 * a @ b.T
     i2t = -np.mean(np.diag(logits) - np.log(np.exp(logits).sum(axis=1)))
     t2i = -np.mean(np.diag(logits) - np.log(np.exp(logits).sum(axis=0)))
-    anchored = float(retain_term(moved, anchor, images, tokens, "anchor"))
-    learned = float(retain_term(moved, anchor, images, tokens, "contrastive"))
+    anchored = retain_term(moved, anchor, images, tokens, "anchor").item()
+    learned = retain_term(moved, anchor, images, tokens, "contrastive").item()
     assert anchored == pytest.approx(mse, rel=1e-5) and anchored > 0
     assert learned == pytest.approx(0.5 * (i2t + t2i), rel=1e-5)
-    assert float(retain_term(moved, anchor, images, tokens, "both")) == pytest.approx(anchored + learned, rel=1e-5)
+    assert retain_term(moved, anchor, images, tokens, "both").item() == pytest.approx(anchored + learned, rel=1e-5)
     retain_term(moved, anchor, images, tokens, "contrastive").backward()
     assert moved.logit_scale.grad is None  # the temperature is the parent's, not a knob of the repair
+    with pytest.raises(ValueError, match="unknown retain term"):
+        retain_term(moved, anchor, images, tokens, "hinge")

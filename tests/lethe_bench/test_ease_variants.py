@@ -6,8 +6,10 @@ from __future__ import annotations
 import types
 
 from lethe_bench import ease_variants
-from lethe_bench.ease_variants import BASELINES, VARIANTS, compare, run_rows
+from lethe_bench.ease_variants import BASELINES, VARIANTS, compare, row_key, run_rows
+from lethe_bench.rows import Row
 from lethe_bench.summary import R1
+from lethe_format import layout
 
 
 def test_the_baselines_are_the_benchmarks_methods_and_no_ease_row():
@@ -16,53 +18,61 @@ def test_the_baselines_are_the_benchmarks_methods_and_no_ease_row():
     assert VARIANTS[0].label == "ease" and VARIANTS[0].params == {}  # the default, measured beside its variants
 
 
-def _summary(gaps: dict[str, float]) -> dict:
+def test_a_rows_key_is_its_resolved_parameters():
+    """A default written out is the same row; another value is another row."""
+    assert row_key(Row("ease", "ease")) == row_key(Row("ease", "ease", {"steps": 30, "retain_loss": "anchor"}))
+    assert row_key(Row("ease", "ease")) != row_key(Row("ease", "ease", {"steps": 60}))
+
+
+def _summary(gaps: dict[str, float], per_seed: dict[str, list[float]]) -> dict:
     return {"methods": {label: {"avg_gap": gap, "gap_to_retrain": dict.fromkeys(R1, gap), "speedup": 20.0,
-                                "work_speedup": 10.0, "verdicts": {"pass": 3}} for label, gap in gaps.items()}}
+                                "work_speedup": 10.0, "verdicts": {"pass": 3}} for label, gap in gaps.items()},
+            "seed_avg_gaps": per_seed}
 
 
-def test_a_variant_is_marked_only_at_or_below_every_baseline():
+def test_a_variant_is_marked_only_at_or_below_every_baseline_and_seeds_are_counted():
     gaps = {row.label: 3.0 for row in BASELINES} | {"pga": 1.5}
     gaps |= {"ease": 2.0, "ease, contrastive repair": 1.5, "ease, anchor + contrastive repair": 1.4,
              "ease w/o displacement": 9.0}
-    runs = [{"models": {"retrain": {"metrics": dict.fromkeys(R1, 10.0)}}
-             | {label: {"metrics": dict.fromkeys(R1, 10.0 + gap + (seed - 1) * 0.5)} for label, gap in gaps.items()}}
-            for seed in range(3)]
-    table_rows = compare("s", _summary(gaps), runs)
-    rows = {r[1]: r[-1] for r in table_rows}
+    per_seed = {label: [gap - 0.5, gap, gap + 0.5] for label, gap in gaps.items()}
+    per_seed["ease, anchor + contrastive repair"] = [1.0, 2.5, 1.0]  # closer than ease on seeds 0 and 2 only
+    table_rows = compare("s", _summary(gaps, per_seed))
     assert {r[1]: r[-2] for r in table_rows} == {"ease": "-", "ease, contrastive repair": "3 of 3",
-                                                 "ease, anchor + contrastive repair": "3 of 3",
+                                                 "ease, anchor + contrastive repair": "2 of 3",
                                                  "ease w/o displacement": "0 of 3"}
-    assert rows == {"ease": "no (pga 1.50, pass 3)", "ease, contrastive repair": "yes (pga 1.50, pass 3)",
-                    "ease, anchor + contrastive repair": "yes (pga 1.50, pass 3)",
-                    "ease w/o displacement": "no (pga 1.50, pass 3)"}
+    assert {r[1]: r[-1] for r in table_rows} == {
+        "ease": "no (pga 1.50, pass 3)", "ease, contrastive repair": "yes (pga 1.50, pass 3)",
+        "ease, anchor + contrastive repair": "yes (pga 1.50, pass 3)",
+        "ease w/o displacement": "no (pga 1.50, pass 3)"}
 
 
-def test_each_row_is_cached_and_only_missing_rows_run(tmp_path, monkeypatch):
-    original = tmp_path / "seed0" / "original"
-    original.mkdir(parents=True)
-    refs = types.SimpleNamespace(original=original, retrain=tmp_path / "seed0" / "retrain", target=None,
+def test_each_row_is_cached_only_missing_rows_run_and_new_references_discard_the_cache(tmp_path, monkeypatch):
+    seed_dir = tmp_path / "seed0"
+    refs = types.SimpleNamespace(original=seed_dir / "original", retrain=seed_dir / "retrain", target=None,
                                  retrain_seconds=lambda: 100.0)
+    for path in (refs.original, refs.retrain):
+        path.mkdir(parents=True)
+        (path / layout.METRICS).write_text('{"test": 1}')
     ran = []
-    metrics = dict.fromkeys(R1, 1.0)
     monkeypatch.setattr(ease_variants, "ensure_references", lambda root, scenario, seed, log: refs)
     monkeypatch.setattr(ease_variants, "UnlearningContext", types.SimpleNamespace(load=lambda *a, **k: None))
-    bench = types.SimpleNamespace(splits=types.SimpleNamespace(members=[1, 2], nonmembers=[3]), parent=None,
-                                  verify=lambda bundle: None)
-    monkeypatch.setattr(ease_variants, "Bench", types.SimpleNamespace(build=lambda *a, **k: bench))
-    monkeypatch.setattr(ease_variants, "load_version", lambda path: (None, None))
-    monkeypatch.setattr(ease_variants, "figures_metrics", lambda parent: metrics)
-    monkeypatch.setattr(ease_variants, "report_metrics", lambda report: metrics)
+    monkeypatch.setattr(ease_variants, "Bench", types.SimpleNamespace(build=lambda *a, **k: None))
+    monkeypatch.setattr(ease_variants, "references_head", lambda bench, refs, scenario, seed: {
+        "models": {"retrain": {"metrics": dict.fromkeys(R1, 0.0)}}})
     monkeypatch.setattr(ease_variants, "with_retrain_cost", lambda result, refs: result)
 
     def fake_row(bench, row):
         ran.append(row.label)
-        return {"metrics": metrics, "wall_s": 1.0, "_outcome": None}
+        return {"metrics": dict.fromkeys(R1, float(len(row.label))), "wall_s": 1.0, "_outcome": None}
 
     monkeypatch.setattr(ease_variants, "run_row", fake_row)
     first = run_rows(tmp_path, "exclusive", 0, VARIANTS[:2], log=lambda _: None)
     again = run_rows(tmp_path, "exclusive", 0, VARIANTS, log=lambda _: None)
-    assert ran == [row.label for row in VARIANTS]
-    assert set(first["models"]) == {"original", "retrain", *(r.label for r in VARIANTS[:2])}
-    assert set(again["models"]) == {"original", "retrain", *(r.label for r in VARIANTS)}
+    assert ran == [row.label for row in VARIANTS]  # the first two were cached
+    assert set(first["models"]) == {"retrain", *(r.label for r in VARIANTS[:2])}
+    for row in VARIANTS:  # each label gets its own row's result back, not another's
+        assert again["models"][row.label]["metrics"]["test_i2t_r1"] == len(row.label)
     assert run_rows(tmp_path, "exclusive", 0, VARIANTS, log=lambda _: None) == again and len(ran) == len(VARIANTS)
+    (refs.retrain / layout.METRICS).write_text('{"test": 2}')  # the retrain was trained again in place
+    run_rows(tmp_path, "exclusive", 0, VARIANTS[:1], log=lambda _: None)
+    assert ran[len(VARIANTS):] == [VARIANTS[0].label]
