@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = [line for name, summary in summaries.items() for line in compare(name, summary)]
     commands = "\n".join(f"- {name}: `{s['measured']['command']}` ({s['measured']['date']}, "
                          f"{s['measured']['machine']}; {len(s['seeds'])} seeds)" for name, s in summaries.items())
-    text = ("## EASE's repair objective: a study (issue 10)\n\n" + __doc__.split("\n\n")[1].strip() + "\n\n"
+    text = ("## EASE's repair objective: a study (issue 10)\n\n" + __doc__.split("\n\n")[2].strip() + "\n\n"
             + commands + "\n\nGaps to the retrain mean as in the benchmark (judge them against the retrain spread "
             "there); `seeds closer`: on how many seeds the variant's Avg. Gap to that seed's own retrain is below "
             "the default EASE's; the last column: whether the variant's Avg. Gap is at or below every baseline's "
