@@ -30,16 +30,21 @@ def _verdict(bench, method: str, params: dict | None = None):
     return bench.verify(outcome.bundle)
 
 
-@pytest.mark.parametrize(("method", "params", "failing"), [
+UTILITY_GATES = {"retain_i2t_r1", "retain_t2i_r1", "retained_heldout_i2t_r1", "retained_heldout_t2i_r1"}
+
+
+@pytest.mark.parametrize(("method", "params", "any_of"), [
     ("noop", {}, {"ledger_residual"}),
     ("perturb", {}, {"ledger_residual"}),
     ("finetune", {}, {"ledger_residual"}),
-    ("pga", OVER_ASCENT, {"retained_heldout_i2t_r1", "retained_heldout_t2i_r1"}),
+    # a destroyed model must be caught by a utility gate; which direction's Recall@1 lands under its floor
+    # depends on floating point (on one CPU both held-out directions, on another retain and held-out t2i)
+    ("pga", OVER_ASCENT, UTILITY_GATES),
 ])
-def test_negative_controls_fail(bench, method, params, failing):
+def test_negative_controls_fail(bench, method, params, any_of):
     report = _verdict(bench, method, params)
     assert report.verdict == Verdict.FAILED, report.reasons
-    assert failing <= {g.name for g in report.failed()}, report.reasons
+    assert any_of & {g.name for g in report.failed()}, report.reasons
 
 
 def test_the_retrain_reference_passes_as_a_candidate(bench, gate_versions):
@@ -189,7 +194,10 @@ def test_the_retrain_reference_ranks_purple_like_an_untrained_word_and_the_paren
         gate_versions):
     """On real models: the retrain reference never saw a purple caption, and its "purple" passes the
     probe gate; words the parent did learn (red, blue: every client holds them) outrank nearly every
-    untrained word and would fail it. (This small parent barely learnt purple: 17.9% multiple choice.)"""
+    untrained word, and the best known of them fails it. (This small parent barely learnt purple: 17.9%
+    multiple choice. How far each known word outranks the untrained ones depends on floating point: on one
+    CPU both fail the gate, on another "blue" outscores 193 of the 199 untrained words, under the gate's
+    ceiling of 195.)"""
     from ease_engine.evaluation.evaluate import concept_probe
     from ease_engine.verification.report import _probe_gate
 
@@ -199,6 +207,8 @@ def test_the_retrain_reference_ranks_purple_like_an_untrained_word_and_the_paren
     retrain = concept_probe(load_version(gate_versions[1])[0], purple, "colour", "purple")
     assert _probe_gate(retrain, retrain, config).passed, retrain
     parent = load_version(gate_versions[0])[0]
-    for colour in ("red", "blue"):
-        known = concept_probe(parent, train.subset(context.setup.client_items(1)), "colour", colour)
-        assert not _probe_gate(known, known, config).passed, (colour, known)
+    known = {colour: concept_probe(parent, train.subset(context.setup.client_items(1)), "colour", colour)
+             for colour in ("red", "blue")}
+    assert all(probe["beats_untrained"] >= 90.0 for probe in known.values()), known
+    assert not all(_probe_gate(probe, probe, config).passed for probe in known.values()), known
+    assert retrain["beats_untrained"] < min(probe["beats_untrained"] for probe in known.values()), (retrain, known)
