@@ -72,7 +72,9 @@ def test_serve_starts_api_and_worker_and_stops_on_ctrl_c(tmp_path):
         assert keys and "BEGIN PUBLIC KEY" in keys[0]["pem"]
         assert (tmp_path / "var" / "celery-broker.sqlite").exists()
         process.send_signal(signal.SIGINT)
-        assert process.wait(30) == 0, log.read_text()[-3000:]
+        # 10 s of grace for the worker, then the children stop; on a machine busy with two benchmark processes
+        # the whole shutdown once took over 30 s
+        assert process.wait(60) == 0, log.read_text()[-3000:]
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
     finally:
