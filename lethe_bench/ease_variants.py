@@ -85,6 +85,7 @@ def run_rows(root: Path, scenario_name: str, seed: int, rows: list[Row], log=pri
         context = UnlearningContext.load(refs.original, data_cache=cache)
         bench = Bench.build(context, refs.target, concept=scenario.concept, cache=cache)
         cached["head"] = references_head(bench, refs, scenario, seed)
+        write_json(cache_path, cached)
         retrain = cached["head"]["models"]["retrain"]["metrics"]
         for row in missing:
             row_result = run_row(bench, row)
@@ -92,7 +93,6 @@ def run_rows(root: Path, scenario_name: str, seed: int, rows: list[Row], log=pri
             cached["rows"][row_key(row)] = row_result
             log(f"{scenario.name} seed {seed} {row.label}: Avg. Gap {avg_gap(row_result['metrics'], retrain):.2f}")
             write_json(cache_path, cached)  # a killed study keeps the rows it finished
-        write_json(cache_path, cached)
     result = json.loads(json.dumps(cached["head"]))
     result["models"].update({row.label: cached["rows"][row_key(row)] for row in rows})
     return with_retrain_cost(result, refs)
