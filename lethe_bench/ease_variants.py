@@ -29,15 +29,15 @@ from pathlib import Path
 
 from ease_engine.atomic import write_json
 from ease_engine.federation.data_cache import FederationDataCache
-from ease_engine.unlearning import METHODS, UnlearningContext
+from ease_engine.unlearning import UnlearningContext
 from lethe_bench.machine import describe as describe_machine
 from lethe_bench.markdown import replace_section, table
 from lethe_bench.measure import Bench
 from lethe_bench.references import ensure_references
 from lethe_bench.rows import ROWS, Row
-from lethe_bench.run_seed import RESULTS_VERSION, references_head, run_row, with_retrain_cost
+from lethe_bench.run_seed import references_head, row_key, run_row, with_retrain_cost
 from lethe_bench.scenarios import SCENARIOS
-from lethe_bench.summary import R1, avg_gap, summarise_scenario
+from lethe_bench.summary import R1, avg_gap, summarise_scenario, verdict_counts
 from lethe_format import layout
 
 VARIANTS: list[Row] = [
@@ -49,14 +49,6 @@ VARIANTS: list[Row] = [
 # the benchmark's baselines, run on the same references: the comparison does not rest on reproducing the
 # benchmark's references bit for bit (freshly trained ones differ between machines)
 BASELINES: list[Row] = [row for row in ROWS if row.method != "ease" and row.label == row.method]
-
-
-def row_key(row: Row) -> str:
-    """A row's cache key: the results format and the method's parameters as resolved (defaults included), so a
-    change of a default reruns the rows it concerns."""
-    resolved = METHODS[row.method].params.model_validate(row.params).model_dump(mode="json")
-    return hashlib.sha256(json.dumps([RESULTS_VERSION, row.label, row.method, resolved], sort_keys=True)
-                          .encode()).hexdigest()[:10]
 
 
 def references_fingerprint(refs) -> str:
@@ -111,7 +103,7 @@ def compare(name: str, summary: dict) -> list[list[str]]:
     best = min(((row.label, methods[row.label]["avg_gap"]) for row in BASELINES), key=lambda kv: kv[1])
 
     def verdicts(label: str) -> str:
-        return ", ".join(f"{v} {n}" for v, n in sorted(methods[label]["verdicts"].items()))
+        return verdict_counts(methods[label]["verdicts"])
 
     rows = []
     for row in VARIANTS:

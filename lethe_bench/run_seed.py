@@ -61,11 +61,20 @@ def reactivation(bench: Bench, retrain_bundle, ease_outcome, rounds: int, every:
     return curves
 
 
+def row_key(row: Row) -> str:
+    """A row's cache key: the results format and the method's parameters as resolved (defaults included), so a
+    change of a default reruns the rows it concerns."""
+    resolved = METHODS[row.method].params.model_validate(row.params).model_dump(mode="json")
+    return hashlib.sha256(json.dumps([RESULTS_VERSION, row.label, row.method, resolved], sort_keys=True)
+                          .encode()).hexdigest()[:10]
+
+
 def results_path(refs: References, scope: str, reactivation_rounds: int, reinjected: int) -> Path:
-    """Where a seed's rows are cached, beside its references: keyed by the rows and the results format."""
-    rows = rows_for(scope)
-    key = hashlib.sha256(json.dumps([RESULTS_VERSION, [asdict(r) for r in rows], reactivation_rounds, reinjected],
-                                    sort_keys=True).encode()).hexdigest()[:10]
+    """Where a seed's rows are cached, beside its references: keyed by every row's and gate case's ``row_key``
+    and the reactivation run."""
+    rows = [*rows_for(scope), *(row for row in GATE_CASES.values() if row is not None)]
+    key = hashlib.sha256(json.dumps([[row_key(r) for r in rows], reactivation_rounds, reinjected])
+                         .encode()).hexdigest()[:10]
     return refs.original.parent / f"results-{key}.json"
 
 

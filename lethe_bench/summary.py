@@ -20,6 +20,11 @@ def avg_gap(metrics: dict[str, float], retrain: dict[str, float]) -> float:
     return sum(abs(metrics[m] - retrain[m]) for m in R1) / len(R1)
 
 
+def verdict_counts(verdicts: dict[str, int]) -> str:
+    """How many seeds got each production verdict, e.g. "fail 1, pass 2" ("-" where no row was verified)."""
+    return ", ".join(f"{word} {n}" for word, n in sorted(verdicts.items()) if word != "-") or "-"
+
+
 def stats(values: list[float]) -> dict:
     arr = np.asarray(values, dtype=float)
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, "n": len(arr)}
@@ -101,7 +106,7 @@ def scenario_table(name: str, summary: dict) -> str:
     rows = []
     for label, m in summary["methods"].items():
         metrics = m["metrics"]
-        verdicts = " ".join(f"{k}:{v}" for k, v in sorted(m["verdicts"].items()) if k != "-") or "-"
+        verdicts = verdict_counts(m["verdicts"])
         rows.append([label, *(_cell(metrics.get(k)) for k in R1), _cell(metrics.get("probe")),
                      _cell(metrics.get("mia_similarity_auc"), 3), _cell(metrics.get("ledger_residual"), 2), verdicts,
                      "-" if label == "retrain" else f"{m['avg_gap']:.2f}",

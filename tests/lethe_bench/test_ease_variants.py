@@ -6,8 +6,9 @@ from __future__ import annotations
 import types
 
 from lethe_bench import ease_variants
-from lethe_bench.ease_variants import BASELINES, VARIANTS, compare, row_key, run_rows
+from lethe_bench.ease_variants import BASELINES, VARIANTS, compare, run_rows
 from lethe_bench.rows import Row
+from lethe_bench.run_seed import row_key
 from lethe_bench.summary import R1
 from lethe_format import layout
 
@@ -22,6 +23,37 @@ def test_a_rows_key_is_its_resolved_parameters():
     """A default written out is the same row; another value is another row."""
     assert row_key(Row("ease", "ease")) == row_key(Row("ease", "ease", {"steps": 30, "retain_loss": "anchor"}))
     assert row_key(Row("ease", "ease")) != row_key(Row("ease", "ease", {"steps": 60}))
+
+
+def test_the_benchmarks_cache_follows_the_resolved_rows(monkeypatch, tmp_path):
+    """The benchmark's per-seed results file is keyed the same way: a default written out keeps the file, a
+    changed value of any row or gate case gives another."""
+    from lethe_bench import run_seed
+    from lethe_bench.rows import GATE_CASES, rows_for
+
+    refs = types.SimpleNamespace(original=tmp_path / "original")
+    path = run_seed.results_path(refs, "client", 0, 0)
+    assert path.parent == tmp_path and path == run_seed.results_path(refs, "client", 0, 0)
+    from ease_engine.unlearning import METHODS
+
+    written_out = [Row(r.label, r.method, METHODS[r.method].params.model_validate(r.params).model_dump())
+                   for r in rows_for("client")]
+    monkeypatch.setattr(run_seed, "rows_for", lambda scope: written_out)
+    assert run_seed.results_path(refs, "client", 0, 0) == path
+    monkeypatch.setattr(run_seed, "rows_for", lambda scope: [*written_out[:-1], Row(written_out[-1].label,
+                                                                                    "ease", {"steps": 31})])
+    assert run_seed.results_path(refs, "client", 0, 0) != path
+    monkeypatch.undo()
+    monkeypatch.setitem(GATE_CASES, "noop", Row("noop", "perturb"))
+    assert run_seed.results_path(refs, "client", 0, 0) != path
+    assert run_seed.results_path(refs, "client", 10, 0) != run_seed.results_path(refs, "client", 0, 0)
+
+
+def test_verdict_counts_are_written_one_way():
+    from lethe_bench.summary import verdict_counts
+
+    assert verdict_counts({"pass": 2, "fail": 1, "-": 3}) == "fail 1, pass 2"
+    assert verdict_counts({"-": 3}) == "-"
 
 
 def _summary(gaps: dict[str, float], per_seed: dict[str, list[float]]) -> dict:
