@@ -1,6 +1,6 @@
 """The pretrained backbone of the ``pretrained-lora`` scenario, built deterministically.
 
-    python -m lethe_bench.pretrain [--out runs/pretrained/lethe-tiny-scenes.safetensors]
+    python -m lethe_bench.pretrain [--out runs/pretrained/lethe-tiny-scenes.safetensors] [--seed 7]
 
 No pretrained CLIP can be downloaded here, so one is made: ``lethe-tiny`` trained centrally (one party, full
 fine-tuning) on a ``scenes`` corpus the federation never sees and that lacks what the erased client holds:
@@ -24,17 +24,22 @@ from ease_engine.federation.fedavg import run_federation
 from lethe_format import layout
 
 DEFAULT_OUT = Path("runs/pretrained/lethe-tiny-scenes.safetensors")
-CORPUS = {
-    "name": "pretrain-lethe-tiny",
-    "data": {"scenes": {"n_train": 7000, "n_test": 200, "image_size": 48, "seed": 7}},
-    "partition": {"kind": "exclusive", "n_clients": 2, "owners": {0: ["colour", "purple"]}, "n_shared_per_owner": 0,
-                  "seed": 7},
-    "model": {"architecture": "lethe-tiny", "mode": "full", "init_seed": 7},
-    "training": {"rounds": 12, "local_epochs": 1, "batch_size": 128, "lr": 2e-3, "lr_min": 1e-4, "warmup_rounds": 1,
-                 "exclude_clients": [0], "seed": 7, "threads": 1},
-    "ledger": {"enabled": False},
-    "holdout": {"client_fraction": 0.0},
-}
+DEFAULT_SEED = 7  # the published backbone's; another seed gives another backbone of the same recipe
+
+
+def corpus(seed: int = DEFAULT_SEED) -> dict:
+    """The pretraining run: its corpus (scenes of ``seed``, purple left out), initialisation and order."""
+    return {
+        "name": "pretrain-lethe-tiny",
+        "data": {"scenes": {"n_train": 7000, "n_test": 200, "image_size": 48, "seed": seed}},
+        "partition": {"kind": "exclusive", "n_clients": 2, "owners": {0: ["colour", "purple"]},
+                      "n_shared_per_owner": 0, "seed": seed},
+        "model": {"architecture": "lethe-tiny", "mode": "full", "init_seed": seed},
+        "training": {"rounds": 12, "local_epochs": 1, "batch_size": 128, "lr": 2e-3, "lr_min": 1e-4,
+                     "warmup_rounds": 1, "exclude_clients": [0], "seed": seed, "threads": 1},
+        "ledger": {"enabled": False},
+        "holdout": {"client_fraction": 0.0},
+    }
 
 
 def sha256(path: Path) -> str:
@@ -45,10 +50,11 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def build(out: Path = DEFAULT_OUT, show_progress: bool = True) -> Path:
+def build(out: Path = DEFAULT_OUT, show_progress: bool = True, seed: int = DEFAULT_SEED) -> Path:
     out = Path(out)
     work = out.with_suffix(".run")
-    version = run_federation(FederationConfig.model_validate(CORPUS), work, resume=True, show_progress=show_progress)
+    version = run_federation(FederationConfig.model_validate(corpus(seed)), work, resume=True,
+                             show_progress=show_progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     shutil.copyfile(version / layout.WEIGHTS, tmp)
@@ -57,20 +63,27 @@ def build(out: Path = DEFAULT_OUT, show_progress: bool = True) -> Path:
     return out
 
 
-def ensure(out: Path = DEFAULT_OUT) -> Path:
-    """The backbone at ``out``, built if missing or if it does not match its recorded sha256."""
+def backbone_path(seed: int = DEFAULT_SEED) -> Path:
+    """Where the backbone of pretraining seed ``seed`` is kept (the default seed's is the scenario's)."""
+    return DEFAULT_OUT if seed == DEFAULT_SEED else DEFAULT_OUT.with_name(f"{DEFAULT_OUT.stem}-seed{seed}.safetensors")
+
+
+def ensure(out: Path = DEFAULT_OUT, seed: int = DEFAULT_SEED) -> Path:
+    """The backbone at ``out``, built from ``seed`` if missing or if it does not match its recorded sha256."""
     out = Path(out)
     recorded = Path(f"{out}.sha256")
     if out.is_file() and recorded.is_file() and recorded.read_text().split()[0] == sha256(out):
         return out
-    return build(out, show_progress=False)
+    return build(out, show_progress=False, seed=seed)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help="corpus, initialisation and order (another seed: another backbone of the same recipe)")
     args = parser.parse_args(argv)
-    path = build(args.out)
+    path = build(args.out, seed=args.seed)
     print(f"wrote {path} (sha256 {sha256(path)})")
 
 

@@ -5,8 +5,9 @@
     runs/bench/<scenario>/seed<S>-<key>/retrain                   samples scope: without the subject's pairs
 
 ``key`` hashes the seeded config (its non-default values: adding a new config field with a default
-keeps old caches valid) and the erased pairs, so a changed config or target trains anew and a rerun
-costs nothing. The retrain of a samples scenario trains on the client's data minus the subject's pairs.
+keeps old caches valid), the erased pairs and, for a config that starts from a local weights file, that
+file's sha256, so a changed config, target or backbone trains anew and a rerun costs nothing. The
+retrain of a samples scenario trains on the client's data minus the subject's pairs.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ease_engine.federation.config import FederationConfig
 from ease_engine.federation.fedavg import prepare_federation, run_federation
 from ease_engine.federation.training import EncodedCaptions
 from ease_engine.unlearning import ErasureTarget
+from lethe_bench.pretrain import sha256
 from lethe_bench.scenarios import Scenario
 from lethe_format import layout
 
@@ -60,11 +62,21 @@ def _trained(path: Path) -> bool:
     return (path / layout.METRICS).is_file()
 
 
+def backbone_digest(config: FederationConfig) -> str | None:
+    """The pretrained backbone's sha256 where the config starts from a local weights file: the same path can hold
+    other bytes (rebuilt on another CPU, or from another seed), and references trained on one are not the other's."""
+    path = Path(config.model.pretrained) if config.model.pretrained else None
+    return sha256(path) if path is not None and path.is_file() else None
+
+
 def reference_paths(root: Path, scenario: Scenario, seed: int, quick: bool = False) -> References:
-    """Where a scenario-seed's references are cached (trained or not)."""
+    """Where a scenario-seed's references are cached (trained or not): keyed by the config, the data subject and
+    the backbone's bytes."""
     config = scenario.config(seed, quick)
     pairs = subject_pairs(config, scenario.client, scenario.sample_pairs) if scenario.sample_pairs else None
-    base = Path(root) / scenario.name / f"seed{seed}-{config_key(config, pairs)}"
+    backbone = backbone_digest(config)
+    key = config_key(config, pairs if backbone is None else [pairs, backbone])  # no backbone: the old keys stay
+    base = Path(root) / scenario.name / f"seed{seed}-{key}"
     # the original does not depend on whom the bench erases; a client's retrain does (a subject's is in the key)
     original, retrain = base / "original", base / ("retrain" if pairs else f"retrain-without-client{scenario.client}")
     return References(original, retrain, ErasureTarget(scenario.client, tuple(pairs) if pairs else None))

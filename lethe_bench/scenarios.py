@@ -21,6 +21,8 @@ class Scenario:
     concept: tuple[str, str] | None = None  # what a request names (the concept-probe gate)
     needs_pretrained: bool = False
     summary: str = ""
+    backbone: str | None = None  # a local weights file in place of the config's pretrained backbone
+
 
     @property
     def scope(self) -> str:
@@ -31,6 +33,8 @@ class Scenario:
         config.training.seed = seed
         config.model.init_seed = seed
         config.training.threads = 1  # reproducible and fastest on a shared 2-core machine
+        if self.backbone is not None:
+            config.model.pretrained = self.backbone
         if quick:
             config.data.scenes.n_train = min(config.data.scenes.n_train, 600)
             config.data.scenes.n_test = min(config.data.scenes.n_test, 120)

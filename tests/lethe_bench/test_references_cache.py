@@ -26,3 +26,30 @@ def test_a_retrain_without_another_client_is_not_reused(tmp_path, monkeypatch):
     assert a.original == b.original and a.retrain != b.retrain and again == a
     assert trained == [("original", []), ("retrain-without-client4", [4]), ("retrain-without-client3", [3])]
     assert (a.target.client, b.target.client) == (4, 3)
+
+
+def test_references_on_other_backbone_bytes_are_not_reused(tmp_path, monkeypatch):
+    """The pretrained backbone's path is the same on every machine, its bytes are not (floating point differs
+    between CPUs; another pretraining seed): references trained on one backbone are not handed back for another,
+    and the same bytes find them again."""
+    backbone = tmp_path / "backbone.safetensors"
+    scenario = SCENARIOS["pretrained-lora"]
+    real = references.Scenario.config
+
+    def config(self, seed, quick=False):
+        config = real(self, seed, quick)
+        config.model.pretrained = str(backbone)
+        return config
+
+    monkeypatch.setattr(references.Scenario, "config", config)
+    backbone.write_bytes(b"one backbone")
+    first = references.reference_paths(tmp_path, scenario, 0)
+    backbone.write_bytes(b"another backbone")
+    second = references.reference_paths(tmp_path, scenario, 0)
+    backbone.write_bytes(b"one backbone")
+    assert first.original != second.original and references.reference_paths(tmp_path, scenario, 0) == first
+    # a config without a local weights file keeps the key it always had
+    monkeypatch.undo()
+    plain = SCENARIOS["exclusive"]
+    assert references.backbone_digest(plain.config(0)) is None
+
