@@ -1,19 +1,23 @@
 """A study of EASE's repair objective: variants of EASE, against the same references as the benchmark.
 
-    python -m lethe_bench.ease_variants --scenarios real-images [...] [--seeds 0 1 2]
+    python -m lethe_bench.ease_variants --scenarios real-images [...] [--seeds 0 1 2] [--backbone-seed 7]
 
 Closure 2's retain term keeps the retain proxy's embeddings at the parent's (``retain_loss = "anchor"``, the
 default). That repairs what the excision disturbed, but it cannot take the model past the parent, while the
 retrain reference, which spends none of its capacity on the erased client, can be better than the parent on
 the retained clients' data (real images). The variants here learn the retained pairs instead
 (``contrastive``: the CLIP loss, the retrain's own objective) or do both, and, as the floor, skip the repair.
+A last variant keeps the default repair but also holds the displacement off the forget pairs' leading
+gradient directions (``guard_rank``), against a repair that teaches the erased concept again.
 
 Each variant is a row like the benchmark's (``lethe_bench.rows.Row``), run on the benchmark's references
 (trained, or found in its cache) and judged on the same audit split, summarised over seeds by the
 benchmark's own ``summarise_scenario``. The benchmark's baselines run again here on the same references:
 freshly trained references differ between machines, so a comparison with the published table would compare
-different federations. Per seed each row is cached beside the references (``study-rows.json``). Writes
-docs/results/ease_variants.json (other scenarios already there are kept) and the ``ease-variants`` section of
+different federations. On a pretrained backbone the results depend on the backbone's bytes, which differ
+between CPUs and pretraining seeds (``--backbone-seed``): such a scenario has one entry per backbone, named by
+its sha256. Per seed each row is cached beside the references (``study-rows.json``). Writes
+docs/results/ease_variants.json (other entries already there are kept) and the ``ease-variants`` section of
 docs/benchmarks.md. A study, not a change of default: the benchmark's tables stay measured with the
 defaults in code.
 """
@@ -23,7 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import date
 from pathlib import Path
 
@@ -33,10 +37,12 @@ from ease_engine.unlearning import UnlearningContext
 from lethe_bench.machine import describe as describe_machine
 from lethe_bench.markdown import replace_section, table
 from lethe_bench.measure import Bench
+from lethe_bench.pretrain import DEFAULT_SEED, backbone_path, sha256
+from lethe_bench.pretrain import ensure as ensure_pretrained
 from lethe_bench.references import ensure_references
 from lethe_bench.rows import ROWS, Row
 from lethe_bench.run_seed import references_head, row_key, run_row, with_retrain_cost
-from lethe_bench.scenarios import SCENARIOS
+from lethe_bench.scenarios import SCENARIOS, Scenario
 from lethe_bench.summary import R1, avg_gap, summarise_scenario, verdict_counts
 from lethe_format import layout
 
@@ -45,6 +51,8 @@ VARIANTS: list[Row] = [
     Row("ease, contrastive repair", "ease", {"retain_loss": "contrastive"}),
     Row("ease, anchor + contrastive repair", "ease", {"retain_loss": "both"}),
     Row("ease w/o displacement", "ease", {"displace": False}),  # no repair at all: where excision leaves it
+    # the displacement also kept off the forget pairs' leading gradient directions (8 per block)
+    Row("ease, forget-gradient guard", "ease", {"guard_rank": 8}),
 ]
 # the benchmark's baselines, run on the same references: the comparison does not rest on reproducing the
 # benchmark's references bit for bit (freshly trained ones differ between machines)
@@ -60,11 +68,10 @@ def references_fingerprint(refs) -> str:
     return digest.hexdigest()[:16]
 
 
-def run_rows(root: Path, scenario_name: str, seed: int, rows: list[Row], log=print) -> dict:
+def run_rows(root: Path, scenario: Scenario, seed: int, rows: list[Row], log=print) -> dict:
     """One scenario and seed: the original, the retrain and ``rows``, in run_seed's result format. Each row's
     result is cached beside the references (``study-rows.json``, keyed per row and discarded when the references
     change), so adding a variant runs only that variant."""
-    scenario = SCENARIOS[scenario_name]
     refs = ensure_references(root, scenario, seed, log=log)
     cache_path = refs.original.parent / "study-rows.json"
     fingerprint = references_fingerprint(refs)
@@ -90,6 +97,21 @@ def run_rows(root: Path, scenario_name: str, seed: int, rows: list[Row], log=pri
     return with_retrain_cost(result, refs)
 
 
+def study_entry(name: str, seeds: list[int], backbone_seed: int = DEFAULT_SEED) -> tuple[Scenario, str, dict, str]:
+    """The scenario to run, its key in the results, what the entry records beside the summary, and the command.
+    On a pretrained backbone the results depend on the backbone's bytes (they differ between CPUs and seeds), so
+    there is one entry per backbone, named by its sha256; the backbone is built first if missing."""
+    scenario, key, extra = SCENARIOS[name], name, {}
+    command = f"python -m lethe_bench.ease_variants --scenarios {name} --seeds " + " ".join(map(str, seeds))
+    if scenario.needs_pretrained:
+        path = ensure_pretrained(backbone_path(backbone_seed), seed=backbone_seed)
+        scenario = replace(scenario, backbone=str(path))
+        extra = {"backbone": {"seed": backbone_seed, "sha256": sha256(path)}}
+        key = f"{name}, backbone {extra['backbone']['sha256'][:8]}"
+        command += f" --backbone-seed {backbone_seed}" if backbone_seed != DEFAULT_SEED else ""
+    return scenario, key, extra, command
+
+
 def seed_gaps(runs: list[dict], label: str) -> list[float]:
     """Per seed, the Avg. Gap of ``label`` to that seed's own retrain."""
     return [round(avg_gap(run["models"][label]["metrics"], run["models"]["retrain"]["metrics"]), 3) for run in runs]
@@ -107,6 +129,8 @@ def compare(name: str, summary: dict) -> list[list[str]]:
 
     rows = []
     for row in VARIANTS:
+        if row.label not in methods:  # a variant added after this scenario was measured
+            continue
         m = methods[row.label]
         gap = m["gap_to_retrain"]
         closer = sum(a < b for a, b in zip(per_seed[row.label], per_seed["ease"], strict=True))
@@ -128,21 +152,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenarios", nargs="+", required=True, choices=list(SCENARIOS),
                         help="scenarios whose references are trained (or may be: a missing one is trained first)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--backbone-seed", type=int, default=DEFAULT_SEED,
+                        help="scenarios on a pretrained backbone: the backbone's pretraining seed (built if missing)")
     parser.add_argument("--root", type=Path, default=Path("runs/bench"))
     parser.add_argument("--json", type=Path, default=Path("docs/results/ease_variants.json"))
     parser.add_argument("--docs", type=Path, default=Path("docs/benchmarks.md"))
     args = parser.parse_args(argv)
     # other scenarios already in the results file are kept (each with the command and machine it came from)
     earlier = json.loads(args.json.read_text()).get("scenarios", {}) if args.json.is_file() else {}
-    summaries = {name: earlier[name] for name in SCENARIOS if name in earlier and name not in args.scenarios}
+    summaries = dict(earlier)  # an entry measured again below is replaced
     for name in args.scenarios:
-        runs = [run_rows(args.root, name, seed, VARIANTS + BASELINES) for seed in args.seeds]
-        summaries[name] = summarise_scenario(runs) | {
+        scenario, key, extra, command = study_entry(name, args.seeds, args.backbone_seed)
+        runs = [run_rows(args.root, scenario, seed, VARIANTS + BASELINES) for seed in args.seeds]
+        summaries[key] = summarise_scenario(runs) | extra | {
+            "scenario": name,
             "seed_avg_gaps": {row.label: seed_gaps(runs, row.label) for row in VARIANTS + BASELINES},
-            "measured": {"date": date.today().isoformat(), "machine": describe_machine(),
-                         "command": f"python -m lethe_bench.ease_variants --scenarios {name} --seeds "
-                                    + " ".join(map(str, args.seeds))}}
-    summaries = {name: summaries[name] for name in SCENARIOS if name in summaries}
+            "measured": {"date": date.today().isoformat(), "machine": describe_machine(), "command": command}}
+    order = list(SCENARIOS)
+    summaries = dict(sorted(summaries.items(), key=lambda kv: (order.index(kv[1].get("scenario", kv[0])), kv[0])))
     write_json(args.json, {"variants": [asdict(r) for r in VARIANTS], "baselines": [asdict(r) for r in BASELINES],
                            "scenarios": summaries})
     rows = [line for name, summary in summaries.items() for line in compare(name, summary)]

@@ -25,7 +25,9 @@ non-members from the same client (its calibration pairs). (``retain_loss`` "cont
 the retained pairs with the CLIP loss instead of, or beside, the anchor: a study, docs/ease.md "The repair
 objective"; the default stays the anchor.) Gradients are projected off the excised
 directions, so the displacement cannot put back what closure 1 removed; wholly exclusive blocks stay
-frozen.
+frozen. (``guard_rank`` also keeps it off the forget pairs' leading gradient directions at the excised
+model; measured on pretrained-lora, it neither lowers the concept probe nor helps utility, and costs
+three times the wall time: off by default, docs/ease.md "The backbone".)
 
 Closure 3, the Forget Lock (federated update drift): per excised block the unit direction of x_f, the
 displacement along it and the erased value, saved with the version; aggregators apply it to every later
@@ -67,6 +69,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ease_engine.federation.exclusive import ExclusiveContribution
 from ease_engine.federation.training import EncodedCaptions, derive_seed
 from ease_engine.linalg.forget_lock import ForgetLock
+from ease_engine.linalg.subspace import orthonormal_basis
 from ease_engine.models.blocks import read_blocks, write_blocks
 from ease_engine.unlearning.base import Cost, ErasureTarget, Timer, UnlearningContext, UnlearningOutcome
 from ease_engine.unlearning.ease_displacement import DisplacementPlan, displace, tower_of
@@ -101,6 +104,10 @@ class EaseParams(BaseModel):
     check_every: int = Field(20, ge=1, description="re-measure the non-member similarities every this many steps")
     freeze_wholly_exclusive: bool = Field(True, description="blocks no retained client moved stay where excision "
                                           "put them")
+    guard_rank: int = Field(0, ge=0, description="with excision: per block, also keep the displacement off this many "
+                            "leading directions of the forget pairs' contrastive gradients at the excised model, the "
+                            "directions that would teach them again (0: only the excised directions; a study, "
+                            "docs/ease.md 'The backbone')")
     # closure 3
     lock: bool = True
     lock_epsilon: float | None = Field(None, gt=0)
@@ -117,6 +124,15 @@ class EaseParams(BaseModel):
 # ---------------------------------------------------------------------- helpers
 def _unit_columns(parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: (x / x.norm()).reshape(-1, 1).float() for name, x in parts.items() if float(x.norm()) > 0}
+
+
+def _joined(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per block, an orthonormal basis of the span of both bases' columns."""
+    out = {}
+    for name in first.keys() | second.keys():
+        columns = torch.cat([b[name].float() for b in (first, second) if name in b], dim=1)
+        out[name] = orthonormal_basis(columns).float()
+    return out
 
 
 def nonmember_reference(context: UnlearningContext, target: ErasureTarget):
@@ -156,6 +172,7 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
     cost = Cost()
     details: dict = {}
     ledger_debit = None
+    guard: dict[str, torch.Tensor] = {}
     generator = torch.Generator().manual_seed(derive_seed(params.seed, 0xEA5E))
     rng = np.random.default_rng(derive_seed(params.seed, 0xD15))
     with Timer() as timer:
@@ -179,6 +196,9 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
                     sum(float(c.double().pow(2).sum()) for c in context.ledger.client(target.client)
                         .contribution.values()), 1e-30)
             mode = "off"
+            if params.guard_rank and params.displace and params.steps:
+                guard = per_sample_gradient_bases(context, bundle, target, params.guard_rank, params.seed, cost)
+                details["guard"] = {"blocks": len(guard), "directions": sum(g.shape[1] for g in guard.values())}
         else:
             bases = per_sample_gradient_bases(context, bundle, target, params.sample_rank, params.seed, cost)
             directions, angles = sample_exclusive_bases(context, bases, params.sin_min, params.retained_energy)
@@ -187,7 +207,8 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
             frozen, mode = frozenset(), "onto"
         if params.displace and params.steps and directions:
             context.report_stage("displacing", 0.4)
-            plan = _plan(context, target, params, directions, mode, frozen, rng)
+            held_off = _joined(directions, guard) if guard else directions
+            plan = _plan(context, target, params, held_off, mode, frozen, rng)
             details["displacement"] = displace(bundle, context.fresh_bundle(), context.setup, plan, params,
                                                generator, rng)
             cost.client_samples += details["displacement"]["steps"] * min(params.batch_size, len(plan.forget_items))

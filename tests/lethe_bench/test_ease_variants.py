@@ -9,6 +9,7 @@ from lethe_bench import ease_variants
 from lethe_bench.ease_variants import BASELINES, VARIANTS, compare, run_rows
 from lethe_bench.rows import Row
 from lethe_bench.run_seed import row_key
+from lethe_bench.scenarios import SCENARIOS
 from lethe_bench.summary import R1
 from lethe_format import layout
 
@@ -98,13 +99,55 @@ def test_each_row_is_cached_only_missing_rows_run_and_new_references_discard_the
         return {"metrics": dict.fromkeys(R1, float(len(row.label))), "wall_s": 1.0, "_outcome": None}
 
     monkeypatch.setattr(ease_variants, "run_row", fake_row)
-    first = run_rows(tmp_path, "exclusive", 0, VARIANTS[:2], log=lambda _: None)
-    again = run_rows(tmp_path, "exclusive", 0, VARIANTS, log=lambda _: None)
+    first = run_rows(tmp_path, SCENARIOS["exclusive"], 0, VARIANTS[:2], log=lambda _: None)
+    again = run_rows(tmp_path, SCENARIOS["exclusive"], 0, VARIANTS, log=lambda _: None)
     assert ran == [row.label for row in VARIANTS]  # the first two were cached
     assert set(first["models"]) == {"retrain", *(r.label for r in VARIANTS[:2])}
     for row in VARIANTS:  # each label gets its own row's result back, not another's
         assert again["models"][row.label]["metrics"]["test_i2t_r1"] == len(row.label)
-    assert run_rows(tmp_path, "exclusive", 0, VARIANTS, log=lambda _: None) == again and len(ran) == len(VARIANTS)
+    assert run_rows(tmp_path, SCENARIOS["exclusive"], 0, VARIANTS, log=lambda _: None) == again
+    assert len(ran) == len(VARIANTS)
     (refs.retrain / layout.METRICS).write_text('{"test": 2}')  # the retrain was trained again in place
-    run_rows(tmp_path, "exclusive", 0, VARIANTS[:1], log=lambda _: None)
+    run_rows(tmp_path, SCENARIOS["exclusive"], 0, VARIANTS[:1], log=lambda _: None)
     assert ran[len(VARIANTS):] == [VARIANTS[0].label]
+
+
+def test_a_pretrained_scenario_gets_one_entry_per_backbone(tmp_path, monkeypatch):
+    """Results on a pretrained backbone are named by the backbone's bytes, which the study builds first; the
+    command says which seed built it; a scenario without a backbone keeps its plain name."""
+    from lethe_bench.pretrain import sha256
+
+    built = []
+
+    def fake_ensure(out, seed):
+        built.append(seed)
+        path = tmp_path / f"backbone-{seed}.safetensors"
+        path.write_bytes(f"weights of seed {seed}".encode())
+        return path
+
+    monkeypatch.setattr(ease_variants, "ensure_pretrained", fake_ensure)
+    scenario, key, extra, command = ease_variants.study_entry("pretrained-lora", [0, 1], backbone_seed=8)
+    path = tmp_path / "backbone-8.safetensors"
+    assert built == [8] and scenario.backbone == str(path)
+    assert scenario.config(0).model.pretrained == str(path)
+    assert key == f"pretrained-lora, backbone {sha256(path)[:8]}" and extra["backbone"] == {"seed": 8,
+                                                                                          "sha256": sha256(path)}
+    assert command.endswith("--scenarios pretrained-lora --seeds 0 1 --backbone-seed 8")
+    _, default_key, _, default_command = ease_variants.study_entry("pretrained-lora", [0], backbone_seed=7)
+    assert default_key != key and "--backbone-seed" not in default_command
+    assert ease_variants.study_entry("dirichlet", [0])[1:] == ("dirichlet", {}, "python -m lethe_bench.ease_variants "
+                                                                              "--scenarios dirichlet --seeds 0")
+    assert built == [8, 7]
+
+
+def test_the_published_backbone_recipe_is_unchanged():
+    """Seed 7 is the published backbone's recipe, at the scenario's path; another seed changes every seed of
+    the recipe and goes to another file."""
+    from lethe_bench import pretrain
+
+    recipe = pretrain.corpus()
+    assert recipe["data"]["scenes"]["seed"] == recipe["partition"]["seed"] == recipe["model"]["init_seed"] == \
+        recipe["training"]["seed"] == 7
+    assert pretrain.backbone_path() == pretrain.DEFAULT_OUT != pretrain.backbone_path(8)
+    other = pretrain.corpus(8)
+    assert other["model"]["init_seed"] == other["training"]["seed"] == other["data"]["scenes"]["seed"] == 8
