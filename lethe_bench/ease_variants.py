@@ -158,16 +158,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=Path("docs/results/ease_variants.json"))
     parser.add_argument("--docs", type=Path, default=Path("docs/benchmarks.md"))
     args = parser.parse_args(argv)
-    # other scenarios already in the results file are kept (each with the command and machine it came from)
-    earlier = json.loads(args.json.read_text()).get("scenarios", {}) if args.json.is_file() else {}
-    summaries = dict(earlier)  # an entry measured again below is replaced
+    measured = {}
     for name in args.scenarios:
         scenario, key, extra, command = study_entry(name, args.seeds, args.backbone_seed)
         runs = [run_rows(args.root, scenario, seed, VARIANTS + BASELINES) for seed in args.seeds]
-        summaries[key] = summarise_scenario(runs) | extra | {
+        measured[key] = summarise_scenario(runs) | extra | {
             "scenario": name,
             "seed_avg_gaps": {row.label: seed_gaps(runs, row.label) for row in VARIANTS + BASELINES},
             "measured": {"date": date.today().isoformat(), "machine": describe_machine(), "command": command}}
+    # the other entries already in the results file are kept, each with the command and machine it came from;
+    # read now, not at the start, so a study of another scenario that finished meanwhile is not dropped
+    earlier = json.loads(args.json.read_text()).get("scenarios", {}) if args.json.is_file() else {}
+    summaries = earlier | measured
     order = list(SCENARIOS)
     summaries = dict(sorted(summaries.items(), key=lambda kv: (order.index(kv[1].get("scenario", kv[0])), kv[0])))
     write_json(args.json, {"variants": [asdict(r) for r in VARIANTS], "baselines": [asdict(r) for r in BASELINES],

@@ -3,11 +3,12 @@ and the comparison with every baseline of the same run."""
 
 from __future__ import annotations
 
+import json
 import types
 
 from lethe_bench import ease_variants
 from lethe_bench.ease_variants import BASELINES, VARIANTS, compare, run_rows
-from lethe_bench.rows import Row
+from lethe_bench.rows import EXPECTED, Row
 from lethe_bench.run_seed import row_key
 from lethe_bench.scenarios import SCENARIOS
 from lethe_bench.summary import R1
@@ -151,3 +152,32 @@ def test_the_published_backbone_recipe_is_unchanged():
     assert pretrain.backbone_path() == pretrain.DEFAULT_OUT != pretrain.backbone_path(8)
     other = pretrain.corpus(8)
     assert other["model"]["init_seed"] == other["training"]["seed"] == other["data"]["scenes"]["seed"] == 8
+
+
+def _fake_run(seed: int, labels: list[str]) -> dict:
+    metrics = {**dict.fromkeys(R1, 30.0), "probe": 10.0}
+    models = {label: {"metrics": metrics, "wall_s": 1.0, "verdict": "pass"} for label in labels}
+    models["retrain"] |= {"wall_s": 100.0}
+    return {"seed": seed, "scope": "client", "n_forget": 10, "n_nonmembers": 10, "models": models,
+            "gate_cases": dict.fromkeys(EXPECTED, "pass")}
+
+
+def test_a_study_keeps_the_entries_another_study_wrote_while_it_ran(tmp_path, monkeypatch):
+    """Studies of different scenarios may run at once: each writes its own entries into what the results file
+    holds when it finishes, not into what it held when it started."""
+    out, docs = tmp_path / "variants.json", tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n")
+    labels = ["original", "retrain", *(row.label for row in VARIANTS + BASELINES)]
+
+    def fake_rows(root, scenario, seed, rows):
+        if scenario.name == "dirichlet":  # meanwhile another study finishes and writes its entry
+            ease_variants.main(["--scenarios", "exclusive", "--seeds", "0", "--json", str(out), "--docs", str(docs)])
+        return _fake_run(seed, labels)
+
+    monkeypatch.setattr(ease_variants, "run_rows", fake_rows)
+    ease_variants.main(["--scenarios", "dirichlet", "--seeds", "0", "1", "--json", str(out), "--docs", str(docs)])
+    scenarios = json.loads(out.read_text())["scenarios"]
+    assert set(scenarios) == {"exclusive", "dirichlet"}
+    assert scenarios["dirichlet"]["seeds"] == [0, 1] and scenarios["exclusive"]["seeds"] == [0]
+    text = docs.read_text()
+    assert "--scenarios exclusive --seeds 0" in text and "--scenarios dirichlet --seeds 0 1" in text
