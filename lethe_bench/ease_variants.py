@@ -44,6 +44,7 @@ from lethe_bench.rows import ROWS, Row
 from lethe_bench.run_seed import references_head, row_key, run_row, with_retrain_cost
 from lethe_bench.scenarios import SCENARIOS, Scenario
 from lethe_bench.summary import R1, avg_gap, summarise_scenario, verdict_counts
+from lethe_bench.unlearning import results_lock
 from lethe_format import layout
 
 VARIANTS: list[Row] = [
@@ -166,13 +167,23 @@ def main(argv: list[str] | None = None) -> None:
             "scenario": name,
             "seed_avg_gaps": {row.label: seed_gaps(runs, row.label) for row in VARIANTS + BASELINES},
             "measured": {"date": date.today().isoformat(), "machine": describe_machine(), "command": command}}
-    # the other entries already in the results file are kept, each with the command and machine it came from;
-    # read now, not at the start, so a study of another scenario that finished meanwhile is not dropped
-    earlier = json.loads(args.json.read_text()).get("scenarios", {}) if args.json.is_file() else {}
+    with results_lock(args.root):  # studies of other scenarios, and the bench, write the same files
+        write_results(args.json, args.docs, measured)
+
+
+def write_results(json_path: Path, docs: Path, measured: dict[str, dict]) -> None:
+    """Merge ``measured`` into the results file as it is now (the other entries are kept, each with the command and
+    machine it came from) and write the study's section of the docs from all of them."""
+    earlier = json.loads(json_path.read_text()).get("scenarios", {}) if json_path.is_file() else {}
     summaries = earlier | measured
     order = list(SCENARIOS)
-    summaries = dict(sorted(summaries.items(), key=lambda kv: (order.index(kv[1].get("scenario", kv[0])), kv[0])))
-    write_json(args.json, {"variants": [asdict(r) for r in VARIANTS], "baselines": [asdict(r) for r in BASELINES],
+
+    def rank(item: tuple[str, dict]) -> tuple[int, str]:
+        scenario = item[1].get("scenario", item[0])
+        return (order.index(scenario) if scenario in order else len(order), item[0])
+
+    summaries = dict(sorted(summaries.items(), key=rank))
+    write_json(json_path, {"variants": [asdict(r) for r in VARIANTS], "baselines": [asdict(r) for r in BASELINES],
                            "scenarios": summaries})
     rows = [line for name, summary in summaries.items() for line in compare(name, summary)]
     commands = "\n".join(f"- {name}: `{s['measured']['command']}` ({s['measured']['date']}, "
@@ -188,8 +199,8 @@ def main(argv: list[str] | None = None) -> None:
             + table(["scenario", "variant", "Avg. Gap", "forget |gap|", "retain/test |gap|", "probe |gap|",
                      "speed-up (wall)", "pairs processed, retrain / variant", "verdicts",
                      "seeds closer to retrain than ease", "at or below every baseline (best)"], rows) + "\n")
-    replace_section(args.docs, "ease-variants", text)
-    print(f"wrote {args.json} and the ease-variants section of {args.docs}")
+    replace_section(docs, "ease-variants", text)
+    print(f"wrote {json_path} and the ease-variants section of {docs}")
 
 
 if __name__ == "__main__":

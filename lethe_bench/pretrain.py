@@ -1,6 +1,6 @@
 """The pretrained backbone of the ``pretrained-lora`` scenario, built deterministically.
 
-    python -m lethe_bench.pretrain [--out runs/pretrained/lethe-tiny-scenes.safetensors] [--seed 7]
+    python -m lethe_bench.pretrain [--seed 7] [--out runs/pretrained/lethe-tiny-scenes.safetensors]
 
 No pretrained CLIP can be downloaded here, so one is made: ``lethe-tiny`` trained centrally (one party, full
 fine-tuning) on a ``scenes`` corpus the federation never sees and that lacks what the erased client holds:
@@ -79,11 +79,12 @@ def ensure(out: Path = DEFAULT_OUT, seed: int = DEFAULT_SEED) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, default=None, help="default: backbone_path(seed), the scenario's file for "
+                        "the default seed and a file of its own for another")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                         help="corpus, initialisation and order (another seed: another backbone of the same recipe)")
     args = parser.parse_args(argv)
-    path = build(args.out, seed=args.seed)
+    path = build(args.out or backbone_path(args.seed), seed=args.seed)
     print(f"wrote {path} (sha256 {sha256(path)})")
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from ease_engine.federation.config import FederationConfig
 from ease_engine.federation.fedavg import prepare_federation, run_federation
 from ease_engine.federation.training import EncodedCaptions
+from ease_engine.models.factory import local_weights_path
 from ease_engine.unlearning import ErasureTarget
 from lethe_bench.pretrain import sha256
 from lethe_bench.scenarios import Scenario
@@ -64,9 +65,10 @@ def _trained(path: Path) -> bool:
 
 def backbone_digest(config: FederationConfig) -> str | None:
     """The pretrained backbone's sha256 where the config starts from a local weights file: the same path can hold
-    other bytes (rebuilt on another CPU, or from another seed), and references trained on one are not the other's."""
-    path = Path(config.model.pretrained) if config.model.pretrained else None
-    return sha256(path) if path is not None and path.is_file() else None
+    other bytes (rebuilt on another CPU, or from another seed), and references trained on one are not the other's.
+    A named file that is missing is an error (``ModelError``: build it first), never a key without its bytes."""
+    path = local_weights_path(config.model)
+    return None if path is None else sha256(path)
 
 
 def reference_paths(root: Path, scenario: Scenario, seed: int, quick: bool = False) -> References:
@@ -75,7 +77,12 @@ def reference_paths(root: Path, scenario: Scenario, seed: int, quick: bool = Fal
     config = scenario.config(seed, quick)
     pairs = subject_pairs(config, scenario.client, scenario.sample_pairs) if scenario.sample_pairs else None
     backbone = backbone_digest(config)
-    key = config_key(config, pairs if backbone is None else [pairs, backbone])  # no backbone: the old keys stay
+    if backbone is None:  # no local backbone: the keys stay what they always were
+        key = config_key(config, pairs)
+    else:  # the backbone's bytes, not the path it was read from (relative, absolute, another file name)
+        by_bytes = config.model_copy(deep=True)
+        by_bytes.model.pretrained = None
+        key = config_key(by_bytes, [pairs, backbone])
     base = Path(root) / scenario.name / f"seed{seed}-{key}"
     # the original does not depend on whom the bench erases; a client's retrain does (a subject's is in the key)
     original, retrain = base / "original", base / ("retrain" if pairs else f"retrain-without-client{scenario.client}")

@@ -70,11 +70,11 @@ def row_key(row: Row) -> str:
 
 
 def results_path(refs: References, scope: str, reactivation_rounds: int, reinjected: int) -> Path:
-    """Where a seed's rows are cached, beside its references: keyed by every row's and gate case's ``row_key``
-    and the reactivation run."""
+    """Where a seed's rows are cached, beside its references: keyed by every row's and gate case's ``row_key``,
+    the gate cases' names and the reactivation run."""
     rows = [*rows_for(scope), *(row for row in GATE_CASES.values() if row is not None)]
-    key = hashlib.sha256(json.dumps([[row_key(r) for r in rows], reactivation_rounds, reinjected])
-                         .encode()).hexdigest()[:10]
+    key = hashlib.sha256(json.dumps([[row_key(r) for r in rows], sorted(GATE_CASES), reactivation_rounds,
+                                     reinjected]).encode()).hexdigest()[:10]
     return refs.original.parent / f"results-{key}.json"
 
 

@@ -23,7 +23,6 @@ class Scenario:
     summary: str = ""
     backbone: str | None = None  # a local weights file in place of the config's pretrained backbone
 
-
     @property
     def scope(self) -> str:
         return "client" if self.sample_pairs is None else "samples"

@@ -91,13 +91,24 @@ def architecture_config(name: str) -> dict:
     return cfg
 
 
-def _resolve_pretrained(config: ModelConfig) -> str | None:
+def local_weights_path(config: ModelConfig) -> Path | None:
+    """The local weights file ``config.pretrained`` names (None: no pretrained weights, or an open_clip tag);
+    a name with a weights suffix that is no file is an error."""
     if config.pretrained is None:
         return None
     path = Path(config.pretrained).expanduser()
     if path.suffix in {".safetensors", ".pt", ".pth", ".bin"} or path.is_file():
         if not path.is_file():
             raise ModelError(f"pretrained weights file not found: {path}")
+        return path
+    return None
+
+
+def _resolve_pretrained(config: ModelConfig) -> str | None:
+    if config.pretrained is None:
+        return None
+    path = local_weights_path(config)
+    if path is not None:
         return str(path)
     tags = open_clip.list_pretrained_tags_by_model(config.architecture)
     if config.pretrained not in tags:

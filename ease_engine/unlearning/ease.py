@@ -104,10 +104,11 @@ class EaseParams(BaseModel):
     check_every: int = Field(20, ge=1, description="re-measure the non-member similarities every this many steps")
     freeze_wholly_exclusive: bool = Field(True, description="blocks no retained client moved stay where excision "
                                           "put them")
-    guard_rank: int = Field(0, ge=0, description="with excision: per block, also keep the displacement off this many "
-                            "leading directions of the forget pairs' contrastive gradients at the excised model, the "
-                            "directions that would teach them again (0: only the excised directions; a study, "
-                            "docs/ease.md 'The backbone')")
+    guard_rank: int = Field(0, ge=0, description="client scope (and samples scope with sample_excision = client): per "
+                            "block, also keep the displacement off at most this many leading directions (99.9% of "
+                            "the energy) of the forget pairs' contrastive gradients at the model before the "
+                            "displacement (the excised one), the directions that would teach them again (0: only the "
+                            "excised directions; a study, docs/ease.md 'The backbone')")
     # closure 3
     lock: bool = True
     lock_epsilon: float | None = Field(None, gt=0)
@@ -196,7 +197,7 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
                     sum(float(c.double().pow(2).sum()) for c in context.ledger.client(target.client)
                         .contribution.values()), 1e-30)
             mode = "off"
-            if params.guard_rank and params.displace and params.steps:
+            if params.guard_rank and params.displace and params.steps and directions:
                 guard = per_sample_gradient_bases(context, bundle, target, params.guard_rank, params.seed, cost)
                 details["guard"] = {"blocks": len(guard), "directions": sum(g.shape[1] for g in guard.values())}
         else:

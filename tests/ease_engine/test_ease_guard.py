@@ -45,9 +45,10 @@ def _run(context, monkeypatch, **params) -> dict:
         seen["start"], seen["plan"] = read_blocks(bundle.model, plan.blocks), plan
         return displace(bundle, anchor, setup, plan, *args)
 
-    monkeypatch.setattr(ease, "per_sample_gradient_bases", capture_bases)
-    monkeypatch.setattr(ease, "displace", capture_displace)
-    seen["outcome"] = ease.unlearn(context, ErasureTarget(0), EaseParams(**FAST, **params))
+    with monkeypatch.context() as patch:
+        patch.setattr(ease, "per_sample_gradient_bases", capture_bases)
+        patch.setattr(ease, "displace", capture_displace)
+        seen["outcome"] = ease.unlearn(context, ErasureTarget(0), EaseParams(**FAST, **params))
     seen["after"] = read_blocks(seen["outcome"].bundle.model, seen["plan"].blocks)
     return seen
 

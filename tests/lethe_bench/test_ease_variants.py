@@ -116,11 +116,12 @@ def test_each_row_is_cached_only_missing_rows_run_and_new_references_discard_the
 def test_a_pretrained_scenario_gets_one_entry_per_backbone(tmp_path, monkeypatch):
     """Results on a pretrained backbone are named by the backbone's bytes, which the study builds first; the
     command says which seed built it; a scenario without a backbone keeps its plain name."""
-    from lethe_bench.pretrain import sha256
+    from lethe_bench.pretrain import backbone_path, sha256
 
     built = []
 
     def fake_ensure(out, seed):
+        assert out == backbone_path(seed)  # seed 7's file is the scenario's, another seed's a file of its own
         built.append(seed)
         path = tmp_path / f"backbone-{seed}.safetensors"
         path.write_bytes(f"weights of seed {seed}".encode())

@@ -1,7 +1,11 @@
 """The bench's reference cache: what a cached retrain reference was trained without is part of its path."""
 
 import dataclasses
+from pathlib import Path
 
+import pytest
+
+from ease_engine.models.factory import ModelError
 from lethe_bench import references
 from lethe_bench.scenarios import SCENARIOS
 from lethe_format import layout
@@ -48,6 +52,14 @@ def test_references_on_other_backbone_bytes_are_not_reused(tmp_path, monkeypatch
     second = references.reference_paths(tmp_path, scenario, 0)
     backbone.write_bytes(b"one backbone")
     assert first.original != second.original and references.reference_paths(tmp_path, scenario, 0) == first
+    # the bytes decide, not the path they are read from
+    monkeypatch.chdir(tmp_path)
+    backbone = Path("backbone.safetensors")
+    assert references.reference_paths(tmp_path, scenario, 0) == first
+    # a named backbone that is missing is an error, never a key without its bytes
+    backbone = tmp_path / "missing.safetensors"
+    with pytest.raises(ModelError, match="not found"):
+        references.reference_paths(tmp_path, scenario, 0)
     # a config without a local weights file keeps the key it always had
     monkeypatch.undo()
     plain = SCENARIOS["exclusive"]
