@@ -23,9 +23,10 @@ from lethe_bench.references import References, ensure_references
 from lethe_bench.rows import GATE_CASES, Row, rows_for
 from lethe_bench.scenarios import Scenario
 
-RESULTS_VERSION = 5  # bump when what a row measures or how it is verified changes (2: the residual gate is
+RESULTS_VERSION = 6  # bump when what a row measures or how it is verified changes (2: the residual gate is
 # one-sided; 3: a stand-in level for the concept probe, never published; 4: the probe ranks the word among
-# untrained words; 5: samples-scope EASE excises the client's exclusive contribution)
+# untrained words; 5: samples-scope EASE excises the client's exclusive contribution; 6: the probe gate compares
+# the count of words beaten, so a word at exactly the allowed count passes)
 
 
 def verdict_word(report: VerificationReport) -> str:

@@ -10,7 +10,7 @@ from ease_engine.data.dataset import CaptionDataset
 from ease_engine.data.scenes import caption_naming, probe_captions
 from ease_engine.evaluation.probe import probe_accuracy
 from ease_engine.evaluation.retrieval import recall_at_k
-from ease_engine.evaluation.untrained_words import stand_in_words
+from ease_engine.evaluation.untrained_words import beaten_share, stand_in_words
 from ease_engine.models.factory import ClipBundle
 
 
@@ -99,6 +99,6 @@ def concept_probe(
                  for word in [value, *words] for i in sample]
         text = encode_texts(bundle, named, device=device).view(len(words) + 1, len(sample), -1)
         scores = (text * image_emb[sample][None]).sum(-1).mean(1)  # (1 + K,) mean similarity per word
-        result.update(beats_untrained=100.0 * float((scores[1:] < scores[0]).double().mean()),
+        result.update(beats_untrained=beaten_share(int((scores[1:] < scores[0]).sum()), len(words)),
                       n_untrained=len(words))
     return result

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, computed_field
 
 from ease_engine.data.dataset import CaptionDataset
 from ease_engine.evaluation.evaluate import concept_items, concept_probe, retrieval_metrics
-from ease_engine.evaluation.untrained_words import most_beaten_share
+from ease_engine.evaluation.untrained_words import beaten_share, most_beaten_share
 from ease_engine.federation.exclusive import ExclusiveContribution
 from ease_engine.models.blocks import ParameterBlock, read_blocks
 from ease_engine.models.factory import ClipBundle
@@ -116,13 +116,17 @@ def _probe_gate(candidate: dict[str, float], parent: dict[str, float], config: G
     if "beats_untrained" in candidate and "beats_untrained" in parent:
         count = int(candidate["n_untrained"])
         ceiling = most_beaten_share(count, config.z)
+
+        def share(figures: dict[str, float]) -> float:  # from the count of words beaten: a count compared exactly
+            return beaten_share(round(figures["beats_untrained"] * count / 100.0), count)
+
         return Gate.check(
             "concept_probe", "forgetting",
             f"share of {count} words no training caption contains that the concept's word outscores on the "
             "erased images (their mean similarity to the caption naming each word); a model that never learnt "
             f"the concept's word ranks it like one more untrained word, and beats more than {ceiling:.1f}% of "
             "them only by a chance as small as the other gates' (permutation test)",
-            candidate["beats_untrained"], None, ceiling, parent["beats_untrained"])
+            share(candidate), None, ceiling, share(parent))
     chance = candidate["chance"]
     se = proportion_se(chance, int(candidate["n_images"]))
     return Gate.check(

@@ -9,6 +9,7 @@ import pytest
 from ease_engine.data.scenes import grammar_captions
 from ease_engine.evaluation.untrained_words import (
     N_STAND_INS,
+    beaten_share,
     most_beaten_share,
     stand_in_words,
     untrained_word_p_value,
@@ -60,3 +61,25 @@ def test_an_untrained_word_fails_at_the_nominal_rate_and_a_learnt_one_always(cou
     assert false_fail <= 0.0228 + 0.003
     assert false_fail >= (0.015 if count >= 43 else 0.0)
     assert (ceiling < 100.0) == (count >= 43)
+
+
+def test_a_word_that_beats_exactly_the_allowed_count_passes_the_gate_and_one_more_fails():
+    """The gate compares counts: a share computed another way (a mean of booleans times 100, as the probe once
+    did) lands one ulp above the ceiling for the largest allowed count of 199 words, and must still pass."""
+    import torch
+
+    from ease_engine.verification.gates import GateConfig
+    from ease_engine.verification.report import _probe_gate
+
+    config = GateConfig()
+    count = 199
+    ceiling = most_beaten_share(count, config.z)
+    largest = round(ceiling * count / 100)
+    as_mean = 100.0 * float((torch.arange(count) < largest).double().mean())
+    assert as_mean > ceiling  # the float trap this test is about
+    parent = {"beats_untrained": 100.0, "n_untrained": count}
+    for value, passes in [(as_mean, True), (beaten_share(largest, count), True),
+                          (beaten_share(largest + 1, count), False), (beaten_share(0, count), True)]:
+        gate = _probe_gate({"beats_untrained": value, "n_untrained": count}, parent, config)
+        assert gate.passed is passes, value
+        assert gate.control_passed is False  # the parent that outscores every untrained word fails
