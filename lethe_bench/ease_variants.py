@@ -37,7 +37,7 @@ from ease_engine.unlearning import UnlearningContext
 from lethe_bench.machine import describe as describe_machine
 from lethe_bench.markdown import replace_section, table
 from lethe_bench.measure import Bench
-from lethe_bench.pretrain import DEFAULT_SEED, backbone_path, sha256
+from lethe_bench.pretrain import DEFAULT_SEED, sha256
 from lethe_bench.pretrain import ensure as ensure_pretrained
 from lethe_bench.references import ensure_references
 from lethe_bench.rows import ROWS, Row
@@ -105,7 +105,7 @@ def study_entry(name: str, seeds: list[int], backbone_seed: int = DEFAULT_SEED) 
     scenario, key, extra = SCENARIOS[name], name, {}
     command = f"python -m lethe_bench.ease_variants --scenarios {name} --seeds " + " ".join(map(str, seeds))
     if scenario.needs_pretrained:
-        path = ensure_pretrained(backbone_path(backbone_seed), seed=backbone_seed)
+        path = ensure_pretrained(backbone_seed)
         scenario = replace(scenario, backbone=str(path))
         extra = {"backbone": {"seed": backbone_seed, "sha256": sha256(path)}}
         key = f"{name}, backbone {extra['backbone']['sha256'][:8]}"

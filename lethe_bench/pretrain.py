@@ -68,9 +68,10 @@ def backbone_path(seed: int = DEFAULT_SEED) -> Path:
     return DEFAULT_OUT if seed == DEFAULT_SEED else DEFAULT_OUT.with_name(f"{DEFAULT_OUT.stem}-seed{seed}.safetensors")
 
 
-def ensure(out: Path = DEFAULT_OUT, seed: int = DEFAULT_SEED) -> Path:
-    """The backbone at ``out``, built from ``seed`` if missing or if it does not match its recorded sha256."""
-    out = Path(out)
+def ensure(seed: int = DEFAULT_SEED) -> Path:
+    """The backbone of pretraining seed ``seed`` at ``backbone_path(seed)``, built if missing or if it does not
+    match its recorded sha256."""
+    out = backbone_path(seed)
     recorded = Path(f"{out}.sha256")
     if out.is_file() and recorded.is_file() and recorded.read_text().split()[0] == sha256(out):
         return out

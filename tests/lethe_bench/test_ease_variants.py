@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import types
+from pathlib import Path
 
 from lethe_bench import ease_variants
 from lethe_bench.ease_variants import BASELINES, VARIANTS, compare, run_rows
@@ -116,12 +117,11 @@ def test_each_row_is_cached_only_missing_rows_run_and_new_references_discard_the
 def test_a_pretrained_scenario_gets_one_entry_per_backbone(tmp_path, monkeypatch):
     """Results on a pretrained backbone are named by the backbone's bytes, which the study builds first; the
     command says which seed built it; a scenario without a backbone keeps its plain name."""
-    from lethe_bench.pretrain import backbone_path, sha256
+    from lethe_bench.pretrain import sha256
 
     built = []
 
-    def fake_ensure(out, seed):
-        assert out == backbone_path(seed)  # seed 7's file is the scenario's, another seed's a file of its own
+    def fake_ensure(seed):
         built.append(seed)
         path = tmp_path / f"backbone-{seed}.safetensors"
         path.write_bytes(f"weights of seed {seed}".encode())
@@ -153,6 +153,27 @@ def test_the_published_backbone_recipe_is_unchanged():
     assert pretrain.backbone_path() == pretrain.DEFAULT_OUT != pretrain.backbone_path(8)
     other = pretrain.corpus(8)
     assert other["model"]["init_seed"] == other["training"]["seed"] == other["data"]["scenes"]["seed"] == 8
+
+
+def test_ensure_builds_each_seed_at_its_own_path(tmp_path, monkeypatch):
+    """Seed 7's file is the scenario's, another seed's a file of its own; a file that matches its recorded
+    sha256 is not built again."""
+    from lethe_bench import pretrain
+
+    monkeypatch.setattr(pretrain, "DEFAULT_OUT", tmp_path / "backbone.safetensors")
+    built = []
+
+    def fake_build(out, show_progress=True, seed=pretrain.DEFAULT_SEED):
+        built.append((out, seed))
+        out.write_bytes(f"seed {seed}".encode())
+        Path(f"{out}.sha256").write_text(f"{pretrain.sha256(out)}  {out.name}\n")
+        return out
+
+    monkeypatch.setattr(pretrain, "build", fake_build)
+    assert pretrain.ensure() == pretrain.backbone_path() == tmp_path / "backbone.safetensors"
+    assert pretrain.ensure(8) == pretrain.backbone_path(8) != pretrain.backbone_path()
+    assert pretrain.ensure(8) == pretrain.backbone_path(8)  # already built: not again
+    assert built == [(pretrain.backbone_path(), 7), (pretrain.backbone_path(8), 8)]
 
 
 def _fake_run(seed: int, labels: list[str]) -> dict:
