@@ -54,6 +54,7 @@ VARIANTS: list[Row] = [
     Row("ease w/o displacement", "ease", {"displace": False}),  # no repair at all: where excision leaves it
     # the displacement also kept off the forget pairs' leading gradient directions (8 per block)
     Row("ease, forget-gradient guard", "ease", {"guard_rank": 8}),
+    Row("ease, guard + anchor + contrastive", "ease", {"guard_rank": 8, "retain_loss": "both"}),
 ]
 # the benchmark's baselines, run on the same references: the comparison does not rest on reproducing the
 # benchmark's references bit for bit (freshly trained ones differ between machines)

@@ -23,10 +23,11 @@ from lethe_bench.references import References, ensure_references
 from lethe_bench.rows import GATE_CASES, Row, rows_for
 from lethe_bench.scenarios import Scenario
 
-RESULTS_VERSION = 6  # bump when what a row measures or how it is verified changes (2: the residual gate is
+RESULTS_VERSION = 7  # bump when what a row measures or how it is verified changes (2: the residual gate is
 # one-sided; 3: a stand-in level for the concept probe, never published; 4: the probe ranks the word among
 # untrained words; 5: samples-scope EASE excises the client's exclusive contribution; 6: the probe gate compares
-# the count of words beaten, so a word at exactly the allowed count passes)
+# the count of words beaten, so a word at exactly the allowed count passes; 7: EASE's forget-gradient guard is
+# a sketch of the per-pair gradients over the blocks the displacement moves)
 
 
 def verdict_word(report: VerificationReport) -> str:

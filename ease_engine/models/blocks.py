@@ -80,6 +80,18 @@ def read_blocks(model: nn.Module, blocks: Sequence[ParameterBlock]) -> dict[str,
     return out
 
 
+def block_gradients(grads: dict[str, torch.Tensor | None], blocks: Sequence[ParameterBlock]) -> dict[str, torch.Tensor]:
+    """Each block's part of the parameters' gradients (``grads``: parameter name -> gradient or None), flat,
+    float32 on the CPU; blocks whose parameter has no gradient are left out."""
+    out = {}
+    for block in blocks:
+        grad = grads.get(block.param)
+        if grad is not None:
+            g = grad[list(block.rows)] if block.rows is not None else grad
+            out[block.name] = g.reshape(-1).detach().to("cpu", dtype=torch.float32, copy=True)
+    return out
+
+
 @torch.no_grad()
 def write_blocks(model: nn.Module, blocks: Sequence[ParameterBlock], values: dict[str, torch.Tensor]) -> None:
     """Set each block to the flat vector in ``values`` (other parameters untouched)."""

@@ -72,9 +72,10 @@ from ease_engine.federation.exclusive import ExclusiveContribution
 from ease_engine.federation.training import EncodedCaptions, derive_seed
 from ease_engine.linalg.forget_lock import ForgetLock
 from ease_engine.linalg.subspace import orthonormal_basis
-from ease_engine.models.blocks import read_blocks, write_blocks
+from ease_engine.models.blocks import ParameterBlock, read_blocks, write_blocks
 from ease_engine.unlearning.base import Cost, ErasureTarget, Timer, UnlearningContext, UnlearningOutcome
 from ease_engine.unlearning.ease_displacement import DisplacementPlan, displace, tower_of
+from ease_engine.unlearning.ease_guard import forget_gradient_guard
 from ease_engine.unlearning.ease_samples import per_sample_gradient_bases, sample_exclusive_bases
 
 MIN_NONMEMBERS = 16
@@ -148,12 +149,17 @@ def nonmember_reference(context: UnlearningContext, target: ErasureTarget):
     return data, EncodedCaptions.build(context.setup.bundle, data)
 
 
-def _plan(context: UnlearningContext, target: ErasureTarget, params: EaseParams, directions: dict,
-          mode: str, frozen: frozenset[str], rng: np.random.Generator) -> DisplacementPlan:
-    setup = context.setup
-    movable = directions if mode == "onto" else {b.name for b in setup.blocks}
-    blocks = [b for b in setup.blocks if b.name in movable and b.name not in frozen
-              and params.towers in ("both", tower_of(b))]
+def _moving_blocks(context: UnlearningContext, params: EaseParams, directions: dict, mode: str,
+                   frozen: frozenset[str]) -> list[ParameterBlock]:
+    """The blocks the displacement moves: inside the exclusive bases (``onto``) or every block (``off``), less
+    the frozen ones and the other tower's."""
+    movable = directions if mode == "onto" else {b.name for b in context.setup.blocks}
+    return [b for b in context.setup.blocks if b.name in movable and b.name not in frozen
+            and params.towers in ("both", tower_of(b))]
+
+
+def _plan(context: UnlearningContext, target: ErasureTarget, blocks: list[ParameterBlock], directions: dict,
+          mode: str, params: EaseParams, rng: np.random.Generator) -> DisplacementPlan:
     pool = context.retain_items(target)
     proxy = rng.choice(pool, size=min(params.retain_proxy_size, len(pool)), replace=False)
     data, captions = nonmember_reference(context, target)
@@ -201,7 +207,8 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
                         .contribution.values()), 1e-30)
             mode = "off"
             if params.guard_rank and params.displace and params.steps and directions:
-                guard = per_sample_gradient_bases(context, bundle, target, params.guard_rank, params.seed, cost)
+                moving = _moving_blocks(context, params, directions, mode, frozen)
+                guard = forget_gradient_guard(context, bundle, target, moving, params.guard_rank, params.seed, cost)
                 details["guard"] = {"blocks": len(guard), "directions": sum(g.shape[1] for g in guard.values())}
         else:
             bases = per_sample_gradient_bases(context, bundle, target, params.sample_rank, params.seed, cost)
@@ -212,7 +219,8 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
         if params.displace and params.steps and directions:
             context.report_stage("displacing", 0.4)
             held_off = _joined(directions, guard) if guard else directions
-            plan = _plan(context, target, params, held_off, mode, frozen, rng)
+            plan = _plan(context, target, _moving_blocks(context, params, directions, mode, frozen), held_off, mode,
+                         params, rng)
             details["displacement"] = displace(bundle, context.fresh_bundle(), context.setup, plan, params,
                                                generator, rng)
             cost.client_samples += details["displacement"]["steps"] * min(params.batch_size, len(plan.forget_items))

@@ -18,22 +18,14 @@ import torch.nn.functional as F
 from ease_engine.federation.exclusive import retained_support
 from ease_engine.federation.training import derive_seed, gallery_contrastive_loss
 from ease_engine.linalg.subspace import exclusive_basis, orthonormal_basis
-from ease_engine.models.blocks import ParameterBlock
+from ease_engine.models.blocks import ParameterBlock, block_gradients
 from ease_engine.models.factory import ClipBundle
 from ease_engine.unlearning.base import Cost, ErasureTarget, UnlearningContext
 
 
 def _block_grads(model, blocks: list[ParameterBlock]) -> dict[str, torch.Tensor]:
-    params = dict(model.named_parameters())
-    out = {}
-    for b in blocks:
-        grad = params[b.param].grad
-        if grad is None:
-            continue
-        g = grad[list(b.rows)] if b.rows is not None else grad
-        if float(g.abs().max()) > 0:
-            out[b.name] = g.reshape(-1).detach().to("cpu", copy=True)  # bases are computed on the CPU
-    return out
+    grads = block_gradients({name: p.grad for name, p in model.named_parameters()}, blocks)
+    return {name: g for name, g in grads.items() if float(g.abs().max()) > 0}
 
 
 def per_sample_gradient_bases(context: UnlearningContext, bundle: ClipBundle, target: ErasureTarget,

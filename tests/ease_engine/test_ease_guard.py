@@ -35,7 +35,7 @@ def context(tiny_version):
 def _run(context, monkeypatch, **params) -> dict:
     """EASE on client 0 with the guard's bases and the displacement's start and plan captured."""
     seen: dict = {}
-    bases, displace = ease.per_sample_gradient_bases, ease.displace
+    bases, displace = ease.forget_gradient_guard, ease.displace
 
     def capture_bases(*args, **kwargs):
         seen["guard"] = bases(*args, **kwargs)
@@ -46,7 +46,7 @@ def _run(context, monkeypatch, **params) -> dict:
         return displace(bundle, anchor, setup, plan, *args)
 
     with monkeypatch.context() as patch:
-        patch.setattr(ease, "per_sample_gradient_bases", capture_bases)
+        patch.setattr(ease, "forget_gradient_guard", capture_bases)
         patch.setattr(ease, "displace", capture_displace)
         seen["outcome"] = ease.unlearn(context, ErasureTarget(0), EaseParams(**FAST, **params))
     seen["after"] = read_blocks(seen["outcome"].bundle.model, seen["plan"].blocks)
@@ -71,8 +71,11 @@ def test_the_guard_keeps_the_move_off_the_forget_gradients_and_the_lock_holds_on
     guarded = _run(context, monkeypatch, guard_rank=2)
     guard = guarded["guard"]
     assert guard and all(0 < g.shape[1] <= 2 for g in guard.values())
+    # only the blocks the displacement moves get a guard (frozen, wholly exclusive blocks do not)
+    assert set(guard) <= {b.name for b in guarded["plan"].blocks}
     assert guarded["outcome"].details["guard"]["directions"] == sum(g.shape[1] for g in guard.values())
     assert _share_along(guard, guarded["start"], guarded["after"]) < 1e-8
+    assert all(name in guarded["start"] for name in guard)
     # the lock holds what was excised (one unit direction per block), not the guard's directions
     lock = guarded["outcome"].lock
     assert lock is not None and lock._erasure_blocks(0)
