@@ -90,7 +90,8 @@ def forget_gradient_guard(context: UnlearningContext, bundle: ClipBundle, target
         texts = model.encode_text(setup.captions.pick(items, generator).to(device))
         return gallery_contrastive_loss(images, texts, g_img, g_txt, model.logit_scale.exp().clamp(max=100.0))
 
-    sketch = sketch_gradients(model, blocks, pair_losses, forget, sketch_matrix(len(forget), rank, generator))
-    cost.client_samples += len(forget)
+    omega = sketch_matrix(len(forget), rank, generator)
+    sketch = sketch_gradients(model, blocks, pair_losses, forget, omega)
+    cost.client_samples += len(forget) * omega.shape[1]  # each sketch column is a backward pass over every pair
     return {name: orthonormal_basis(y, energy=0.999, rank_cap=rank) for name, y in sketch.items()
             if float(y.abs().max()) > 0}
