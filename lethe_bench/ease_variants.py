@@ -55,6 +55,7 @@ VARIANTS: list[Row] = [
     # the displacement also kept off the forget pairs' leading gradient directions (8 per block)
     Row("ease, forget-gradient guard", "ease", {"guard_rank": 8}),
     Row("ease, guard + anchor + contrastive", "ease", {"guard_rank": 8, "retain_loss": "both"}),
+    Row("ease, guard from 128 pairs", "ease", {"guard_rank": 8, "guard_pairs": 128}),
 ]
 # the benchmark's baselines, run on the same references: the comparison does not rest on reproducing the
 # benchmark's references bit for bit (freshly trained ones differ between machines)

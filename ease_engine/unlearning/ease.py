@@ -113,6 +113,8 @@ class EaseParams(BaseModel):
                             "displacement (the excised one), the directions that would teach them again (0: only the "
                             "excised directions; a study: docs/ease.md, 'The backbone decides the pretrained-lora "
                             "probe')")
+    guard_pairs: int | None = Field(None, ge=1, description="the guard's gradients from at most this many forget "
+                                    "pairs, drawn uniformly (None: every forget pair)")
     # closure 3
     lock: bool = True
     lock_epsilon: float | None = Field(None, gt=0)
@@ -208,7 +210,8 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
             mode = "off"
             if params.guard_rank and params.displace and params.steps and directions:
                 moving = _moving_blocks(context, params, directions, mode, frozen)
-                guard = forget_gradient_guard(context, bundle, target, moving, params.guard_rank, params.seed, cost)
+                guard = forget_gradient_guard(context, bundle, target, moving, params.guard_rank, params.seed, cost,
+                                              max_pairs=params.guard_pairs)
                 details["guard"] = {"blocks": len(guard), "directions": sum(g.shape[1] for g in guard.values())}
         else:
             bases = per_sample_gradient_bases(context, bundle, target, params.sample_rank, params.seed, cost)

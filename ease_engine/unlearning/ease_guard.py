@@ -69,9 +69,12 @@ def sketch_gradients(model: torch.nn.Module, blocks: list[ParameterBlock],
 
 
 def forget_gradient_guard(context: UnlearningContext, bundle: ClipBundle, target: ErasureTarget,
-                          blocks: list[ParameterBlock], rank: int, seed: int, cost: Cost) -> dict[str, torch.Tensor]:
+                          blocks: list[ParameterBlock], rank: int, seed: int, cost: Cost,
+                          max_pairs: int | None = None) -> dict[str, torch.Tensor]:
     """Per block of ``blocks``, an orthonormal basis (d x k, k <= ``rank``) of the forget pairs' leading
-    gradient directions at ``bundle``'s weights; blocks the forget pairs' loss does not reach are left out."""
+    gradient directions at ``bundle``'s weights (from at most ``max_pairs`` of them, drawn uniformly: the
+    leading directions of a uniform sample of G's columns estimate G's); blocks the forget pairs' loss does
+    not reach are left out."""
     setup = context.setup
     device = setup.device
     generator = torch.Generator().manual_seed(derive_seed(seed, 0x6A7D))
@@ -79,6 +82,8 @@ def forget_gradient_guard(context: UnlearningContext, bundle: ClipBundle, target
     pool = context.retain_items(target)
     gallery = rng.choice(pool, size=min(GALLERY_SIZE, len(pool)), replace=False)
     forget = context.forget_items(target)
+    if max_pairs is not None and len(forget) > max_pairs:
+        forget = np.sort(rng.choice(forget, size=max_pairs, replace=False))
     model = bundle.model
     model.eval()
     with torch.no_grad():

@@ -8,7 +8,9 @@ import torch
 
 from ease_engine.models.blocks import read_blocks
 from ease_engine.unlearning import ErasureTarget, UnlearningContext, ease
+from ease_engine.unlearning.base import Cost
 from ease_engine.unlearning.ease import EaseParams, _joined
+from ease_engine.unlearning.ease_guard import OVERSAMPLING, forget_gradient_guard
 
 FAST = {"steps": 3, "batch_size": 8, "retain_proxy_size": 16}
 
@@ -85,3 +87,16 @@ def test_the_guard_keeps_the_move_off_the_forget_gradients_and_the_lock_holds_on
     free = _run(context, monkeypatch)
     assert "guard" not in free["outcome"].details
     assert _share_along(guard, free["start"], free["after"]) > 1e-4
+
+
+def test_the_guard_from_a_sample_of_pairs_processes_only_that_sample(context):
+    target = ErasureTarget(0)
+    blocks = context.setup.blocks
+    assert len(context.forget_items(target)) > 5
+    few, every = Cost(), Cost()
+    sampled = forget_gradient_guard(context, context.fresh_bundle(), target, blocks, 2, 0, few, max_pairs=5)
+    full = forget_gradient_guard(context, context.fresh_bundle(), target, blocks, 2, 0, every)
+    assert few.client_samples == 5 * 5  # five pairs, and with so few the sketch is the five gradients themselves
+    assert every.client_samples == len(context.forget_items(target)) * min(2 + OVERSAMPLING,
+                                                                           len(context.forget_items(target)))
+    assert sampled and set(sampled) <= set(full)
