@@ -26,10 +26,11 @@ the retained pairs with the CLIP loss instead of, or beside, the anchor: a study
 objective"; the default stays the anchor.) Gradients are projected off the excised
 directions, so the displacement cannot put back what closure 1 removed; wholly exclusive blocks stay
 frozen. (``guard_rank`` also keeps it off the forget pairs' leading gradient directions at the excised
-model. Measured, 3 seeds each: on pretrained-lora it does not lower the concept probe; on exclusive and
-samples it lowers the utility gap (largest retain/test gap 4.7 against 6.9, 3.0 against 4.9), and its
-per-pair gradients and their SVDs make EASE as slow as the retrain on exclusive: off by default,
-docs/ease.md "The backbone decides the pretrained-lora probe".)
+model, ``ease_guard``: a randomized sketch of their per-pair gradients over the blocks the displacement moves.
+Measured, 3 seeds each, docs/ease.md "The guard, sketched": it lowers the utility gap on exclusive and samples
+(largest retain/test gap 4.1 against 6.9 and 3.5 against 4.9), leaves real-images and the pretrained-lora
+probe where the default leaves them, and does worse beside the contrastive repair than either alone; it
+costs about three times EASE's time on exclusive, below the speed bar: off by default.)
 
 Closure 3, the Forget Lock (federated update drift): per excised block the unit direction of x_f, the
 displacement along it and the erased value, saved with the version; aggregators apply it to every later
