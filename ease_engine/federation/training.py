@@ -66,7 +66,7 @@ def gallery_contrastive_loss(images: torch.Tensor, texts: torch.Tensor, gallery_
     """Each pair's symmetric InfoNCE loss against a gallery of other pairs (one value per pair): its own
     caption among the gallery's captions, and its own image among the gallery's images. Features are
     normalised here; ``scale`` is the inverse temperature. (The membership auditor's loss attack and EASE's
-    per-pair gradients in samples scope.)"""
+    per-pair gradients in samples scope and its forget-gradient guard.)"""
     images, texts = F.normalize(images, dim=-1), F.normalize(texts, dim=-1)
     gallery_images, gallery_texts = F.normalize(gallery_images, dim=-1), F.normalize(gallery_texts, dim=-1)
     own = (images * texts).sum(dim=-1, keepdim=True)

@@ -28,9 +28,9 @@ directions, so the displacement cannot put back what closure 1 removed; wholly e
 frozen. (``guard_rank`` also keeps it off the forget pairs' leading gradient directions at the excised
 model, ``ease_guard``: a randomized sketch of their per-pair gradients over the blocks the displacement moves.
 Measured, 3 seeds each, docs/ease.md "The guard, sketched": it lowers the utility gap on exclusive and samples
-(largest retain/test gap 4.1 against 6.9 and 3.5 against 4.9), leaves real-images and the pretrained-lora
-probe where the default leaves them, and does worse beside the contrastive repair than either alone; it
-costs about three times EASE's time on exclusive, below the speed bar: off by default.)
+(largest retain/test gap 4.1 against 6.9 and 3.5 against 4.9), not on real-images (19.7 against 20.6); beside
+the anchor + contrastive repair it helps on exclusive and hurts on samples and real-images; it takes about 3.6
+times EASE's wall time on exclusive (1.6 times from 128 pairs, ``guard_pairs``): off by default.)
 
 Closure 3, the Forget Lock (federated update drift): per excised block the unit direction of x_f, the
 displacement along it and the erased value, saved with the version; aggregators apply it to every later
@@ -67,7 +67,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ease_engine.federation.exclusive import ExclusiveContribution
 from ease_engine.federation.training import EncodedCaptions, derive_seed
@@ -127,6 +127,12 @@ class EaseParams(BaseModel):
     sin_min: float = Field(0.95, gt=0, le=1, description="samples scope without excision: a gradient direction is "
                            "exclusive if sin(angle to the ledger's support) >= this")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _guard_pairs_need_a_guard(self) -> EaseParams:
+        if self.guard_pairs is not None and not self.guard_rank:
+            raise ValueError("guard_pairs sets how many forget pairs the guard uses; set guard_rank > 0 too")
+        return self
 
 
 # ---------------------------------------------------------------------- helpers
@@ -210,9 +216,9 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
                         .contribution.values()), 1e-30)
             mode = "off"
             if params.guard_rank and params.displace and params.steps and directions:
-                moving = _moving_blocks(context, params, directions, mode, frozen)
-                guard = forget_gradient_guard(context, bundle, target, moving, params.guard_rank, params.seed, cost,
-                                              max_pairs=params.guard_pairs)
+                guard = forget_gradient_guard(context, bundle, target,
+                                              _moving_blocks(context, params, directions, mode, frozen),
+                                              params.guard_rank, params.seed, cost, max_pairs=params.guard_pairs)
                 details["guard"] = {"blocks": len(guard), "directions": sum(g.shape[1] for g in guard.values())}
         else:
             bases = per_sample_gradient_bases(context, bundle, target, params.sample_rank, params.seed, cost)

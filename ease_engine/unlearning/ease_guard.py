@@ -2,17 +2,20 @@
 moves, the leading directions of the forget pairs' per-pair contrastive gradients at the excised model.
 
 Let G (d x n) hold, per block, the gradient of each forget pair's loss against a fixed gallery of retained
-pairs (``gallery_contrastive_loss``), one column per pair. The guard is the leading left singular subspace
-of G (at most ``rank`` directions, 99.9% of the energy). G itself is not formed: a randomized range finder
-(Halko, Martinsson and Tropp 2011, algorithm 4.1) sketches it as Y = G Omega with a Gaussian Omega of
-``rank + OVERSAMPLING`` columns, and each column of Y is the gradient of one weighted sum of the pairs'
-losses, sum_i Omega_ij loss_i, so a batch of pairs costs one forward and one backward per sketch column
-and the SVD is of a d x (rank + OVERSAMPLING) matrix. With no more pairs than sketch columns, Omega is the
-identity: Y = G, exactly.
+pairs (``gallery_contrastive_loss``), one column per pair. The guard wants G's leading left singular subspace
+(at most ``rank`` directions). G itself is not formed: it is sketched as Y = G Omega with a Gaussian Omega of
+``rank + OVERSAMPLING`` columns (the randomized range finder of Halko, Martinsson and Tropp 2011), and the
+guard is Y's leading left singular subspace (99.9% of Y's energy, at most ``rank`` directions): a one-pass
+estimate, close to G's where G's spectrum decays fast and looser where it is flat (no power iteration). Each
+column of Y is the gradient of one weighted sum of the pairs' losses, sum_i Omega_ij loss_i: a chunk of pairs
+costs one forward and one backward per sketch column, so the pairs processed are n (rank + OVERSAMPLING),
+more than the n of per-pair gradients, but in batches, and the SVD is of a d x (rank + OVERSAMPLING) matrix,
+not d x n. With no more pairs than sketch columns, Omega is the identity: Y = G, exactly. The temperature
+(``logit_scale``) is held fixed: it is no knowledge of the pairs.
 
-Measured reason (exclusive, 3 seeds, docs/ease.md): the first build took one backward per pair over every
-block and an SVD of d x n per block (n = 1000 forget pairs), which made EASE as slow as the retrain; only
-the blocks the displacement moves need a guard, and only its leading directions are kept.
+Measured reason (exclusive, 3 seeds, docs/ease.md "The guard, sketched"): the first build took one backward
+per pair over every block and an SVD of d x n per block (n = 1563 forget pairs), which made EASE as slow as
+the retrain; only the blocks the displacement moves need a guard, and only its leading directions are kept.
 """
 
 from __future__ import annotations
@@ -45,10 +48,13 @@ def sketch_gradients(model: torch.nn.Module, blocks: list[ParameterBlock],
                      pair_losses: Callable[[np.ndarray], torch.Tensor], items: np.ndarray,
                      omega: torch.Tensor) -> dict[str, torch.Tensor]:
     """Y = G Omega per block (d x l, float32 on the CPU), where column i of G is the gradient of
-    ``pair_losses``'s i-th value (one loss per pair of ``items``, computed CHUNK pairs at a time); blocks no
-    loss reaches are left out. Only the blocks' parameters take gradients while it runs."""
+    ``pair_losses``'s i-th value (one loss per pair of ``items``, computed CHUNK pairs at a time). Blocks whose
+    parameter no loss reaches are left out; rows of an embedding no pair uses come back as zero columns. Only
+    the blocks' parameters take gradients while it runs."""
     named = dict(model.named_parameters())
     wanted = sorted({b.param for b in blocks})
+    if not wanted or not len(items):
+        return {}
     previous = {name: p.requires_grad for name, p in named.items()}
     sketch: dict[str, torch.Tensor] = {}
     try:
@@ -61,7 +67,9 @@ def sketch_gradients(model: torch.nn.Module, blocks: list[ParameterBlock],
                 grads = torch.autograd.grad(losses @ weights[:, j], [named[n] for n in wanted],
                                             retain_graph=j + 1 < weights.shape[1], allow_unused=True)
                 for name, g in block_gradients(dict(zip(wanted, grads, strict=True)), blocks).items():
-                    sketch.setdefault(name, torch.zeros(g.numel(), weights.shape[1]))[:, j] += g
+                    if name not in sketch:
+                        sketch[name] = torch.zeros(g.numel(), weights.shape[1])
+                    sketch[name][:, j] += g
     finally:
         for name, p in named.items():
             p.requires_grad_(previous[name])
@@ -93,7 +101,8 @@ def forget_gradient_guard(context: UnlearningContext, bundle: ClipBundle, target
     def pair_losses(items: np.ndarray) -> torch.Tensor:
         images = model.encode_image(bundle.image_batch(setup.train, items, device))
         texts = model.encode_text(setup.captions.pick(items, generator).to(device))
-        return gallery_contrastive_loss(images, texts, g_img, g_txt, model.logit_scale.exp().clamp(max=100.0))
+        scale = model.logit_scale.detach().exp().clamp(max=100.0)
+        return gallery_contrastive_loss(images, texts, g_img, g_txt, scale)
 
     omega = sketch_matrix(len(forget), rank, generator)
     sketch = sketch_gradients(model, blocks, pair_losses, forget, omega)

@@ -13,8 +13,7 @@ BLOCKS = [ParameterBlock("weight", (4, 3)), ParameterBlock("table", (2, 3), rows
 
 
 class Bilinear(nn.Module):
-    """loss_i = a_i^T W b_i + c_i^T table[1, 3] b_i + d_i^T other b_i: per-pair gradients a_i b_i^T and
-    c_i b_i^T on the blocks (``other`` is no block)."""
+    """loss_i = a_i^T W b_i + c_i^T table[1, 3] b_i + d_i^T other b_i (``other`` is no block)."""
 
     def __init__(self):
         super().__init__()
@@ -57,6 +56,7 @@ def _data(n, seed=0, rank=None):
 
 def test_the_sketch_is_the_per_pair_gradients_times_omega_across_chunks():
     model = Bilinear()
+    model.other.requires_grad_(False)  # a frozen parameter must stay frozen (a frozen backbone under LoRA)
     n = 150  # three chunks of pairs
     losses = _losses(model, *_data(n))
     omega = sketch_matrix(n, 4, torch.Generator().manual_seed(1))
@@ -66,8 +66,8 @@ def test_the_sketch_is_the_per_pair_gradients_times_omega_across_chunks():
     assert set(sketch) == set(reference)  # ``other`` is no block: no sketch for it
     for name, g in reference.items():
         torch.testing.assert_close(sketch[name], g @ omega, rtol=1e-4, atol=1e-4)
-    # requires_grad is restored, also on the parameter that is no block
-    assert all(p.requires_grad for p in model.parameters())
+    # requires_grad is restored: the blocks' parameters trainable, the frozen one frozen
+    assert model.weight.requires_grad and model.table.requires_grad and not model.other.requires_grad
 
 
 def test_with_few_pairs_the_sketch_is_exactly_the_per_pair_gradients():
@@ -96,14 +96,16 @@ def test_a_low_rank_gradient_span_is_found_exactly_from_many_pairs():
 
 def test_the_sketch_keeps_almost_all_the_energy_the_exact_leading_directions_keep():
     """A full-rank G with a decaying spectrum: the sketched rank-k basis captures nearly what the top k
-    singular vectors capture (Halko et al.'s bound), and far more than k random directions (the control)."""
+    singular vectors capture (Halko et al.'s bound), and far more than k random directions (the control). The
+    estimate is one-pass (no power iteration): on a flatter spectrum it keeps less, so only this regime is
+    asserted."""
     rng = np.random.default_rng(0)
     d, n, k = 300, 400, 4
     u = scipy.linalg.orth(rng.normal(size=(d, d)))
     v = scipy.linalg.orth(rng.normal(size=(n, d)))
     g = torch.tensor(u @ np.diag(0.6 ** np.arange(d)) @ v.T)
     omega = sketch_matrix(n, k, torch.Generator().manual_seed(0)).double()
-    found = orthonormal_basis(g @ omega, rank_cap=k).double()
+    found = orthonormal_basis(g @ omega, energy=0.999, rank_cap=k).double()  # as the guard calls it
     best = torch.linalg.svd(g, full_matrices=False)[1][:k].pow(2).sum()
     captured = (found.T @ g).pow(2).sum()
     random = torch.tensor(scipy.linalg.orth(rng.normal(size=(d, k))))
