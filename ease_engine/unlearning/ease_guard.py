@@ -32,7 +32,7 @@ from ease_engine.models.factory import ClipBundle
 from ease_engine.unlearning.base import Cost, ErasureTarget, UnlearningContext
 
 OVERSAMPLING = 8  # sketch columns beyond the rank kept (Halko et al. suggest 5 to 10)
-GALLERY_SIZE = 63  # retained pairs each forget pair's loss is contrasted against
+GALLERY_SIZE = 63  # retained pairs each forget pair's loss is contrasted against (also in samples scope)
 CHUNK = 64  # forget pairs per forward pass
 
 

@@ -21,6 +21,7 @@ from ease_engine.linalg.subspace import exclusive_basis, orthonormal_basis
 from ease_engine.models.blocks import ParameterBlock, block_gradients
 from ease_engine.models.factory import ClipBundle
 from ease_engine.unlearning.base import Cost, ErasureTarget, UnlearningContext
+from ease_engine.unlearning.ease_guard import GALLERY_SIZE
 
 
 def _block_grads(model, blocks: list[ParameterBlock]) -> dict[str, torch.Tensor]:
@@ -36,7 +37,7 @@ def per_sample_gradient_bases(context: UnlearningContext, bundle: ClipBundle, ta
     generator = torch.Generator().manual_seed(derive_seed(seed, 0x5A3))
     rng = np.random.default_rng(derive_seed(seed, 0x5A4))
     pool = context.retain_items(target)
-    gallery = rng.choice(pool, size=min(63, len(pool)), replace=False)
+    gallery = rng.choice(pool, size=min(GALLERY_SIZE, len(pool)), replace=False)
     model = bundle.model
     model.eval()
     columns: dict[str, list[torch.Tensor]] = {b.name: [] for b in setup.blocks}
