@@ -12,7 +12,8 @@ other client's update ever touches that row.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -78,6 +79,21 @@ def read_blocks(model: nn.Module, blocks: Sequence[ParameterBlock]) -> dict[str,
             value = value[list(block.rows)]
         out[block.name] = value.reshape(-1).clone()
     return out
+
+
+@contextmanager
+def only_trainable(model: nn.Module, names: Collection[str]) -> Iterator[None]:
+    """Inside the block, exactly the parameters named in ``names`` take gradients; each parameter's
+    requires_grad is restored afterwards, also when the block raises (a frozen backbone stays frozen)."""
+    named = dict(model.named_parameters())
+    previous = {name: p.requires_grad for name, p in named.items()}
+    try:
+        for name, p in named.items():
+            p.requires_grad_(name in names)
+        yield
+    finally:
+        for name, p in named.items():
+            p.requires_grad_(previous[name])
 
 
 def block_gradients(grads: dict[str, torch.Tensor | None], blocks: Sequence[ParameterBlock]) -> dict[str, torch.Tensor]:

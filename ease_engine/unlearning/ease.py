@@ -215,11 +215,6 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
                     sum(float(c.double().pow(2).sum()) for c in context.ledger.client(target.client)
                         .contribution.values()), 1e-30)
             mode = "off"
-            if params.guard_rank and params.displace and params.steps and directions:
-                guard = forget_gradient_guard(context, bundle, target,
-                                              _moving_blocks(context, params, directions, mode, frozen),
-                                              params.guard_rank, params.seed, cost, max_pairs=params.guard_pairs)
-                details["guard"] = {"blocks": len(guard), "directions": sum(g.shape[1] for g in guard.values())}
         else:
             bases = per_sample_gradient_bases(context, bundle, target, params.sample_rank, params.seed, cost)
             directions, angles = sample_exclusive_bases(context, bases, params.sin_min, params.retained_energy)
@@ -227,10 +222,14 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
                                  "exclusive_blocks": len(directions), "wholly_exclusive_blocks": []}
             frozen, mode = frozenset(), "onto"
         if params.displace and params.steps and directions:
+            moving = _moving_blocks(context, params, directions, mode, frozen)
+            if params.guard_rank and mode == "off":  # the guard is computed at the excised model
+                guard = forget_gradient_guard(context, bundle, target, moving, params.guard_rank, params.seed, cost,
+                                              max_pairs=params.guard_pairs)
+                details["guard"] = {"blocks": len(guard), "directions": sum(g.shape[1] for g in guard.values())}
             context.report_stage("displacing", 0.4)
             held_off = _joined(directions, guard) if guard else directions
-            plan = _plan(context, target, _moving_blocks(context, params, directions, mode, frozen), held_off, mode,
-                         params, rng)
+            plan = _plan(context, target, moving, held_off, mode, params, rng)
             details["displacement"] = displace(bundle, context.fresh_bundle(), context.setup, plan, params,
                                                generator, rng)
             cost.client_samples += details["displacement"]["steps"] * min(params.batch_size, len(plan.forget_items))

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from scipy.stats import ks_2samp
 
 from ease_engine.federation.training import EncodedCaptions, clip_loss
-from ease_engine.models.blocks import ParameterBlock, read_blocks
+from ease_engine.models.blocks import ParameterBlock, only_trainable, read_blocks
 from ease_engine.models.factory import ClipBundle
 
 
@@ -146,48 +146,44 @@ def displace(bundle: ClipBundle, anchor: ClipBundle, setup, plan: DisplacementPl
     model = bundle.model
     trainable = {b.param for b in plan.blocks}
     named = dict(model.named_parameters())
-    previous = {name: p.requires_grad for name, p in named.items()}
-    for name, p in named.items():
-        p.requires_grad_(name in trainable)
-    optimizer = torch.optim.Adam([named[n] for n in sorted(trainable)], lr=params.lr)
-    start = read_blocks(model, plan.blocks)
-    fixed = {b.param: named[b.param].detach().clone() for b in plan.blocks if b.rows is not None}
-    forget = plan.forget_items
-    probe_items = forget if len(forget) <= 512 else rng.choice(forget, 512, replace=False)
-    nonmember_items = np.arange(len(plan.nonmember_data))
-    target = None
-    ks, steps_done = float("nan"), 0
-    for step in range(params.steps):
-        if step % params.check_every == 0:
-            target = torch.sort(similarities(bundle, plan.nonmember_data, plan.nonmember_captions,
-                                             nonmember_items, device, generator)).values
-            sims = similarities(bundle, setup.train, setup.captions, probe_items, device, generator)
-            ks = float(ks_2samp(sims.numpy(), target.numpy()).statistic)
-            plan.history.append({"step": step, "ks": ks, "forget_mean_sim": float(sims.mean()),
-                                 "nonmember_mean_sim": float(target.mean())})
-        model.train()
-        loss = torch.zeros((), device=device)
-        if params.decouple != "none" and params.decouple_weight > 0:
-            f_items = rng.choice(forget, size=min(params.batch_size, len(forget)), replace=False)
-            f_sims = pair_similarity(bundle, bundle.image_batch(setup.train, f_items, device),
-                                     setup.captions.pick(f_items, generator).to(device))
-            loss = loss + params.decouple_weight * quantile_matching_loss(f_sims, target,
-                                                                          one_sided=params.decouple == "hinge")
-        if params.retain_weight > 0:
-            r_items = rng.choice(plan.retain_proxy, size=min(params.batch_size, len(plan.retain_proxy)),
-                                 replace=False)
-            r_images = bundle.image_batch(setup.train, r_items, device)
-            r_tokens = setup.captions.pick(r_items, generator).to(device)
-            loss = loss + params.retain_weight * retain_term(model, anchor, r_images, r_tokens, params.retain_loss)
-        if not loss.requires_grad:
-            break
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        _restore_rows_outside(model, plan, fixed)
-        project_step(model, plan, start)
-        steps_done += 1
-    for name, p in named.items():
-        p.requires_grad_(previous[name])
+    with only_trainable(model, trainable):
+        optimizer = torch.optim.Adam([named[n] for n in sorted(trainable)], lr=params.lr)
+        start = read_blocks(model, plan.blocks)
+        fixed = {b.param: named[b.param].detach().clone() for b in plan.blocks if b.rows is not None}
+        forget = plan.forget_items
+        probe_items = forget if len(forget) <= 512 else rng.choice(forget, 512, replace=False)
+        nonmember_items = np.arange(len(plan.nonmember_data))
+        target = None
+        ks, steps_done = float("nan"), 0
+        for step in range(params.steps):
+            if step % params.check_every == 0:
+                target = torch.sort(similarities(bundle, plan.nonmember_data, plan.nonmember_captions,
+                                                 nonmember_items, device, generator)).values
+                sims = similarities(bundle, setup.train, setup.captions, probe_items, device, generator)
+                ks = float(ks_2samp(sims.numpy(), target.numpy()).statistic)
+                plan.history.append({"step": step, "ks": ks, "forget_mean_sim": float(sims.mean()),
+                                     "nonmember_mean_sim": float(target.mean())})
+            model.train()
+            loss = torch.zeros((), device=device)
+            if params.decouple != "none" and params.decouple_weight > 0:
+                f_items = rng.choice(forget, size=min(params.batch_size, len(forget)), replace=False)
+                f_sims = pair_similarity(bundle, bundle.image_batch(setup.train, f_items, device),
+                                         setup.captions.pick(f_items, generator).to(device))
+                loss = loss + params.decouple_weight * quantile_matching_loss(f_sims, target,
+                                                                              one_sided=params.decouple == "hinge")
+            if params.retain_weight > 0:
+                r_items = rng.choice(plan.retain_proxy, size=min(params.batch_size, len(plan.retain_proxy)),
+                                     replace=False)
+                r_images = bundle.image_batch(setup.train, r_items, device)
+                r_tokens = setup.captions.pick(r_items, generator).to(device)
+                loss = loss + params.retain_weight * retain_term(model, anchor, r_images, r_tokens, params.retain_loss)
+            if not loss.requires_grad:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            _restore_rows_outside(model, plan, fixed)
+            project_step(model, plan, start)
+            steps_done += 1
     model.eval()
     return {"steps": steps_done, "final_ks": ks, "history": plan.history, "displaced_blocks": len(plan.blocks)}

@@ -27,7 +27,7 @@ import torch
 
 from ease_engine.federation.training import derive_seed, gallery_contrastive_loss
 from ease_engine.linalg.subspace import orthonormal_basis
-from ease_engine.models.blocks import ParameterBlock, block_gradients
+from ease_engine.models.blocks import ParameterBlock, block_gradients, only_trainable
 from ease_engine.models.factory import ClipBundle
 from ease_engine.unlearning.base import Cost, ErasureTarget, UnlearningContext
 
@@ -55,11 +55,8 @@ def sketch_gradients(model: torch.nn.Module, blocks: list[ParameterBlock],
     wanted = sorted({b.param for b in blocks})
     if not wanted or not len(items):
         return {}
-    previous = {name: p.requires_grad for name, p in named.items()}
     sketch: dict[str, torch.Tensor] = {}
-    try:
-        for name, p in named.items():
-            p.requires_grad_(name in wanted)
+    with only_trainable(model, wanted):
         for start in range(0, len(items), CHUNK):
             losses = pair_losses(items[start: start + CHUNK])
             weights = omega[start: start + len(losses)].to(losses)
@@ -70,10 +67,21 @@ def sketch_gradients(model: torch.nn.Module, blocks: list[ParameterBlock],
                     if name not in sketch:
                         sketch[name] = torch.zeros(g.numel(), weights.shape[1])
                     sketch[name][:, j] += g
-    finally:
-        for name, p in named.items():
-            p.requires_grad_(previous[name])
     return sketch
+
+
+def gallery_features(context: UnlearningContext, bundle: ClipBundle, target: ErasureTarget,
+                     rng: np.random.Generator, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image and text features (unnormalised) of GALLERY_SIZE retained pairs drawn with ``rng`` (one caption
+    each, drawn with ``generator``): what each forget pair's loss is contrasted against."""
+    setup = context.setup
+    pool = context.retain_items(target)
+    gallery = rng.choice(pool, size=min(GALLERY_SIZE, len(pool)), replace=False)
+    bundle.model.eval()
+    with torch.no_grad():
+        images = bundle.model.encode_image(bundle.image_batch(setup.train, gallery, setup.device))
+        texts = bundle.model.encode_text(setup.captions.pick(gallery, generator).to(setup.device))
+    return images, texts
 
 
 def forget_gradient_guard(context: UnlearningContext, bundle: ClipBundle, target: ErasureTarget,
@@ -87,16 +95,11 @@ def forget_gradient_guard(context: UnlearningContext, bundle: ClipBundle, target
     device = setup.device
     generator = torch.Generator().manual_seed(derive_seed(seed, 0x6A7D))
     rng = np.random.default_rng(derive_seed(seed, 0x6A7E))
-    pool = context.retain_items(target)
-    gallery = rng.choice(pool, size=min(GALLERY_SIZE, len(pool)), replace=False)
+    g_img, g_txt = gallery_features(context, bundle, target, rng, generator)
     forget = context.forget_items(target)
     if max_pairs is not None and len(forget) > max_pairs:
         forget = np.sort(rng.choice(forget, size=max_pairs, replace=False))
     model = bundle.model
-    model.eval()
-    with torch.no_grad():
-        g_img = model.encode_image(bundle.image_batch(setup.train, gallery, device))
-        g_txt = model.encode_text(setup.captions.pick(gallery, generator).to(device))
 
     def pair_losses(items: np.ndarray) -> torch.Tensor:
         images = model.encode_image(bundle.image_batch(setup.train, items, device))

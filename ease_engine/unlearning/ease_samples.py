@@ -21,7 +21,7 @@ from ease_engine.linalg.subspace import exclusive_basis, orthonormal_basis
 from ease_engine.models.blocks import ParameterBlock, block_gradients
 from ease_engine.models.factory import ClipBundle
 from ease_engine.unlearning.base import Cost, ErasureTarget, UnlearningContext
-from ease_engine.unlearning.ease_guard import GALLERY_SIZE
+from ease_engine.unlearning.ease_guard import gallery_features
 
 
 def _block_grads(model, blocks: list[ParameterBlock]) -> dict[str, torch.Tensor]:
@@ -36,14 +36,9 @@ def per_sample_gradient_bases(context: UnlearningContext, bundle: ClipBundle, ta
     device = setup.device
     generator = torch.Generator().manual_seed(derive_seed(seed, 0x5A3))
     rng = np.random.default_rng(derive_seed(seed, 0x5A4))
-    pool = context.retain_items(target)
-    gallery = rng.choice(pool, size=min(GALLERY_SIZE, len(pool)), replace=False)
+    g_img, g_txt = (F.normalize(f, dim=-1) for f in gallery_features(context, bundle, target, rng, generator))
     model = bundle.model
-    model.eval()
     columns: dict[str, list[torch.Tensor]] = {b.name: [] for b in setup.blocks}
-    with torch.no_grad():
-        g_img = F.normalize(model.encode_image(bundle.image_batch(setup.train, gallery, device)), dim=-1)
-        g_txt = F.normalize(model.encode_text(setup.captions.pick(gallery, generator).to(device)), dim=-1)
     for i in context.forget_items(target):
         img = model.encode_image(bundle.image_batch(setup.train, np.array([i]), device))
         txt = model.encode_text(setup.captions.pick(np.array([i]), generator).to(device))
