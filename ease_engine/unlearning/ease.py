@@ -31,6 +31,10 @@ Measured, 3 seeds each, docs/ease.md "The guard, sketched": it lowers the utilit
 (largest retain/test gap 4.1 against 6.9 and 3.5 against 4.9), not on real-images (19.7 against 20.6); beside
 the anchor + contrastive repair it helps on exclusive and hurts on samples and real-images; it takes about 3.6
 times EASE's wall time on exclusive (1.6 times from 128 pairs, ``guard_pairs``): off by default.)
+The repair runs a fixed 30 steps (tuned on one seed), or, with ``repair_until = "parent_utility"``, those 30
+and on until the retained clients' held-out calibration pairs are retrieved as well as by the parent
+(``ease_repair``; docs/ease.md "The repair stops on a measure": on exclusive it closes the utility gap the fixed
+count leaves on strong seeds, at 4-5 times the wall time; off by default).
 
 Closure 3, the Forget Lock (federated update drift): per excised block the unit direction of x_f, the
 displacement along it and the erased value, saved with the version; aggregators apply it to every later
@@ -74,9 +78,11 @@ from ease_engine.federation.training import EncodedCaptions, derive_seed
 from ease_engine.linalg.forget_lock import ForgetLock
 from ease_engine.linalg.subspace import orthonormal_basis
 from ease_engine.models.blocks import ParameterBlock, read_blocks, write_blocks
+from ease_engine.models.factory import ClipBundle
 from ease_engine.unlearning.base import Cost, ErasureTarget, Timer, UnlearningContext, UnlearningOutcome
 from ease_engine.unlearning.ease_displacement import DisplacementPlan, displace, tower_of
 from ease_engine.unlearning.ease_guard import forget_gradient_guard
+from ease_engine.unlearning.ease_repair import UtilityCriterion, retained_calibration
 from ease_engine.unlearning.ease_samples import per_sample_gradient_bases, sample_exclusive_bases
 
 MIN_NONMEMBERS = 16
@@ -94,7 +100,16 @@ class EaseParams(BaseModel):
     # closure 2
     displace: bool = True
     towers: Literal["both", "image", "text"] = "both"
-    steps: int = Field(30, ge=0, description="displacement steps (the equal-tuning winner)")
+    steps: int = Field(30, ge=0, description="displacement steps (the equal-tuning winner); with repair_until = "
+                       "parent_utility the least it takes")
+    repair_until: Literal["steps", "parent_utility"] = Field(
+        "steps", description="stop the displacement after `steps` steps, or after `steps` once the retained clients' "
+        "calibration pairs are retrieved as well as by the parent (ease_repair; at most max_steps)")
+    max_steps: int = Field(120, ge=1, description="repair_until = parent_utility: the most steps it may take")
+    utility_check_every: int = Field(10, ge=1, description="repair_until = parent_utility: measure every this "
+                                     "many steps")
+    utility_tolerance: float = Field(0.0, ge=0, description="repair_until = parent_utility: stop this many points "
+                                     "of mean recall below the parent's")
     lr: float = Field(2e-3, gt=0)
     batch_size: int = Field(64, ge=2)
     retain_weight: float = Field(5.0, ge=0)
@@ -168,11 +183,18 @@ def _moving_blocks(context: UnlearningContext, params: EaseParams, directions: d
 
 
 def _plan(context: UnlearningContext, target: ErasureTarget, blocks: list[ParameterBlock], directions: dict,
-          mode: str, params: EaseParams, rng: np.random.Generator) -> DisplacementPlan:
+          mode: str, params: EaseParams, rng: np.random.Generator, parent: ClipBundle) -> DisplacementPlan:
     pool = context.retain_items(target)
     proxy = rng.choice(pool, size=min(params.retain_proxy_size, len(pool)), replace=False)
     data, captions = nonmember_reference(context, target)
-    return DisplacementPlan(blocks, directions, mode, context.forget_items(target), proxy, data, captions)
+    criterion = None
+    if params.repair_until == "parent_utility":
+        held_out = retained_calibration(context.setup.calibration, context.retained_clients(target))
+        criterion = UtilityCriterion.at_parent(parent, held_out, params.utility_tolerance,
+                                               params.utility_check_every, first=params.steps,
+                                               device=context.setup.device)
+    return DisplacementPlan(blocks, directions, mode, context.forget_items(target), proxy, data, captions,
+                            criterion=criterion)
 
 
 def _lock(directions: dict[str, torch.Tensor], before: dict, after: dict, target: ErasureTarget,
@@ -229,10 +251,12 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
                 details["guard"] = {"blocks": len(guard), "directions": sum(g.shape[1] for g in guard.values())}
             context.report_stage("displacing", 0.4)
             held_off = _joined(directions, guard) if guard else directions
-            plan = _plan(context, target, moving, held_off, mode, params, rng)
-            details["displacement"] = displace(bundle, context.fresh_bundle(), context.setup, plan, params,
-                                               generator, rng)
+            parent = context.fresh_bundle()
+            plan = _plan(context, target, moving, held_off, mode, params, rng, parent)
+            details["displacement"] = displace(bundle, parent, context.setup, plan, params, generator, rng)
             cost.client_samples += details["displacement"]["steps"] * min(params.batch_size, len(plan.forget_items))
             cost.server_samples += details["displacement"]["steps"] * min(params.batch_size, len(plan.retain_proxy))
+            if plan.criterion:  # the parent's measure and each of the repair's (forward passes, counted whole)
+                cost.server_samples += (1 + len(plan.criterion.measures)) * len(plan.criterion.data)
         lock = _lock(directions, before, read_blocks(bundle.model, blocks), target, params) if params.lock else None
     return UnlearningOutcome(bundle, cost, timer.seconds, lock=lock, details=details, ledger_debit=ledger_debit)

@@ -22,6 +22,9 @@ directions (client scope: the displacement must not put back what closure 1 took
 only the components inside the exclusive basis (samples scope with ``sample_excision = "none"``). Blocks not in
 the plan do not move (wholly exclusive blocks: excision put them exactly where a model never trained on
 the client has them).
+
+The repair runs ``steps`` steps, or (``repair_until = "parent_utility"``) those and on until the retained clients'
+held-out utility is back at the parent's, at most ``max_steps`` (``ease_repair``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from scipy.stats import ks_2samp
 from ease_engine.federation.training import EncodedCaptions, clip_loss
 from ease_engine.models.blocks import ParameterBlock, only_trainable, read_blocks
 from ease_engine.models.factory import ClipBundle
+from ease_engine.unlearning.ease_repair import UtilityCriterion
 
 
 def tower_of(block: ParameterBlock) -> str:
@@ -79,6 +83,7 @@ class DisplacementPlan:
     retain_proxy: np.ndarray  # into the training set
     nonmember_data: object  # a CaptionDataset of non-members (calibration pairs)
     nonmember_captions: EncodedCaptions
+    criterion: UtilityCriterion | None = None  # stop once the retained utility is back (else after ``steps``)
     history: list[dict] = field(default_factory=list)
 
 
@@ -155,7 +160,10 @@ def displace(bundle: ClipBundle, anchor: ClipBundle, setup, plan: DisplacementPl
         nonmember_items = np.arange(len(plan.nonmember_data))
         target = None
         ks, steps_done = float("nan"), 0
-        for step in range(params.steps):
+        criterion = plan.criterion
+        for step in range(params.max_steps if criterion else params.steps):
+            if criterion and criterion.due(step) and criterion.reached(bundle, step):
+                break
             if step % params.check_every == 0:
                 target = torch.sort(similarities(bundle, plan.nonmember_data, plan.nonmember_captions,
                                                  nonmember_items, device, generator)).values
@@ -185,5 +193,10 @@ def displace(bundle: ClipBundle, anchor: ClipBundle, setup, plan: DisplacementPl
             _restore_rows_outside(model, plan, fixed)
             project_step(model, plan, start)
             steps_done += 1
+        if criterion and (not criterion.measures or criterion.measures[-1]["step"] != steps_done):
+            criterion.reached(bundle, steps_done)  # where the repair ended, for the record
     model.eval()
-    return {"steps": steps_done, "final_ks": ks, "history": plan.history, "displaced_blocks": len(plan.blocks)}
+    result = {"steps": steps_done, "final_ks": ks, "history": plan.history, "displaced_blocks": len(plan.blocks)}
+    if criterion:
+        result["repair_criterion"] = criterion.summary()
+    return result
