@@ -36,6 +36,7 @@ from pathlib import Path
 from ease_engine.atomic import write_json
 from ease_engine.federation.data_cache import FederationDataCache
 from ease_engine.unlearning import UnlearningContext
+from ease_engine.unlearning.ease import EaseParams
 from lethe_bench.machine import describe as describe_machine
 from lethe_bench.markdown import replace_section, table
 from lethe_bench.measure import Bench
@@ -49,6 +50,7 @@ from lethe_bench.summary import R1, avg_gap, summarise_scenario, verdict_counts
 from lethe_bench.unlearning import results_lock
 from lethe_format import layout
 
+EASE_DEFAULTS = EaseParams.model_fields
 VARIANTS: list[Row] = [
     Row("ease", "ease"),
     Row("ease, contrastive repair", "ease", {"retain_loss": "contrastive"}),
@@ -207,7 +209,8 @@ def write_results(json_path: Path, docs: Path, measured: dict[str, dict]) -> Non
             "baseline with its verdicts (an Avg. Gap over Recall@1 alone does not see the concept probe). The "
             "variants are not tuned: every one keeps EASE's other defaults (30 steps, lr 2e-3, retain weight 5, "
             "which were tuned with the anchor term); the rows that repair on to the parent's utility take between "
-            "30 and 120 steps, as their criterion decides.\n\n"
+            f"{EASE_DEFAULTS['steps'].default} and {EASE_DEFAULTS['max_steps'].default} steps, as their criterion "
+            "decides.\n\n"
             + table(["scenario", "variant", "Avg. Gap", "forget |gap|", "retain/test |gap|", "probe |gap|",
                      "speed-up (wall)", "pairs processed, retrain / variant", "verdicts",
                      "seeds closer to retrain than ease", "at or below every baseline (best)"], rows) + "\n")

@@ -31,8 +31,8 @@ Measured, 3 seeds each, docs/ease.md "The guard, sketched": it lowers the utilit
 (largest retain/test gap 4.1 against 6.9 and 3.5 against 4.9), not on real-images (19.7 against 20.6); beside
 the anchor + contrastive repair it helps on exclusive and hurts on samples and real-images; it takes about 3.6
 times EASE's wall time on exclusive (1.6 times from 128 pairs, ``guard_pairs``): off by default.)
-The repair runs a fixed 30 steps (tuned on one seed), or, with ``repair_until = "parent_utility"``, those 30
-and on until the retained clients' held-out calibration pairs are retrieved as well as by the parent
+The repair runs the tuned ``steps`` (tuned on one seed), or, with ``repair_until = "parent_utility"``, those and
+on, at most ``max_steps``, until the retained clients' held-out calibration pairs are retrieved as well as by the parent
 (``ease_repair``; docs/ease.md "The repair stops on a measure": on exclusive it closes the utility gap the fixed
 count leaves on strong seeds, at 4-5 times the wall time; off by default).
 
@@ -73,6 +73,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ease_engine.data.dataset import CaptionDataset
 from ease_engine.federation.exclusive import ExclusiveContribution
 from ease_engine.federation.training import EncodedCaptions, derive_seed
 from ease_engine.linalg.forget_lock import ForgetLock
@@ -82,7 +83,7 @@ from ease_engine.models.factory import ClipBundle
 from ease_engine.unlearning.base import Cost, ErasureTarget, Timer, UnlearningContext, UnlearningOutcome
 from ease_engine.unlearning.ease_displacement import DisplacementPlan, displace, tower_of
 from ease_engine.unlearning.ease_guard import forget_gradient_guard
-from ease_engine.unlearning.ease_repair import UtilityCriterion, retained_calibration
+from ease_engine.unlearning.ease_repair import UtilityCriterion, require_measurable, retained_calibration
 from ease_engine.unlearning.ease_samples import per_sample_gradient_bases, sample_exclusive_bases
 
 MIN_NONMEMBERS = 16
@@ -149,6 +150,13 @@ class EaseParams(BaseModel):
             raise ValueError("guard_pairs sets how many forget pairs the guard uses; set guard_rank > 0 too")
         return self
 
+    @model_validator(mode="after")
+    def _criterion_extends_the_tuned_steps(self) -> EaseParams:
+        if self.repair_until == "parent_utility" and not 1 <= self.steps <= self.max_steps:
+            raise ValueError(f"repair_until = 'parent_utility' takes the tuned steps first and then at most max_steps "
+                             f"in all: set 1 <= steps <= max_steps (steps {self.steps}, max_steps {self.max_steps})")
+        return self
+
 
 # ---------------------------------------------------------------------- helpers
 def _unit_columns(parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -183,18 +191,26 @@ def _moving_blocks(context: UnlearningContext, params: EaseParams, directions: d
 
 
 def _plan(context: UnlearningContext, target: ErasureTarget, blocks: list[ParameterBlock], directions: dict,
-          mode: str, params: EaseParams, rng: np.random.Generator, parent: ClipBundle) -> DisplacementPlan:
+          mode: str, params: EaseParams, rng: np.random.Generator, parent: ClipBundle,
+          yardstick: CaptionDataset | None) -> DisplacementPlan:
     pool = context.retain_items(target)
     proxy = rng.choice(pool, size=min(params.retain_proxy_size, len(pool)), replace=False)
     data, captions = nonmember_reference(context, target)
-    criterion = None
-    if params.repair_until == "parent_utility":
-        held_out = retained_calibration(context.setup.calibration, context.retained_clients(target))
-        criterion = UtilityCriterion.at_parent(parent, held_out, params.utility_tolerance,
-                                               params.utility_check_every, first=params.steps,
-                                               device=context.setup.device)
+    criterion = None if yardstick is None else UtilityCriterion.at_parent(
+        parent, yardstick, params.utility_tolerance, params.utility_check_every, first=params.steps,
+        device=context.setup.device)
     return DisplacementPlan(blocks, directions, mode, context.forget_items(target), proxy, data, captions,
                             criterion=criterion)
+
+
+def _yardstick(context: UnlearningContext, target: ErasureTarget, params: EaseParams) -> CaptionDataset | None:
+    """What ``repair_until = "parent_utility"`` measures: the retained clients' calibration pairs (refused before
+    anything is computed when there are too few)."""
+    if params.repair_until != "parent_utility" or not params.displace:
+        return None
+    held_out = retained_calibration(context.setup.calibration, context.retained_clients(target))
+    require_measurable(held_out)
+    return held_out
 
 
 def _lock(directions: dict[str, torch.Tensor], before: dict, after: dict, target: ErasureTarget,
@@ -216,6 +232,7 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
     guard: dict[str, torch.Tensor] = {}
     generator = torch.Generator().manual_seed(derive_seed(params.seed, 0xEA5E))
     rng = np.random.default_rng(derive_seed(params.seed, 0xD15))
+    yardstick = _yardstick(context, target, params)
     with Timer() as timer:
         bundle = context.fresh_bundle()
         blocks = context.setup.blocks
@@ -252,11 +269,12 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
             context.report_stage("displacing", 0.4)
             held_off = _joined(directions, guard) if guard else directions
             parent = context.fresh_bundle()
-            plan = _plan(context, target, moving, held_off, mode, params, rng, parent)
+            plan = _plan(context, target, moving, held_off, mode, params, rng, parent, yardstick)
             details["displacement"] = displace(bundle, parent, context.setup, plan, params, generator, rng)
             cost.client_samples += details["displacement"]["steps"] * min(params.batch_size, len(plan.forget_items))
             cost.server_samples += details["displacement"]["steps"] * min(params.batch_size, len(plan.retain_proxy))
-            if plan.criterion:  # the parent's measure and each of the repair's (forward passes, counted whole)
+            if plan.criterion:  # the parent's measure and each of the repair's, the last one included: the images
+                # encoded, each counted as a pair processed (their captions and the KS checks are not counted)
                 cost.server_samples += (1 + len(plan.criterion.measures)) * len(plan.criterion.data)
         lock = _lock(directions, before, read_blocks(bundle.model, blocks), target, params) if params.lock else None
     return UnlearningOutcome(bundle, cost, timer.seconds, lock=lock, details=details, ledger_debit=ledger_debit)

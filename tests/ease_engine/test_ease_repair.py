@@ -7,10 +7,12 @@ import pytest
 from ease_engine.data.dataset import NO_CLIENT
 from ease_engine.models.blocks import read_blocks
 from ease_engine.unlearning import ErasureTarget, UnlearningContext, ease, ease_repair
+from ease_engine.unlearning.base import UnlearningError
 from ease_engine.unlearning.ease import EaseParams
 from ease_engine.unlearning.ease_repair import RepairCriterionError, UtilityCriterion, retained_calibration
 
-FAST = {"batch_size": 8, "retain_proxy_size": 16, "steps": 10, "utility_check_every": 10, "max_steps": 40}
+# distinct numbers, so that wiring one where another belongs shows (and the last step is off the measure grid)
+FAST = {"batch_size": 8, "retain_proxy_size": 16, "steps": 10, "utility_check_every": 15, "max_steps": 50}
 
 
 @pytest.fixture(scope="module")
@@ -41,23 +43,24 @@ def test_the_target_is_the_parents_measure_less_the_tolerance(context):
 
 def test_too_few_held_out_pairs_are_refused_with_what_to_do(context):
     data = context.setup.calibration.subset(np.arange(ease_repair.MIN_PAIRS - 1), name="few")
-    with pytest.raises(RepairCriterionError, match="client_fraction or use repair_until = 'steps'"):
+    with pytest.raises(RepairCriterionError, match="set repair_until = 'steps', or train the federation"):
         UtilityCriterion.at_parent(context.fresh_bundle(), data, tolerance=0, every=5)
 
 
-def _scripted(monkeypatch, values: list[float]) -> list[int]:
-    """``mean_recall`` answers ``values`` in turn (the parent's first); returns the number of calls made."""
-    calls: list[int] = []
+def _scripted(monkeypatch, values: list[float]) -> list[np.ndarray]:
+    """``mean_recall`` answers ``values`` in turn (the parent's first); returns the owners of the pairs measured,
+    one array per call."""
+    calls: list[np.ndarray] = []
 
     def fake(bundle, data, device):
-        calls.append(1)
+        calls.append(np.asarray(data.client_ids))
         return values[min(len(calls), len(values)) - 1]
 
     monkeypatch.setattr(ease_repair, "mean_recall", fake)
     return calls
 
 
-def _excised_and_final(context, monkeypatch, **params):
+def _excised_and_final(context, monkeypatch, target=ErasureTarget(0), **params):
     seen = {}
     displace = ease.displace
 
@@ -67,19 +70,44 @@ def _excised_and_final(context, monkeypatch, **params):
         return displace(bundle, anchor, setup, plan, *args)
 
     monkeypatch.setattr(ease, "displace", capture)
-    outcome = ease.unlearn(context, ErasureTarget(0), EaseParams(**(FAST | params)))
+    outcome = ease.unlearn(context, target, EaseParams(**(FAST | params)))
     return outcome, seen["start"], read_blocks(outcome.bundle.model, seen["plan"].blocks)
 
 
 def test_after_its_steps_the_repair_stops_at_the_first_measure_that_reaches_the_parent(context, monkeypatch):
-    # parent 50; measured after step 10, 20, 30: 20, 49.9, 50 -> stops after 30 steps
-    _scripted(monkeypatch, [50.0, 20.0, 49.9, 50.0, 0.0])
+    # parent 50; measured after step 10, 25, 40: 20, 49.9, 50 -> stops after 40 steps
+    calls = _scripted(monkeypatch, [50.0, 20.0, 49.9, 50.0, 0.0])
     outcome, _, _ = _excised_and_final(context, monkeypatch, repair_until="parent_utility")
     displacement = outcome.details["displacement"]
-    assert displacement["steps"] == 30
+    assert displacement["steps"] == 40
     record = displacement["repair_criterion"]
-    assert record["reached"] and record["target_mean_recall"] == 50.0
-    assert [m["step"] for m in record["measures"]] == [10, 20, 30]
+    assert record["reached"] and record["target_mean_recall"] == record["parent_mean_recall"] == 50.0
+    assert [m["step"] for m in record["measures"]] == [10, 25, 40]
+    assert [m["reached"] for m in record["measures"]] == [False, False, True]
+    # every measure (the parent's too) is on the retained clients' calibration pairs, all of them
+    retained = retained_calibration(context.setup.calibration, context.retained_clients(ErasureTarget(0)))
+    assert record["pairs"] == len(retained) and len(calls) == 4
+    assert all(set(owners.tolist()) == set(context.retained_clients(ErasureTarget(0))) for owners in calls)
+    # the cost counts the repair's steps and every image the measures encoded
+    proxy = min(FAST["batch_size"], FAST["retain_proxy_size"])
+    assert outcome.cost.server_samples == 40 * proxy + 4 * len(retained)
+
+
+def test_the_tolerance_lowers_the_target(context, monkeypatch):
+    _scripted(monkeypatch, [50.0, 47.5])
+    outcome, _, _ = _excised_and_final(context, monkeypatch, repair_until="parent_utility", utility_tolerance=2.5)
+    record = outcome.details["displacement"]["repair_criterion"]
+    assert record["target_mean_recall"] == 47.5 and record["reached"]
+    assert outcome.details["displacement"]["steps"] == FAST["steps"]
+
+
+def test_samples_scope_measures_every_clients_calibration_pairs(context, monkeypatch):
+    """A data subject's client stays: its held-out pairs (never the subject's, which are training pairs) count."""
+    calls = _scripted(monkeypatch, [50.0, 50.0])
+    items = context.setup.client_items(0)[:8]
+    subject = ErasureTarget(0, pair_ids=tuple(context.setup.train.pair_ids[i] for i in items))
+    _excised_and_final(context, monkeypatch, target=subject, repair_until="parent_utility")
+    assert set(calls[0].tolist()) == set(context.retained_clients(subject)) and 0 in calls[0]
 
 
 def test_a_repair_that_never_gets_there_stops_at_max_steps(context, monkeypatch):
@@ -88,17 +116,37 @@ def test_a_repair_that_never_gets_there_stops_at_max_steps(context, monkeypatch)
     record = outcome.details["displacement"]["repair_criterion"]
     assert outcome.details["displacement"]["steps"] == FAST["max_steps"]
     assert not record["reached"]
-    assert [m["step"] for m in record["measures"]] == [10, 20, 30, 40]  # where it ended is on record
+    assert [m["step"] for m in record["measures"]] == [10, 25, 40, 50]  # where it ended is on record
 
 
-def test_the_criterion_never_cuts_the_tuned_steps_short(context, monkeypatch):
+def test_the_criterion_never_cuts_the_tuned_steps_short_nor_changes_them(context, monkeypatch):
     """A model the measure finds at the parent's level before any repair (held-out retrieval near chance for
-    every model) still gets the tuned steps: the criterion only extends the repair."""
+    every model) still gets the tuned steps, exactly as without the criterion: the measures draw no random numbers
+    and leave the model as they found it."""
     calls = _scripted(monkeypatch, [50.0, 50.0])
-    outcome, start, after = _excised_and_final(context, monkeypatch, repair_until="parent_utility")
+    outcome, _, measured = _excised_and_final(context, monkeypatch, repair_until="parent_utility")
     assert outcome.details["displacement"]["steps"] == FAST["steps"]
     assert len(calls) == 2  # the parent, then once after the tuned steps
-    assert any(not np.array_equal(start[name].numpy(), after[name].numpy()) for name in start)
+    _, _, fixed = _excised_and_final(context, monkeypatch)
+    assert all(np.array_equal(measured[name].numpy(), fixed[name].numpy()) for name in fixed)
+
+
+def test_settings_that_would_cut_the_tuned_steps_are_refused():
+    with pytest.raises(ValueError, match="1 <= steps <= max_steps"):
+        EaseParams(repair_until="parent_utility", steps=30, max_steps=20)
+    with pytest.raises(ValueError, match="1 <= steps <= max_steps"):
+        EaseParams(repair_until="parent_utility", steps=0)
+    EaseParams(steps=0)  # without the criterion no displacement is a setting of its own (an ablation)
+
+
+def test_too_few_pairs_are_refused_before_anything_is_computed(context, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("excision ran before the refusal")
+
+    monkeypatch.setattr(ease_repair, "MIN_PAIRS", 10_000)
+    monkeypatch.setattr(ease.ExclusiveContribution, "from_ledger", never)
+    with pytest.raises(UnlearningError, match="set repair_until = 'steps'"):
+        ease.unlearn(context, ErasureTarget(0), EaseParams(**FAST, repair_until="parent_utility"))
 
 
 def test_fixed_steps_ignore_the_criterion(context, monkeypatch):
