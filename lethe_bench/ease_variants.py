@@ -8,9 +8,10 @@ retrain reference, which spends none of its capacity on the erased client, can b
 the retained clients' data (real images). The variants here learn the retained pairs instead
 (``contrastive``: the CLIP loss, the retrain's own objective) or do both, and, as the floor, skip the repair.
 A last variant keeps the default repair but also holds the displacement off the forget pairs' leading
-gradient directions (``guard_rank``), against a repair that teaches the erased concept again. The last two
-run the repair until the retained clients' held-out recall is back at the parent's (``repair_until``) instead
-of stopping after its 30 steps.
+gradient directions (``guard_rank``), against a repair that teaches the erased concept again. The last three
+run the repair on, after its tuned steps, until the retained clients' held-out recall is back at the parent's
+(``repair_until``). Wall-time speed-ups depend on what else ran on the machine (the 2026-12-05 entries ran
+beside two or three other jobs on two cores): compare the pairs processed.
 
 Each variant is a row like the benchmark's (``lethe_bench.rows.Row``), run on the benchmark's references
 (trained, or found in its cache) and judged on the same audit split, summarised over seeds by the
