@@ -64,24 +64,25 @@ def retained_calibration(calibration: CaptionDataset, retained_clients: list[int
 
 @dataclass
 class UtilityCriterion:
-    """Stop the repair once the model's mean recall on ``data`` reaches ``target``."""
+    """Stop the repair once the model's mean recall on ``data`` reaches the parent's less ``tolerance``."""
 
     data: CaptionDataset
-    target: float
+    parent_value: float  # the parent's mean recall on ``data``
+    tolerance: float
     every: int
     first: int = 0  # the first step measured (the tuned step count)
     device: str = "cpu"
     measures: list[dict] = field(default_factory=list)
-    parent_value: float = float("nan")
 
     @classmethod
     def at_parent(cls, parent: ClipBundle, data: CaptionDataset, tolerance: float, every: int, first: int = 0,
                   device: str = "cpu") -> UtilityCriterion:
         require_measurable(data)
-        parent_value = mean_recall(parent, data, device)
-        criterion = cls(data, parent_value - tolerance, every, first, device)
-        criterion.parent_value = parent_value
-        return criterion
+        return cls(data, mean_recall(parent, data, device), tolerance, every, first, device)
+
+    @property
+    def target(self) -> float:
+        return self.parent_value - self.tolerance
 
     def due(self, step: int) -> bool:
         return step >= self.first and (step - self.first) % self.every == 0
@@ -89,8 +90,9 @@ class UtilityCriterion:
     def reached(self, bundle: ClipBundle, step: int) -> bool:
         """Measure ``bundle`` now (recorded in ``measures``); True when it is at or above the target."""
         value = mean_recall(bundle, self.data, self.device)
-        self.measures.append({"step": step, "mean_recall": round(value, 3), "reached": value >= self.target})
-        return value >= self.target
+        reached = value >= self.target
+        self.measures.append({"step": step, "mean_recall": round(value, 3), "reached": reached})
+        return reached
 
     def summary(self) -> dict:
         return {"parent_mean_recall": round(self.parent_value, 3), "target_mean_recall": round(self.target, 3),
