@@ -35,7 +35,9 @@ The repair runs the tuned ``steps`` (tuned on one seed), or, with ``repair_until
 on, at most ``max_steps``, until the retained clients' held-out calibration pairs are retrieved as well as by the parent
 (``ease_repair``; docs/ease.md "The repair stops on a measure": on exclusive it closes the utility gap the fixed
 count leaves on strong seeds, at 3.4-4.1 times the wall time, and re-teaches the forget pairs where they are
-ordinary data (dirichlet, samples); off by default).
+ordinary data (dirichlet, samples)). By default (``repair_until = "auto"``) the ledger chooses: on to the parent's
+utility where a block is wholly exclusive to the erased client (it held knowledge no retained client's data has),
+the tuned steps elsewhere (docs/ease.md "The ledger chooses when the repair stops").
 
 Closure 3, the Forget Lock (federated update drift): per excised block the unit direction of x_f, the
 displacement along it and the erased value, saved with the version; aggregators apply it to every later
@@ -84,7 +86,12 @@ from ease_engine.models.factory import ClipBundle
 from ease_engine.unlearning.base import Cost, ErasureTarget, Timer, UnlearningContext, UnlearningOutcome
 from ease_engine.unlearning.ease_displacement import DisplacementPlan, displace, tower_of
 from ease_engine.unlearning.ease_guard import forget_gradient_guard
-from ease_engine.unlearning.ease_repair import UtilityCriterion, require_measurable, retained_calibration
+from ease_engine.unlearning.ease_repair import (
+    UtilityCriterion,
+    auto_stop,
+    require_measurable,
+    retained_calibration,
+)
 from ease_engine.unlearning.ease_samples import per_sample_gradient_bases, sample_exclusive_bases
 
 MIN_NONMEMBERS = 16
@@ -104,10 +111,12 @@ class EaseParams(BaseModel):
     towers: Literal["both", "image", "text"] = "both"
     steps: int = Field(30, ge=0, description="displacement steps (the equal-tuning winner); with repair_until = "
                        "parent_utility the least it takes")
-    repair_until: Literal["steps", "parent_utility"] = Field(
-        "steps", description="stop the displacement after `steps` steps, or after `steps` once the retained clients' "
-        "calibration pairs are retrieved as well as by the parent (ease_repair; at most max_steps)")
-    max_steps: int = Field(120, ge=1, description="repair_until = parent_utility: the most steps it may take")
+    repair_until: Literal["auto", "steps", "parent_utility"] = Field(
+        "auto", description="stop the displacement after `steps` steps, or after `steps` once the retained clients' "
+        "calibration pairs are retrieved as well as by the parent (ease_repair; at most max_steps), or (auto) let the "
+        "ledger choose: the parent's utility where a block is wholly exclusive to the erased client, else the steps")
+    max_steps: int = Field(120, ge=1, description="repair_until = parent_utility (or auto choosing it): the most "
+                           "steps it may take")
     utility_check_every: int = Field(10, ge=1, description="repair_until = parent_utility: measure every this "
                                      "many steps")
     utility_tolerance: float = Field(0.0, ge=0, description="repair_until = parent_utility: stop this many points "
@@ -204,14 +213,28 @@ def _plan(context: UnlearningContext, target: ErasureTarget, blocks: list[Parame
                             criterion=criterion)
 
 
+def _held_out(context: UnlearningContext, target: ErasureTarget) -> CaptionDataset:
+    return retained_calibration(context.setup.calibration, context.retained_clients(target))
+
+
 def _yardstick(context: UnlearningContext, target: ErasureTarget, params: EaseParams) -> CaptionDataset | None:
     """What ``repair_until = "parent_utility"`` measures: the retained clients' calibration pairs (refused before
-    anything is computed when there are too few)."""
+    anything is computed when there are too few). ``auto`` is decided once the ledger is read (``_auto_yardstick``)."""
     if params.repair_until != "parent_utility" or not params.displace:
         return None
-    held_out = retained_calibration(context.setup.calibration, context.retained_clients(target))
+    held_out = _held_out(context, target)
     require_measurable(held_out)
     return held_out
+
+
+def _auto_yardstick(context: UnlearningContext, target: ErasureTarget, params: EaseParams,
+                    wholly_exclusive: frozenset[str]) -> tuple[CaptionDataset | None, dict]:
+    """``repair_until = "auto"``: the yardstick where the ledger shows a block wholly exclusive to the erased client
+    (``ease_repair.auto_stop``), else None; and the choice with its reason, for the record."""
+    held_out = _held_out(context, target) if wholly_exclusive and target.scope == "client" else None
+    on, why = auto_stop(target.scope, len(wholly_exclusive), params.steps, params.max_steps,
+                        0 if held_out is None else len(held_out))
+    return (held_out if on else None), {"requested": "auto", "until": "parent_utility" if on else "steps", "why": why}
 
 
 def _lock(directions: dict[str, torch.Tensor], before: dict, after: dict, target: ErasureTarget,
@@ -244,6 +267,8 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
             details["angles"] = {"principal_angles_deg": exclusive.angles_deg, **exclusive.summary()}
             directions = _unit_columns(exclusive.parts)
             frozen = exclusive.wholly_exclusive if params.freeze_wholly_exclusive else frozenset()
+            if params.repair_until == "auto" and params.displace:
+                yardstick, details["repair"] = _auto_yardstick(context, target, params, exclusive.wholly_exclusive)
             if params.excise and exclusive.parts:
                 values = {name: value - params.excise_fraction * exclusive.parts[name].to(value)
                           if name in exclusive.parts else value for name, value in before.items()}
@@ -261,6 +286,8 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
             details["angles"] = {"principal_angles_deg": [round(a, 3) for a in angles],
                                  "exclusive_blocks": len(directions), "wholly_exclusive_blocks": []}
             frozen, mode = frozenset(), "onto"
+            if params.repair_until == "auto" and params.displace:
+                yardstick, details["repair"] = _auto_yardstick(context, target, params, frozenset())
         if params.displace and params.steps and directions:
             moving = _moving_blocks(context, params, directions, mode, frozen)
             if params.guard_rank and mode == "off":  # the guard is computed at the excised model

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from ease_engine.data.dataset import NO_CLIENT
+from ease_engine.federation.exclusive import ExclusiveContribution
 from ease_engine.models.blocks import read_blocks
 from ease_engine.unlearning import ErasureTarget, UnlearningContext, ease, ease_repair
 from ease_engine.unlearning.base import UnlearningError
@@ -127,7 +128,7 @@ def test_the_criterion_never_cuts_the_tuned_steps_short_nor_changes_them(context
     outcome, _, measured = _excised_and_final(context, monkeypatch, repair_until="parent_utility")
     assert outcome.details["displacement"]["steps"] == FAST["steps"]
     assert len(calls) == 2  # the parent, then once after the tuned steps
-    _, _, fixed = _excised_and_final(context, monkeypatch)
+    _, _, fixed = _excised_and_final(context, monkeypatch, repair_until="steps")
     assert all(np.array_equal(measured[name].numpy(), fixed[name].numpy()) for name in fixed)
 
 
@@ -151,7 +152,7 @@ def test_too_few_pairs_are_refused_before_anything_is_computed(context, monkeypa
 
 def test_fixed_steps_ignore_the_criterion(context, monkeypatch):
     calls = _scripted(monkeypatch, [0.0, 0.0])
-    outcome, start, after = _excised_and_final(context, monkeypatch, steps=3)
+    outcome, start, after = _excised_and_final(context, monkeypatch, steps=3, repair_until="steps")
     assert outcome.details["displacement"]["steps"] == 3 and not calls
     assert "repair_criterion" not in outcome.details["displacement"]
     assert any(not np.array_equal(start[name].numpy(), after[name].numpy()) for name in start)
@@ -166,3 +167,62 @@ def test_measured_on_the_real_model_the_record_is_consistent(context):
     if displacement["steps"] < FAST["max_steps"]:  # stopped early: because the target was reached
         assert values[-1] >= record["target_mean_recall"] and record["reached"]
     assert all(v < record["target_mean_recall"] for v in values[:-1])  # it did not run past a reached target
+
+
+# ---------------------------------------------------------------- repair_until = "auto": the ledger chooses
+def test_auto_goes_on_only_for_a_client_erasure_with_a_wholly_exclusive_block_and_enough_to_measure():
+    on, why = ease_repair.auto_stop("client", 1, steps=30, max_steps=120, yardstick_pairs=200)
+    assert on and "1 block(s) wholly exclusive" in why and "200 retained calibration pairs" in why
+    for args, reason in [(("samples", 3, 30, 120, 200), "samples scope"),
+                         (("client", 0, 30, 120, 200), "no block is wholly exclusive"),
+                         (("client", 2, 120, 120, 200), "nothing to extend"),
+                         (("client", 2, 0, 120, 200), "nothing to extend"),
+                         (("client", 2, 30, 120, ease_repair.MIN_PAIRS - 1), "retained calibration pairs")]:
+        on, why = ease_repair.auto_stop(*args)
+        assert not on and reason in why, args
+
+
+def _wholly_exclusive(context, client: int) -> frozenset[str]:
+    return ExclusiveContribution.from_ledger(context.ledger, client, EaseParams().retained_energy).wholly_exclusive
+
+
+def test_auto_is_the_default_and_goes_on_where_the_erased_client_alone_moved_a_block(context, monkeypatch):
+    assert EaseParams().repair_until == "auto"
+    assert _wholly_exclusive(context, 0)  # client 0 alone uses the word "purple": its row no one else moved
+    calls = _scripted(monkeypatch, [50.0, 20.0, 50.0])
+    outcome, _, auto = _excised_and_final(context, monkeypatch)
+    assert outcome.details["repair"]["until"] == "parent_utility"
+    assert outcome.details["displacement"]["steps"] == 25 and len(calls) == 3
+    _scripted(monkeypatch, [50.0, 20.0, 50.0])
+    _, _, explicit = _excised_and_final(context, monkeypatch, repair_until="parent_utility")
+    assert all(np.array_equal(auto[name].numpy(), explicit[name].numpy()) for name in explicit)
+
+
+def test_auto_keeps_the_tuned_steps_where_no_block_is_wholly_exclusive(context, monkeypatch):
+    shared = [k for k in context.retained_clients(ErasureTarget(0)) if not _wholly_exclusive(context, k)]
+    assert shared  # a client whose every block another client moved too
+    target = ErasureTarget(shared[0])
+    calls = _scripted(monkeypatch, [50.0, 0.0])  # a criterion would run to max_steps on this script
+    outcome, _, auto = _excised_and_final(context, monkeypatch, target=target)
+    assert outcome.details["repair"]["until"] == "steps" and "no block is wholly exclusive" in \
+        outcome.details["repair"]["why"]
+    assert outcome.details["displacement"]["steps"] == FAST["steps"] and not calls
+    _, _, fixed = _excised_and_final(context, monkeypatch, target=target, repair_until="steps")
+    assert all(np.array_equal(auto[name].numpy(), fixed[name].numpy()) for name in fixed)
+
+
+def test_auto_keeps_the_tuned_steps_for_a_data_subject(context, monkeypatch):
+    calls = _scripted(monkeypatch, [50.0, 0.0])
+    items = context.setup.client_items(0)[:8]
+    subject = ErasureTarget(0, pair_ids=tuple(context.setup.train.pair_ids[i] for i in items))
+    outcome, _, _ = _excised_and_final(context, monkeypatch, target=subject)
+    assert outcome.details["repair"]["until"] == "steps" and "samples scope" in outcome.details["repair"]["why"]
+    assert outcome.details["displacement"]["steps"] == FAST["steps"] and not calls
+
+
+def test_auto_with_too_few_pairs_falls_back_to_the_steps_instead_of_refusing(context, monkeypatch):
+    calls = _scripted(monkeypatch, [50.0, 0.0])
+    monkeypatch.setattr(ease_repair, "MIN_PAIRS", 10_000)
+    outcome, _, _ = _excised_and_final(context, monkeypatch)
+    assert outcome.details["repair"]["until"] == "steps" and not calls
+    assert outcome.details["displacement"]["steps"] == FAST["steps"]
