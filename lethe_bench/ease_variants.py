@@ -53,7 +53,9 @@ from lethe_format import layout
 
 EASE_DEFAULTS = EaseParams.model_fields
 VARIANTS: list[Row] = [
-    Row("ease", "ease"),
+    Row("ease", "ease"),  # the defaults in code (before 2026-12-05 the repair always stopped after the tuned steps)
+    # the repair stops after the tuned steps whatever the ledger shows (the default until repair_until = "auto")
+    Row("ease, tuned steps only", "ease", {"repair_until": "steps"}),
     Row("ease, contrastive repair", "ease", {"retain_loss": "contrastive"}),
     Row("ease, anchor + contrastive repair", "ease", {"retain_loss": "both"}),
     Row("ease w/o displacement", "ease", {"displace": False}),  # no repair at all: where excision leaves it
