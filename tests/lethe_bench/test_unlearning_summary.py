@@ -41,6 +41,27 @@ def test_means_spreads_and_gaps():
     assert summary["gate_cases"]["ease"] == "pass" and summary["gate_cases_by_seed"]["ease"][2] == "inconclusive"
 
 
+def test_the_per_seed_gap_does_not_let_one_seeds_overshoot_cancel_anothers_shortfall():
+    # ease 5 above its retrain on seed 0 and 5 below on seed 1: the seed means coincide, the seeds do not
+    runs = [_run(0, 10.0, 15.0), _run(1, 20.0, 15.0)]
+    ease = summarise_scenario(runs)["methods"]["ease"]
+    assert ease["avg_gap"] == pytest.approx(0.0)  # the Avg. Gap of the means sees nothing
+    assert ease["per_seed_gap"]["mean"] == pytest.approx(5.0 * 2 / 6) and ease["per_seed_gap"]["std"] == 0.0
+    assert summarise_scenario(runs)["methods"]["retrain"]["per_seed_gap"] is None
+    faithful = summarise_scenario([_run(0, 10.0, 10.0), _run(1, 20.0, 20.0)])["methods"]["ease"]
+    assert faithful["per_seed_gap"]["mean"] == 0.0  # the good case: at each seed's retrain
+
+
+def test_the_bars_compare_per_seed_gaps_with_the_best_baseline_and_say_when_rows_predate_them():
+    from lethe_bench.unlearning import bars
+
+    summary = summarise_scenario([_run(0, 10.0, 15.0), _run(1, 20.0, 15.0)])
+    assert "| 1.67 / 7.67 (finetune) |" in bars({"exclusive": summary})  # finetune: (28 + 18) / 2 x 2 / 6
+    for method in summary["methods"].values():
+        method.pop("per_seed_gap")  # a scenario written before the figure was recorded
+    assert bars({"exclusive": summary}).splitlines()[2].endswith("| - |")
+
+
 def test_tables_render_every_method_and_case():
     summary = summarise_scenario([_run(0, 10.0, 11.0), _run(1, 12.0, 12.0)])
     text = scenario_table("exclusive", summary)
