@@ -48,6 +48,18 @@ class ErasureResult:
     version_dir: Path | None
 
 
+def repair_record(details: dict) -> dict:
+    """How the method's repair stopped, for the manifest (EASE): when it was to stop and why (with ``repair_until =
+    auto`` the ledger's choice), the steps it took and, where it measured the retained utility, each measure."""
+    if "repair" not in details:
+        return {}
+    displacement = details.get("displacement") or {}
+    record = {**details["repair"], "steps": displacement.get("steps", 0)}
+    if "repair_criterion" in displacement:
+        record["criterion"] = displacement["repair_criterion"]
+    return {"repair": record}
+
+
 def probe_for(context: UnlearningContext, target: ErasureTarget) -> tuple[str, str] | None:
     """The concept probe for a client that owns an exclusive concept (``scenes`` partitions)."""
     owners = context.config.partition.owners if context.config.partition.kind == "exclusive" else {}
@@ -189,6 +201,7 @@ def write_erased_version(
             "cost": outcome.cost.__dict__,
             **({"inherited_lock_interventions": outcome.details["inherited_lock_interventions"]}
                if "inherited_lock_interventions" in outcome.details else {}),
+            **repair_record(outcome.details),
             "gates_passed": report.passed,
         }
         manifest = build_manifest(directory_digests(tmp), {"name": parent_dir.name, "content_hash": parent_hash},

@@ -257,6 +257,9 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
     generator = torch.Generator().manual_seed(derive_seed(params.seed, 0xEA5E))
     rng = np.random.default_rng(derive_seed(params.seed, 0xD15))
     yardstick = _yardstick(context, target, params)
+    if params.displace and params.repair_until != "auto":
+        details["repair"] = {"requested": params.repair_until, "until": params.repair_until,
+                             "why": "set in the erasure's parameters"}
     with Timer() as timer:
         bundle = context.fresh_bundle()
         blocks = context.setup.blocks

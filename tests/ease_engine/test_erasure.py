@@ -45,6 +45,10 @@ def test_erased_version_is_complete_and_chained(gate_versions, client_erasure):
     assert manifest["files"] == hashed_files(directory_digests(out))
     assert manifest["content_hash"] == content_hash(directory_digests(out))
     assert manifest["erasure"]["method"] == "ease" and manifest["erasure"]["client"] == 0
+    # how the repair stopped is on record: the ledger's choice (client 0 alone used "purple"), the steps, the measures
+    repair = manifest["erasure"]["repair"]
+    assert repair["requested"] == "auto" and repair["until"] == "parent_utility" and "wholly exclusive" in repair["why"]
+    assert repair["steps"] >= 30 and repair["criterion"]["measures"][-1]["step"] == repair["steps"]
     clients = json.loads((out / "clients.json").read_text())["clients"]
     assert clients["0"]["erased"] is True
     ledger = json.loads((out / "ledger" / "ledger.json").read_text())
@@ -280,6 +284,7 @@ def test_a_second_erasure_carries_the_first_erasures_lock_forward(client_erasure
     # the second erasure's own move did not go back toward what the first excised (it was filtered as a round is)
     manifest = json.loads((tmp_path / "v3" / "manifest.json").read_text())
     assert "inherited_lock_interventions" in manifest["erasure"]
+    assert manifest["erasure"]["repair"]["until"] == "steps" and manifest["erasure"]["repair"]["steps"] == 0
     moved = read_blocks(load_version(tmp_path / "v3")[0].model, context.setup.blocks)
     # its own layer is anchored where it was published: a zero update under the chained lock stays zero
     zero = {name: torch.zeros_like(value) for name, value in moved.items()}
