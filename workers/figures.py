@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ease_engine.erasure import repair_record
 from lethe_format import layout
 from workers import metrics
 
@@ -39,6 +40,7 @@ def job_figures(base_number: int, method: str, result, gates, out_dir: Path | No
     if out_dir is not None and (out_dir / layout.MANIFEST).is_file():
         parameters = json.loads((out_dir / layout.MANIFEST).read_text()).get("erasure", {}).get("parameters")
     details = dict(getattr(result.outcome, "details", {}) or {})
+    details.update(repair_record(details))  # with the steps it took and its measures, as the manifest has it
     displacement = details.get("displacement")
     if isinstance(displacement, dict):
         details["displacement"] = {key: value for key, value in displacement.items() if key != "history"}

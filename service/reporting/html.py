@@ -30,8 +30,7 @@ def report_context(report: dict[str, Any]) -> dict[str, Any]:
         "report": report, "hash_rule": HASH_RULE_WORDS, "facts": summary.page_one_facts(report), "figures": figures,
         "recall": summary.recall_rows(figures), "membership": summary.membership_rows(figures),
         "matched": summary.matched_rows(figures),
-        "cost": summary.key_value_rows({"cost": figures.get("cost"), "stage seconds": figures.get("stage_seconds"),
-                                        "parameters": report.get("parameters")}),
+        "cost": summary.method_rows(report, figures),
         "plots": [(key, title, base64.b64encode(png).decode("ascii")) for key, title, png in report_plots(report)],
     }
 

@@ -169,8 +169,7 @@ class _Writer:
             if key in plots:
                 self.heading(words, keep_with=50)
                 self.image(plots[key][1])
-        cost = summary.key_value_rows({"cost": figures.get("cost"), "stage seconds": figures.get("stage_seconds"),
-                                       "parameters": self.report.get("parameters")})
+        cost = summary.method_rows(self.report, figures)
         if cost:
             self.heading("Method, parameters and cost", keep_with=25)
             self.text(f"Method: {self.report.get('method') or '-'}", 8.5)

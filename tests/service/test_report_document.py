@@ -69,6 +69,10 @@ def test_page_one_holds_the_verdict_the_gates_and_the_signature_digest(client, a
     text = "\n".join(pages)
     assert "Stage: excising the erased contribution" in text  # the timeline names its stages
     assert "lethe-admin verify-certificate certificate.json --public-key key.pem" in text
+    # how the repair stopped, in words (its measures on one line, not the record's JSON)
+    flat = " ".join(text.split())
+    assert "once the retained utility was back at the parent's" in flat and "wholly exclusive" in flat
+    assert "step 30: 40.25; step 40: 43.5; step 50: 44.4" in flat
 
 
 def test_an_inconclusive_outcome_is_said_with_its_reasons(client, auth, registered_model, polish, db, artifact_dir,
@@ -106,6 +110,7 @@ def test_the_html_twin_says_the_same_and_escapes_what_requesters_wrote(client, a
     assert all(gate["name"] in html for gate in GATES)
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
     assert html.count("data:image/png;base64,") == 4  # recall, gates, angles, similarity
+    assert "once the retained utility was back at the parent&#39;s" in html and "step 50: 44.4" in html
 
 
 def test_report_json_follows_its_schema(client, auth, registered_model, polish, db, artifact_dir, signing_key):
