@@ -139,7 +139,8 @@ def compare(name: str, summary: dict) -> list[list[str]]:
     the default EASE (``summary["seed_avg_gaps"]``), and whether it is at or below every baseline of the same
     run."""
     methods, per_seed = summary["methods"], summary["seed_avg_gaps"]
-    best = min(((row.label, methods[row.label]["avg_gap"]) for row in BASELINES), key=lambda kv: kv[1])
+    measured = [(row.label, methods[row.label]["avg_gap"]) for row in BASELINES if row.label in methods]
+    best = min(measured, key=lambda kv: kv[1]) if measured else None  # None: a study run without the baselines
 
     def verdicts(label: str) -> str:
         return verdict_counts(methods[label]["verdicts"])
@@ -159,6 +160,7 @@ def compare(name: str, summary: dict) -> list[list[str]]:
             f"{m['work_speedup']:.0f}x" if m.get("work_speedup") else "-",
             verdicts(row.label),
             "-" if row.label == "ease" else f"{closer} of {len(per_seed['ease'])}",
+            "-" if best is None else
             f"{'yes' if m['avg_gap'] <= best[1] else 'no'} ({best[0]} {best[1]:.2f}, {verdicts(best[0])})",
         ])
     return rows
@@ -174,14 +176,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", type=Path, default=Path("runs/bench"))
     parser.add_argument("--json", type=Path, default=Path("docs/results/ease_variants.json"))
     parser.add_argument("--docs", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--rows", nargs="+", default=None, choices=[row.label for row in VARIANTS + BASELINES],
+                        help="run only these rows (the default EASE always runs: the others are compared with it)")
+    parser.add_argument("--entry", default=None,
+                        help="the entry's name in the results (default: the scenario's, or one per backbone): a check "
+                             "on other seeds under its own name keeps the scenario's entry")
     args = parser.parse_args(argv)
+    rows = [row for row in VARIANTS + BASELINES if args.rows is None or row.label in args.rows or row.label == "ease"]
     measured = {}
     for name in args.scenarios:
         scenario, key, extra, command = study_entry(name, args.seeds, args.backbone_seed)
-        runs = [run_rows(args.root, scenario, seed, VARIANTS + BASELINES) for seed in args.seeds]
+        if args.rows is not None:
+            command += " --rows " + " ".join(f"'{label}'" for label in args.rows)
+        if args.entry is not None:
+            key = args.entry if len(args.scenarios) == 1 else f"{name}, {args.entry}"
+            command += f" --entry '{args.entry}'"
+        runs = [run_rows(args.root, scenario, seed, rows) for seed in args.seeds]
         measured[key] = summarise_scenario(runs) | extra | {
             "scenario": name,
-            "seed_avg_gaps": {row.label: seed_gaps(runs, row.label) for row in VARIANTS + BASELINES},
+            "seed_avg_gaps": {row.label: seed_gaps(runs, row.label) for row in rows},
             "measured": {"date": date.today().isoformat(), "machine": describe_machine(), "command": command}}
     with results_lock(args.root):  # studies of other scenarios, and the bench, write the same files
         write_results(args.json, args.docs, measured)

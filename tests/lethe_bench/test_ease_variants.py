@@ -203,3 +203,30 @@ def test_a_study_keeps_the_entries_another_study_wrote_while_it_ran(tmp_path, mo
     assert scenarios["dirichlet"]["seeds"] == [0, 1] and scenarios["exclusive"]["seeds"] == [0]
     text = docs.read_text()
     assert "--scenarios exclusive --seeds 0" in text and "--scenarios dirichlet --seeds 0 1" in text
+
+
+def test_a_check_on_other_seeds_runs_the_rows_asked_for_under_its_own_entry(tmp_path, monkeypatch):
+    """``--rows`` runs those rows and the default EASE (which the others are compared with); ``--entry`` names the
+    entry, so a check on held-out seeds keeps the scenario's published one; without baselines nothing is said about
+    them."""
+    out, docs = tmp_path / "variants.json", tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n")
+    ran = []
+
+    def fake_rows(root, scenario, seed, rows):  # as run_rows: the references and the rows asked for
+        ran.append([row.label for row in rows])
+        return _fake_run(seed, ["original", "retrain", *ran[-1]])
+
+    monkeypatch.setattr(ease_variants, "run_rows", fake_rows)
+    ease_variants.main(["--scenarios", "exclusive", "--seeds", "0", "--json", str(out), "--docs", str(docs)])
+    ease_variants.main(["--scenarios", "exclusive", "--seeds", "3", "4", "--rows", "ease, tuned steps only",
+                        "--entry", "exclusive, held-out seeds", "--json", str(out), "--docs", str(docs)])
+    assert ran[-1] == ran[-2] == ["ease", "ease, tuned steps only"]
+    scenarios = json.loads(out.read_text())["scenarios"]
+    assert set(scenarios) == {"exclusive", "exclusive, held-out seeds"}  # the published entry is kept
+    held_out = scenarios["exclusive, held-out seeds"]
+    assert held_out["seeds"] == [3, 4] and set(held_out["seed_avg_gaps"]) == {"ease", "ease, tuned steps only"}
+    text = docs.read_text()
+    assert "--seeds 3 4 --rows 'ease, tuned steps only' --entry 'exclusive, held-out seeds'" in text
+    line = next(line for line in text.splitlines() if line.startswith("| exclusive, held-out seeds | ease, tuned"))
+    assert line.endswith("| - |")  # no baseline ran: no claim about them
