@@ -259,7 +259,7 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
     yardstick = _yardstick(context, target, params)
     if params.displace and params.repair_until != "auto":
         details["repair"] = {"requested": params.repair_until, "until": params.repair_until,
-                             "why": "set in the erasure's parameters"}
+                             "why": f"the setting repair_until = {params.repair_until!r}"}
     with Timer() as timer:
         bundle = context.fresh_bundle()
         blocks = context.setup.blocks
