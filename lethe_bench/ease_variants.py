@@ -10,8 +10,11 @@ the retained clients' data (real images). The variants here learn the retained p
 A last variant keeps the default repair but also holds the displacement off the forget pairs' leading
 gradient directions (``guard_rank``), against a repair that teaches the erased concept again. The last three
 run the repair on, after its tuned steps, until the retained clients' held-out recall is back at the parent's
-(``repair_until``). Wall-time speed-ups depend on what else ran on the machine (the 2026-12-05 entries ran
-beside two or three other jobs on two cores): compare the pairs processed.
+(``repair_until``). Since 2026-12-05 the default (``ease``) lets the ledger choose between that and the tuned
+steps (``repair_until = "auto"``); entries measured before then have the tuned steps as ``ease``, and later ones
+have them as ``ease, tuned steps only``. ``exclusive, held-out seeds`` checks that choice on seeds 3-5, which
+neither the tuning nor the choice saw. Wall-time speed-ups depend on what else ran on the machine (the
+2026-12-05 entries ran beside two or three other jobs on two cores): compare the pairs processed.
 
 Each variant is a row like the benchmark's (``lethe_bench.rows.Row``), run on the benchmark's references
 (trained, or found in its cache) and judged on the same audit split, summarised over seeds by the
