@@ -64,8 +64,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=None,
                         help="default: docs/results/tuning.json; elsewhere than the calibration scenario and seed "
                              "(a check of the defaults) docs/results/tuning-check-<scenario>-seed<seed>.json")
-    parser.add_argument("--docs", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--docs", type=Path, default=None, help="default: docs/benchmarks.md")
     args = parser.parse_args(argv)
+    if set(args.methods) != set(GRIDS) and (args.json is None or args.docs is None):
+        parser.error("--methods with some of the methods would replace the published results and section with "
+                     "theirs alone: pass --json and --docs elsewhere (e.g. under /tmp)")
+    args.docs = args.docs or Path("docs/benchmarks.md")
     check = (args.scenario, args.seed) != CALIBRATION
     label = f"tuning-check-{args.scenario}-seed{args.seed}" if check else "tuning"
     json_path = args.json or Path("docs/results") / f"{label}.json"

@@ -25,3 +25,19 @@ def test_each_method_default_is_the_setting_its_calibration_chose(method):
 def test_a_setting_that_differs_in_one_key_is_not_the_default():
     assert is_default("ease", {"steps": 30}) and not is_default("ease", {"steps": 60})
     assert not is_default("ease", {"steps": 30, "lr": 5e-3})
+
+
+def test_tuning_some_methods_never_overwrites_the_published_results(tmp_path, monkeypatch):
+    """The published tuning holds every method: a run over a subset must be sent elsewhere, before it trains."""
+    from lethe_bench import tuning
+
+    def never(*args, **kwargs):
+        raise AssertionError("references were trained before the refusal")
+
+    monkeypatch.setattr(tuning, "ensure_references", never)
+    for extra in ([], ["--json", str(tmp_path / "t.json")], ["--docs", str(tmp_path / "b.md")]):
+        with pytest.raises(SystemExit) as refused:
+            tuning.main(["--methods", "ease", *extra])
+        assert refused.value.code == 2
+    with pytest.raises(AssertionError, match="trained before"):  # sent elsewhere, it goes on to its work
+        tuning.main(["--methods", "ease", "--json", str(tmp_path / "t.json"), "--docs", str(tmp_path / "b.md")])
