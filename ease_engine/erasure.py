@@ -49,15 +49,17 @@ class ErasureResult:
 
 
 def repair_record(details: dict) -> dict:
-    """How the method's repair stopped, for the manifest (EASE): when it was to stop and why (with ``repair_until =
-    auto`` the ledger's choice), the steps it took and, where it measured the retained utility, each measure."""
-    if "repair" not in details:
+    """How EASE's repair stopped, for the manifest and the job's figures (``details["repair_stop"]``; other methods'
+    ``repair`` is their own history, left alone): when it was to stop and why (with ``repair_until = auto`` the
+    ledger's choice), the steps it took and, where it measured the retained utility, each measure."""
+    stop = details.get("repair_stop")
+    if not isinstance(stop, dict):
         return {}
     displacement = details.get("displacement") or {}
-    record = {**details["repair"], "steps": displacement.get("steps", 0)}
+    record = {**stop, "steps": displacement.get("steps", 0)}
     if "repair_criterion" in displacement:
         record["criterion"] = displacement["repair_criterion"]
-    return {"repair": record}
+    return {"repair_stop": record}
 
 
 def probe_for(context: UnlearningContext, target: ErasureTarget) -> tuple[str, str] | None:

@@ -50,7 +50,7 @@ from lethe_bench.references import ensure_references
 from lethe_bench.rows import ROWS, Row
 from lethe_bench.run_seed import references_head, row_key, run_row, with_retrain_cost
 from lethe_bench.scenarios import SCENARIOS, Scenario
-from lethe_bench.summary import R1, avg_gap, summarise_scenario, verdict_counts
+from lethe_bench.summary import R1, avg_gap, seed_gaps, summarise_scenario, verdict_counts
 from lethe_bench.unlearning import results_lock
 from lethe_format import layout
 
@@ -59,13 +59,15 @@ VARIANTS: list[Row] = [
     Row("ease", "ease"),  # the defaults in code (before 2026-12-05 the repair always stopped after the tuned steps)
     # the repair stops after the tuned steps whatever the ledger shows (the default until repair_until = "auto")
     Row("ease, tuned steps only", "ease", {"repair_until": "steps"}),
-    Row("ease, contrastive repair", "ease", {"retain_loss": "contrastive"}),
-    Row("ease, anchor + contrastive repair", "ease", {"retain_loss": "both"}),
+    # the variants below without a repair_until of their own keep the tuned steps they were measured with
+    Row("ease, contrastive repair", "ease", {"retain_loss": "contrastive", "repair_until": "steps"}),
+    Row("ease, anchor + contrastive repair", "ease", {"retain_loss": "both", "repair_until": "steps"}),
     Row("ease w/o displacement", "ease", {"displace": False}),  # no repair at all: where excision leaves it
     # the displacement also kept off the forget pairs' leading gradient directions (8 per block)
-    Row("ease, forget-gradient guard", "ease", {"guard_rank": 8}),
-    Row("ease, guard + anchor + contrastive", "ease", {"guard_rank": 8, "retain_loss": "both"}),
-    Row("ease, guard from 128 pairs", "ease", {"guard_rank": 8, "guard_pairs": 128}),
+    Row("ease, forget-gradient guard", "ease", {"guard_rank": 8, "repair_until": "steps"}),
+    Row("ease, guard + anchor + contrastive", "ease", {"guard_rank": 8, "retain_loss": "both",
+                                                       "repair_until": "steps"}),
+    Row("ease, guard from 128 pairs", "ease", {"guard_rank": 8, "guard_pairs": 128, "repair_until": "steps"}),
     # after its 30 steps the repair goes on until the retained clients' held-out recall is back at the parent's
     Row("ease, repair on to the parent's utility", "ease", {"repair_until": "parent_utility"}),
     Row("ease, guard from 128 pairs + repair on to the parent's utility", "ease",
@@ -132,11 +134,6 @@ def study_entry(name: str, seeds: list[int], backbone_seed: int = DEFAULT_SEED) 
     return scenario, key, extra, command
 
 
-def seed_gaps(runs: list[dict], label: str) -> list[float]:
-    """Per seed, the Avg. Gap of ``label`` to that seed's own retrain."""
-    return [round(avg_gap(run["models"][label]["metrics"], run["models"]["retrain"]["metrics"]), 3) for run in runs]
-
-
 def compare(name: str, summary: dict) -> list[list[str]]:
     """Table rows: each variant's gaps and cost, on how many seeds it is closer to that seed's retrain than
     the default EASE (``summary["seed_avg_gaps"]``), and whether it is at or below every baseline of the same
@@ -185,6 +182,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="the entry's name in the results (default: the scenario's, or one per backbone): a check "
                              "on other seeds under its own name keeps the scenario's entry")
     args = parser.parse_args(argv)
+    if args.rows is not None and args.entry is None:
+        parser.error("--rows runs a subset of the study: name its entry with --entry, so that the scenario's entry, "
+                     "which holds every row, is kept")
+    if args.entry is not None and args.entry in SCENARIOS:
+        parser.error(f"--entry {args.entry!r} is a scenario's own entry: choose another name")
     rows = [row for row in VARIANTS + BASELINES if args.rows is None or row.label in args.rows or row.label == "ease"]
     measured = {}
     for name in args.scenarios:
@@ -197,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         runs = [run_rows(args.root, scenario, seed, rows) for seed in args.seeds]
         measured[key] = summarise_scenario(runs) | extra | {
             "scenario": name,
-            "seed_avg_gaps": {row.label: seed_gaps(runs, row.label) for row in rows},
+            "seed_avg_gaps": {row.label: [round(g, 3) for g in seed_gaps(runs, row.label)] for row in rows},
             "measured": {"date": date.today().isoformat(), "machine": describe_machine(), "command": command}}
     with results_lock(args.root):  # studies of other scenarios, and the bench, write the same files
         write_results(args.json, args.docs, measured)

@@ -51,7 +51,7 @@ def run_row(bench: Bench, row: Row) -> dict:
         "angles": {k: v for k, v in (details.get("angles") or {}).items() if k != "principal_angles_deg"},
         "principal_angles_deg": (details.get("angles") or {}).get("principal_angles_deg"),
         # EASE: how its repair stopped (repair_until = auto: the ledger's choice and why) and how many steps it took
-        "repair": details.get("repair"),
+        "repair_stop": details.get("repair_stop"),
         "displacement_steps": (details.get("displacement") or {}).get("steps"),
         "_outcome": outcome,
     }

@@ -30,13 +30,17 @@ def stats(values: list[float]) -> dict:
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, "n": len(arr)}
 
 
+def seed_gaps(runs: list[dict], label: str) -> list[float]:
+    """Per seed, the Avg. Gap of ``label`` to that seed's own retrain."""
+    return [avg_gap(run["models"][label]["metrics"], run["models"]["retrain"]["metrics"]) for run in runs]
+
+
 def per_seed_gap(runs: list[dict], label: str) -> dict | None:
-    """:func:`stats` over seeds of each seed's Avg. Gap to that seed's own retrain. The Avg. Gap of the seed means
-    lets one seed's overshoot cancel another's shortfall; this does not (None for the retrain itself, or where a
-    seed lacks the row)."""
+    """:func:`stats` of :func:`seed_gaps`. The Avg. Gap of the seed means lets one seed's overshoot cancel another's
+    shortfall; this does not (None for the retrain itself, or where a seed lacks the row)."""
     if label == "retrain" or any(label not in run["models"] for run in runs):
         return None
-    return stats([avg_gap(run["models"][label]["metrics"], run["models"]["retrain"]["metrics"]) for run in runs])
+    return stats(seed_gaps(runs, label))
 
 
 def _metric_stats(runs: list[dict], label: str) -> dict[str, dict]:

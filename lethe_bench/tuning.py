@@ -66,13 +66,14 @@ def main(argv: list[str] | None = None) -> None:
                              "(a check of the defaults) docs/results/tuning-check-<scenario>-seed<seed>.json")
     parser.add_argument("--docs", type=Path, default=None, help="default: docs/benchmarks.md")
     args = parser.parse_args(argv)
-    if set(args.methods) != set(GRIDS) and (args.json is None or args.docs is None):
-        parser.error("--methods with some of the methods would replace the published results and section with "
-                     "theirs alone: pass --json and --docs elsewhere (e.g. under /tmp)")
-    args.docs = args.docs or Path("docs/benchmarks.md")
     check = (args.scenario, args.seed) != CALIBRATION
     label = f"tuning-check-{args.scenario}-seed{args.seed}" if check else "tuning"
-    json_path = args.json or Path("docs/results") / f"{label}.json"
+    published_json, published_docs = Path("docs/results") / f"{label}.json", Path("docs/benchmarks.md")
+    json_path, args.docs = args.json or published_json, args.docs or published_docs
+    subset = set(args.methods) != set(GRIDS)
+    if subset and (json_path.resolve() == published_json.resolve() or args.docs.resolve() == published_docs.resolve()):
+        parser.error("--methods with some of the methods would replace the published results and section with "
+                     "theirs alone: pass --json and --docs elsewhere (e.g. under /tmp)")
     scenario = SCENARIOS[args.scenario]
     refs = ensure_references(args.root, scenario, args.seed, log=print)
     cache = FederationDataCache(1)
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
         best = min(runs, key=lambda r: r["avg_gap"])
         results["methods"][name] = {"runs": runs, ("best" if check else "chosen"): best["params"]}
     write_json(json_path, results)
-    command = f"python -m lethe_bench.tuning --scenario {args.scenario} --seed {args.seed}"
+    command = f"python -m lethe_bench.tuning --scenario {args.scenario} --seed {args.seed}" + (
+        " --methods " + " ".join(args.methods) if subset else "")
 
     def mark(run: dict, method: dict) -> str:
         if not check:

@@ -53,10 +53,9 @@ def bars(summaries: dict[str, dict]) -> str:
         if ease is None:
             continue
         gap = ease["gap_to_retrain"]
-        others = [v["avg_gap"] for k, v in summary["methods"].items() if k not in ("original", "retrain", "ease")
-                  and not k.startswith("ease")]
         baselines = {k: v for k, v in summary["methods"].items() if k not in ("original", "retrain")
                      and not k.startswith("ease")}
+        others = [v["avg_gap"] for v in baselines.values()]
         rows.append([
             name,
             f"{max(gap['forget_i2t_r1'], gap['forget_t2i_r1']):.1f}",

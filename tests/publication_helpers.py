@@ -71,7 +71,7 @@ FIGURES = {
     "cost": {"gpu_seconds": 0.0, "cpu_seconds": 12.5, "peak_memory_mb": 812.0},
     "stage_seconds": {"loading": 1.2, "excising": 3.4, "displacing": 5.0, "verifying": 2.2, "signing": 0.4},
     # how EASE's repair stopped, as ease_engine.erasure.repair_record writes it
-    "repair": {"requested": "auto", "until": "parent_utility", "steps": 50,
+    "repair_stop": {"requested": "auto", "until": "parent_utility", "steps": 50,
                "why": "1 block(s) wholly exclusive to the erased client: on to the parent's utility on 250 retained "
                       "calibration pairs",
                "criterion": {"parent_mean_recall": 44.1, "target_mean_recall": 44.1, "pairs": 250, "reached": True,

@@ -43,7 +43,9 @@ def job_figures(base_number: int, method: str, result, gates, out_dir: Path | No
     details.update(repair_record(details))  # with the steps it took and its measures, as the manifest has it
     displacement = details.get("displacement")
     if isinstance(displacement, dict):
-        details["displacement"] = {key: value for key, value in displacement.items() if key != "history"}
+        # the history is long, and the repair criterion is in repair_stop (the manifest's record)
+        details["displacement"] = {key: value for key, value in displacement.items()
+                                   if key not in ("history", "repair_criterion")}
     cost = getattr(result.outcome, "cost", None)
     return {
         "method": method,

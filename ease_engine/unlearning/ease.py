@@ -110,17 +110,17 @@ class EaseParams(BaseModel):
     displace: bool = True
     towers: Literal["both", "image", "text"] = "both"
     steps: int = Field(30, ge=0, description="displacement steps (the equal-tuning winner); with repair_until = "
-                       "parent_utility the least it takes")
+                       "parent_utility (or auto choosing it) the least it takes")
     repair_until: Literal["auto", "steps", "parent_utility"] = Field(
         "auto", description="stop the displacement after `steps` steps, or after `steps` once the retained clients' "
         "calibration pairs are retrieved as well as by the parent (ease_repair; at most max_steps), or (auto) let the "
         "ledger choose: the parent's utility where a block is wholly exclusive to the erased client, else the steps")
     max_steps: int = Field(120, ge=1, description="repair_until = parent_utility (or auto choosing it): the most "
                            "steps it may take")
-    utility_check_every: int = Field(10, ge=1, description="repair_until = parent_utility: measure every this "
-                                     "many steps")
-    utility_tolerance: float = Field(0.0, ge=0, description="repair_until = parent_utility: stop this many points "
-                                     "of mean recall below the parent's")
+    utility_check_every: int = Field(10, ge=1, description="repair_until = parent_utility (or auto choosing it): "
+                                     "measure every this many steps")
+    utility_tolerance: float = Field(0.0, ge=0, description="repair_until = parent_utility (or auto choosing it): "
+                                     "stop this many points of mean recall below the parent's")
     lr: float = Field(2e-3, gt=0)
     batch_size: int = Field(64, ge=2)
     retain_weight: float = Field(5.0, ge=0)
@@ -230,11 +230,16 @@ def _yardstick(context: UnlearningContext, target: ErasureTarget, params: EasePa
 def _auto_yardstick(context: UnlearningContext, target: ErasureTarget, params: EaseParams,
                     wholly_exclusive: frozenset[str]) -> tuple[CaptionDataset | None, dict]:
     """``repair_until = "auto"``: the yardstick where the ledger shows a block wholly exclusive to the erased client
-    (``ease_repair.auto_stop``), else None; and the choice with its reason, for the record."""
-    held_out = _held_out(context, target) if wholly_exclusive and target.scope == "client" else None
-    on, why = auto_stop(target.scope, len(wholly_exclusive), params.steps, params.max_steps,
-                        0 if held_out is None else len(held_out))
-    return (held_out if on else None), {"requested": "auto", "until": "parent_utility" if on else "steps", "why": why}
+    (``ease_repair.auto_stop`` decides), else None; and the choice with its reason, for the record."""
+    held_out: list[CaptionDataset] = []
+
+    def count_pairs() -> int:
+        held_out.append(_held_out(context, target))
+        return len(held_out[0])
+
+    on, why = auto_stop(target.scope, len(wholly_exclusive), params.steps, params.max_steps, count_pairs)
+    return (held_out[0] if on else None), {"requested": "auto", "until": "parent_utility" if on else "steps",
+                                           "why": why}
 
 
 def _lock(directions: dict[str, torch.Tensor], before: dict, after: dict, target: ErasureTarget,
@@ -258,7 +263,7 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
     rng = np.random.default_rng(derive_seed(params.seed, 0xD15))
     yardstick = _yardstick(context, target, params)
     if params.displace and params.repair_until != "auto":
-        details["repair"] = {"requested": params.repair_until, "until": params.repair_until,
+        details["repair_stop"] = {"requested": params.repair_until, "until": params.repair_until,
                              "why": f"the setting repair_until = {params.repair_until!r}"}
     with Timer() as timer:
         bundle = context.fresh_bundle()
@@ -271,7 +276,7 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
             directions = _unit_columns(exclusive.parts)
             frozen = exclusive.wholly_exclusive if params.freeze_wholly_exclusive else frozenset()
             if params.repair_until == "auto" and params.displace:
-                yardstick, details["repair"] = _auto_yardstick(context, target, params, exclusive.wholly_exclusive)
+                yardstick, details["repair_stop"] = _auto_yardstick(context, target, params, exclusive.wholly_exclusive)
             if params.excise and exclusive.parts:
                 values = {name: value - params.excise_fraction * exclusive.parts[name].to(value)
                           if name in exclusive.parts else value for name, value in before.items()}
@@ -290,7 +295,7 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
                                  "exclusive_blocks": len(directions), "wholly_exclusive_blocks": []}
             frozen, mode = frozenset(), "onto"
             if params.repair_until == "auto" and params.displace:
-                yardstick, details["repair"] = _auto_yardstick(context, target, params, frozenset())
+                yardstick, details["repair_stop"] = _auto_yardstick(context, target, params, frozenset())
         if params.displace and params.steps and directions:
             moving = _moving_blocks(context, params, directions, mode, frozen)
             if params.guard_rank and mode == "off":  # the guard is computed at the excised model

@@ -31,6 +31,7 @@ used), the tuned steps elsewhere (docs/ease.md, "The ledger chooses when the rep
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,23 +71,26 @@ def retained_calibration(calibration: CaptionDataset, retained_clients: list[int
 
 
 def auto_stop(scope: str, wholly_exclusive_blocks: int, steps: int, max_steps: int,
-              yardstick_pairs: int) -> tuple[bool, str]:
+              count_pairs: Callable[[], int]) -> tuple[bool, str]:
     """``repair_until = "auto"``: whether the repair goes on to the parent's utility, and why, in words for the
-    record. Only a client erasure whose ledger shows a block no retained client moved, with the tuned steps short
-    of ``max_steps`` and enough retained calibration pairs to measure, goes on."""
+    record. Only a client erasure whose ledger shows a block no retained client moved, with tuned steps short of
+    ``max_steps`` and enough retained calibration pairs to measure (``count_pairs``, asked last), goes on. (The
+    benchmark caches rows by their parameters: a change of this rule needs ``RESULTS_VERSION`` bumped.)"""
     if scope != "client":
         return False, ("samples scope: the subject's pairs are data like the rest of its client's, so the parent's "
                        "utility includes what they taught; the tuned steps")
     if not wholly_exclusive_blocks:
         return False, ("no block is wholly exclusive to the erased client: its pairs are data like the retained "
                        "clients', so the parent's utility includes what they taught; the tuned steps")
-    if not steps or steps >= max_steps:
-        return False, f"the tuned steps ({steps}) leave nothing to extend up to max_steps ({max_steps})"
-    if yardstick_pairs < MIN_PAIRS:
-        return False, (f"only {yardstick_pairs} retained calibration pairs to measure on (at least {MIN_PAIRS}); "
-                       f"the tuned steps")
+    if not steps:
+        return False, "no displacement steps are set (steps = 0): nothing to extend"
+    if steps >= max_steps:
+        return False, f"the tuned steps ({steps}) already reach max_steps ({max_steps}): nothing to extend"
+    pairs = count_pairs()
+    if pairs < MIN_PAIRS:
+        return False, f"only {pairs} retained calibration pairs to measure on (at least {MIN_PAIRS}); the tuned steps"
     return True, (f"{wholly_exclusive_blocks} block(s) wholly exclusive to the erased client: on to the parent's "
-                  f"utility on {yardstick_pairs} retained calibration pairs")
+                  f"utility on {pairs} retained calibration pairs")
 
 
 @dataclass

@@ -193,29 +193,35 @@ def key_value_rows(values: Any, prefix: str = "") -> list[tuple[str, str]]:
 
 
 def repair_facts(record: Any) -> dict[str, Any] | None:
-    """How the method's repair stopped (EASE's record, ``ease_engine.erasure.repair_record``), in words: its
-    measures as one line, never raw JSON; None where the method has no such record."""
+    """How the method's repair stopped (EASE's record, ``ease_engine.erasure.repair_record``), in words said from
+    what happened (the steps taken, whether the criterion was met), its measures as one line, never raw JSON; None
+    where the method has no such record."""
     record = as_dict(record)
     if not record:
         return None
-    facts: dict[str, Any] = {"stopped": {"steps": "after the tuned steps",
-                                         "parent_utility": "once the retained utility was back at the parent's"}
-                             .get(record.get("until"), record.get("until")),
-                             "why": record.get("why"), "steps": record.get("steps")}
     criterion = as_dict(record.get("criterion"))
+    steps = record.get("steps")
+    if not steps:
+        stopped = "no displacement ran"
+    elif not criterion:
+        stopped = f"after the tuned steps ({fmt(steps)})"
+    elif criterion.get("reached"):
+        stopped = f"once the retained utility was back at the parent's (step {fmt(steps)})"
+    else:
+        stopped = f"at its most steps ({fmt(steps)}), short of the parent's retained utility"
+    facts: dict[str, Any] = {"stopped": stopped, "rule": record.get("why"), "steps": steps}
     if criterion:
         facts["parent's mean recall"] = criterion.get("parent_mean_recall")
         facts["target mean recall"] = criterion.get("target_mean_recall")
         facts["measured"] = "; ".join(f"step {fmt(m.get('step'))}: {fmt(m.get('mean_recall'))}"
                                       for m in criterion.get("measures") or [] if isinstance(m, dict))
-        facts["reached"] = "yes" if criterion.get("reached") else "no"
     return facts
 
 
 def method_rows(report: dict[str, Any], figures: dict[str, Any]) -> list[tuple[str, str]]:
     """The report's "method, parameters and cost" table (the HTML page and the PDF alike)."""
     return key_value_rows({"cost": figures.get("cost"), "stage seconds": figures.get("stage_seconds"),
-                           "parameters": report.get("parameters"), "repair": repair_facts(figures.get("repair"))})
+                           "parameters": report.get("parameters"), "repair": repair_facts(figures.get("repair_stop"))})
 
 
 def page_one_facts(report: dict[str, Any]) -> list[list[str]]:

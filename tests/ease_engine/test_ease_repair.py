@@ -171,13 +171,17 @@ def test_measured_on_the_real_model_the_record_is_consistent(context):
 
 # ---------------------------------------------------------------- repair_until = "auto": the ledger chooses
 def test_auto_goes_on_only_for_a_client_erasure_with_a_wholly_exclusive_block_and_enough_to_measure():
-    on, why = ease_repair.auto_stop("client", 1, steps=30, max_steps=120, yardstick_pairs=200)
+    on, why = ease_repair.auto_stop("client", 1, steps=30, max_steps=120, count_pairs=lambda: 200)
     assert on and "1 block(s) wholly exclusive" in why and "200 retained calibration pairs" in why
-    for args, reason in [(("samples", 3, 30, 120, 200), "samples scope"),
-                         (("client", 0, 30, 120, 200), "no block is wholly exclusive"),
-                         (("client", 2, 120, 120, 200), "nothing to extend"),
-                         (("client", 2, 0, 120, 200), "nothing to extend"),
-                         (("client", 2, 30, 120, ease_repair.MIN_PAIRS - 1), "retained calibration pairs")]:
+
+    def not_asked() -> int:
+        raise AssertionError("the pairs were counted although the rule had decided")
+
+    for args, reason in [(("samples", 3, 30, 120, not_asked), "samples scope"),
+                         (("client", 0, 30, 120, not_asked), "no block is wholly exclusive"),
+                         (("client", 2, 120, 120, not_asked), "already reach max_steps"),
+                         (("client", 2, 0, 120, not_asked), "steps = 0"),
+                         (("client", 2, 30, 120, lambda: ease_repair.MIN_PAIRS - 1), "retained calibration pairs")]:
         on, why = ease_repair.auto_stop(*args)
         assert not on and reason in why, args
 
@@ -191,7 +195,7 @@ def test_auto_is_the_default_and_goes_on_where_the_erased_client_alone_moved_a_b
     assert _wholly_exclusive(context, 0)  # client 0 alone uses the word "purple": its row no one else moved
     calls = _scripted(monkeypatch, [50.0, 20.0, 50.0])
     outcome, _, auto = _excised_and_final(context, monkeypatch)
-    assert outcome.details["repair"]["until"] == "parent_utility"
+    assert outcome.details["repair_stop"]["until"] == "parent_utility"
     assert outcome.details["displacement"]["steps"] == 25 and len(calls) == 3
     _scripted(monkeypatch, [50.0, 20.0, 50.0])
     _, _, explicit = _excised_and_final(context, monkeypatch, repair_until="parent_utility")
@@ -204,8 +208,8 @@ def test_auto_keeps_the_tuned_steps_where_no_block_is_wholly_exclusive(context, 
     target = ErasureTarget(shared[0])
     calls = _scripted(monkeypatch, [50.0, 0.0])  # a criterion would run to max_steps on this script
     outcome, _, auto = _excised_and_final(context, monkeypatch, target=target)
-    assert outcome.details["repair"]["until"] == "steps" and "no block is wholly exclusive" in \
-        outcome.details["repair"]["why"]
+    assert outcome.details["repair_stop"]["until"] == "steps" and "no block is wholly exclusive" in \
+        outcome.details["repair_stop"]["why"]
     assert outcome.details["displacement"]["steps"] == FAST["steps"] and not calls
     _, _, fixed = _excised_and_final(context, monkeypatch, target=target, repair_until="steps")
     assert all(np.array_equal(auto[name].numpy(), fixed[name].numpy()) for name in fixed)
@@ -216,7 +220,8 @@ def test_auto_keeps_the_tuned_steps_for_a_data_subject(context, monkeypatch):
     items = context.setup.client_items(0)[:8]
     subject = ErasureTarget(0, pair_ids=tuple(context.setup.train.pair_ids[i] for i in items))
     outcome, _, _ = _excised_and_final(context, monkeypatch, target=subject)
-    assert outcome.details["repair"]["until"] == "steps" and "samples scope" in outcome.details["repair"]["why"]
+    stop = outcome.details["repair_stop"]
+    assert stop["until"] == "steps" and "samples scope" in stop["why"]
     assert outcome.details["displacement"]["steps"] == FAST["steps"] and not calls
 
 
@@ -224,5 +229,6 @@ def test_auto_with_too_few_pairs_falls_back_to_the_steps_instead_of_refusing(con
     calls = _scripted(monkeypatch, [50.0, 0.0])
     monkeypatch.setattr(ease_repair, "MIN_PAIRS", 10_000)
     outcome, _, _ = _excised_and_final(context, monkeypatch)
-    assert outcome.details["repair"]["until"] == "steps" and not calls
+    assert outcome.details["repair_stop"]["until"] == "steps" and not calls
+    assert "retained calibration pairs" in outcome.details["repair_stop"]["why"]
     assert outcome.details["displacement"]["steps"] == FAST["steps"]

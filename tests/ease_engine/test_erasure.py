@@ -12,6 +12,7 @@ from ease_engine.linalg.forget_lock import ForgetLock
 from ease_engine.models.blocks import read_blocks
 from ease_engine.models.version_io import load_version
 from ease_engine.unlearning import ErasureTarget, UnlearningContext, UnlearningError
+from ease_engine.verification.gates import GateConfig
 from ease_engine.verification.membership import MembershipScores, similarity_distribution
 from lethe_bench.measure import Bench
 from lethe_format import content_hash, directory_digests, hashed_files, pair_id_hash
@@ -46,7 +47,7 @@ def test_erased_version_is_complete_and_chained(gate_versions, client_erasure):
     assert manifest["content_hash"] == content_hash(directory_digests(out))
     assert manifest["erasure"]["method"] == "ease" and manifest["erasure"]["client"] == 0
     # how the repair stopped is on record: the ledger's choice (client 0 alone used "purple"), the steps, the measures
-    repair = manifest["erasure"]["repair"]
+    repair = manifest["erasure"]["repair_stop"]
     assert repair["requested"] == "auto" and repair["until"] == "parent_utility" and "wholly exclusive" in repair["why"]
     assert repair["steps"] >= 30 and repair["criterion"]["measures"][-1]["step"] == repair["steps"]
     clients = json.loads((out / "clients.json").read_text())["clients"]
@@ -193,6 +194,31 @@ def test_a_version_without_ledger_is_refused(gate_versions, tmp_path):
     assert not (tmp_path / "v").exists()
 
 
+def test_a_baselines_own_repair_history_is_not_taken_for_eases_record(gate_versions, context, tmp_path):
+    """PGA keeps its repair rounds under ``details["repair"]`` (a list): publishing it, and the job's figures, work
+    and say nothing of how an EASE repair stopped."""
+    from workers.figures import job_figures
+
+    original, _ = gate_versions
+    result = erase(original, ErasureTarget(0), "pga", {"steps": 2, "repair_rounds": 1}, tmp_path / "v",
+                   context=context, **PUBLISH)
+    assert isinstance(result.outcome.details["repair"], list)
+    manifest = json.loads((tmp_path / "v" / "manifest.json").read_text())
+    assert "repair_stop" not in manifest["erasure"]
+    figures = job_figures(1, "pga", result, GateConfig(), tmp_path / "v")
+    assert "repair_stop" not in figures and figures["repair"] == result.outcome.details["repair"]
+
+
+def test_the_job_figures_carry_the_manifests_repair_record(client_erasure):
+    from workers.figures import job_figures
+
+    result, out = client_erasure
+    manifest = json.loads((out / "manifest.json").read_text())
+    figures = job_figures(1, "ease", result, GateConfig(), out)
+    assert figures["repair_stop"] == manifest["erasure"]["repair_stop"]
+    assert "repair_criterion" not in figures["displacement"]  # said once, in repair_stop
+
+
 def test_a_noop_publishes_nothing(gate_versions, context, tmp_path):
     """The unchanged parent is never published: its verdict is failed or inconclusive, and no directory
     appears (``lethe erase V --client 0 --method noop``)."""
@@ -284,7 +310,8 @@ def test_a_second_erasure_carries_the_first_erasures_lock_forward(client_erasure
     # the second erasure's own move did not go back toward what the first excised (it was filtered as a round is)
     manifest = json.loads((tmp_path / "v3" / "manifest.json").read_text())
     assert "inherited_lock_interventions" in manifest["erasure"]
-    assert manifest["erasure"]["repair"]["until"] == "steps" and manifest["erasure"]["repair"]["steps"] == 0
+    stop = manifest["erasure"]["repair_stop"]
+    assert stop["until"] == "steps" and stop["steps"] == 0 and "no block is wholly exclusive" in stop["why"]
     moved = read_blocks(load_version(tmp_path / "v3")[0].model, context.setup.blocks)
     # its own layer is anchored where it was published: a zero update under the chained lock stays zero
     zero = {name: torch.zeros_like(value) for name, value in moved.items()}

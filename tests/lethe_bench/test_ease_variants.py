@@ -230,3 +230,24 @@ def test_a_check_on_other_seeds_runs_the_rows_asked_for_under_its_own_entry(tmp_
     assert "--seeds 3 4 --rows 'ease, tuned steps only' --entry 'exclusive, held-out seeds'" in text
     line = next(line for line in text.splitlines() if line.startswith("| exclusive, held-out seeds | ease, tuned"))
     assert line.endswith("| - |")  # no baseline ran: no claim about them
+
+
+def test_a_subset_of_rows_never_replaces_a_scenarios_entry(tmp_path, monkeypatch):
+    import pytest
+
+    def never(*args, **kwargs):
+        raise AssertionError("rows ran before the refusal")
+
+    monkeypatch.setattr(ease_variants, "run_rows", never)
+    for extra in (["--rows", "pga"], ["--rows", "pga", "--entry", "exclusive"]):
+        with pytest.raises(SystemExit) as refused:
+            ease_variants.main(["--scenarios", "exclusive", "--seeds", "3", *extra, "--json", str(tmp_path / "v.json"),
+                                "--docs", str(tmp_path / "b.md")])
+        assert refused.value.code == 2
+
+
+def test_the_earlier_variants_keep_the_tuned_steps_they_were_measured_with():
+    """The default's repair_until changed; a variant published before then must not silently change with it."""
+    for row in VARIANTS[2:]:
+        if row.params.get("displace", True):
+            assert "repair_until" in row.params, row.label

@@ -35,7 +35,8 @@ def test_tuning_some_methods_never_overwrites_the_published_results(tmp_path, mo
         raise AssertionError("references were trained before the refusal")
 
     monkeypatch.setattr(tuning, "ensure_references", never)
-    for extra in ([], ["--json", str(tmp_path / "t.json")], ["--docs", str(tmp_path / "b.md")]):
+    for extra in ([], ["--json", str(tmp_path / "t.json")], ["--docs", str(tmp_path / "b.md")],
+                  ["--json", "docs/results/tuning.json", "--docs", str(tmp_path / "b.md")]):  # named, yet published
         with pytest.raises(SystemExit) as refused:
             tuning.main(["--methods", "ease", *extra])
         assert refused.value.code == 2

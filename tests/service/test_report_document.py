@@ -123,3 +123,17 @@ def test_report_json_follows_its_schema(client, auth, registered_model, polish, 
     assert report.gates[0].control_value == 38.5 and report.gates[0].band_text == "within [-4, 4]"
     assert [v.version for v in report.lineage.withdrawn] == [1]
     assert report.lineage.model == MODEL
+
+
+def test_how_the_repair_stopped_is_said_from_what_happened():
+    """The words follow the steps taken and whether the criterion was met, never the setting alone."""
+    from service.reporting.summary import repair_facts
+
+    met = figures()["repair_stop"]
+    assert repair_facts(met)["stopped"] == "once the retained utility was back at the parent's (step 50)"
+    short = {**met, "steps": 120, "criterion": {**met["criterion"], "reached": False}}
+    assert repair_facts(short)["stopped"] == "at its most steps (120), short of the parent's retained utility"
+    fixed = {"requested": "auto", "until": "steps", "why": "no block is wholly exclusive", "steps": 30}
+    assert repair_facts(fixed)["stopped"] == "after the tuned steps (30)" and "measured" not in repair_facts(fixed)
+    assert repair_facts({**met, "steps": 0})["stopped"] == "no displacement ran"
+    assert repair_facts(None) is None and repair_facts([{"round": 1}]) is None  # a baseline's own history
