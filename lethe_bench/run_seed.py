@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ease_engine.atomic import write_json
+from ease_engine.erasure import repair_record
 from ease_engine.federation.data_cache import FederationDataCache
 from ease_engine.models.version_io import load_version
 from ease_engine.unlearning import METHODS, UnlearningContext
@@ -50,9 +51,8 @@ def run_row(bench: Bench, row: Row) -> dict:
         "reasons": report.reasons,
         "angles": {k: v for k, v in (details.get("angles") or {}).items() if k != "principal_angles_deg"},
         "principal_angles_deg": (details.get("angles") or {}).get("principal_angles_deg"),
-        # EASE: how its repair stopped (repair_until = auto: the ledger's choice and why) and how many steps it took
-        "repair_stop": details.get("repair_stop"),
-        "displacement_steps": (details.get("displacement") or {}).get("steps"),
+        # EASE: how its repair stopped and why, the steps it took and its measures (the manifest's record)
+        "repair_stop": repair_record(details).get("repair_stop"),
         "_outcome": outcome,
     }
 

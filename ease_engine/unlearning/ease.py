@@ -219,7 +219,7 @@ def _held_out(context: UnlearningContext, target: ErasureTarget) -> CaptionDatas
 
 def _yardstick(context: UnlearningContext, target: ErasureTarget, params: EaseParams) -> CaptionDataset | None:
     """What ``repair_until = "parent_utility"`` measures: the retained clients' calibration pairs (refused before
-    anything is computed when there are too few). ``auto`` is decided once the ledger is read (``_auto_yardstick``)."""
+    anything is computed when there are too few). ``auto`` is decided once the ledger is read (``_repair_stop``)."""
     if params.repair_until != "parent_utility" or not params.displace:
         return None
     held_out = _held_out(context, target)
@@ -227,10 +227,15 @@ def _yardstick(context: UnlearningContext, target: ErasureTarget, params: EasePa
     return held_out
 
 
-def _auto_yardstick(context: UnlearningContext, target: ErasureTarget, params: EaseParams,
-                    wholly_exclusive: frozenset[str]) -> tuple[CaptionDataset | None, dict]:
-    """``repair_until = "auto"``: the yardstick where the ledger shows a block wholly exclusive to the erased client
-    (``ease_repair.auto_stop`` decides), else None; and the choice with its reason, for the record."""
+def _repair_stop(context: UnlearningContext, target: ErasureTarget, params: EaseParams,
+                 wholly_exclusive: frozenset[str],
+                 yardstick: CaptionDataset | None) -> tuple[CaptionDataset | None, dict]:
+    """How the repair will stop, for the record, and what it measures: the setting as given (``yardstick`` is
+    ``_yardstick``'s), or with ``auto`` the choice of ``ease_repair.auto_stop`` from the blocks wholly exclusive to
+    the erased client, with the retained calibration pairs as the yardstick where it goes on."""
+    if params.repair_until != "auto":
+        return yardstick, {"requested": params.repair_until, "until": params.repair_until,
+                           "why": f"the setting repair_until = {params.repair_until!r}"}
     held_out: list[CaptionDataset] = []
 
     def count_pairs() -> int:
@@ -262,9 +267,6 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
     generator = torch.Generator().manual_seed(derive_seed(params.seed, 0xEA5E))
     rng = np.random.default_rng(derive_seed(params.seed, 0xD15))
     yardstick = _yardstick(context, target, params)
-    if params.displace and params.repair_until != "auto":
-        details["repair_stop"] = {"requested": params.repair_until, "until": params.repair_until,
-                             "why": f"the setting repair_until = {params.repair_until!r}"}
     with Timer() as timer:
         bundle = context.fresh_bundle()
         blocks = context.setup.blocks
@@ -274,9 +276,8 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
                                                           params.exclusivity_ratio)
             details["angles"] = {"principal_angles_deg": exclusive.angles_deg, **exclusive.summary()}
             directions = _unit_columns(exclusive.parts)
-            frozen = exclusive.wholly_exclusive if params.freeze_wholly_exclusive else frozenset()
-            if params.repair_until == "auto" and params.displace:
-                yardstick, details["repair_stop"] = _auto_yardstick(context, target, params, exclusive.wholly_exclusive)
+            wholly_exclusive = exclusive.wholly_exclusive
+            frozen = wholly_exclusive if params.freeze_wholly_exclusive else frozenset()
             if params.excise and exclusive.parts:
                 values = {name: value - params.excise_fraction * exclusive.parts[name].to(value)
                           if name in exclusive.parts else value for name, value in before.items()}
@@ -293,9 +294,9 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: EaseParam
             directions, angles = sample_exclusive_bases(context, bases, params.sin_min, params.retained_energy)
             details["angles"] = {"principal_angles_deg": [round(a, 3) for a in angles],
                                  "exclusive_blocks": len(directions), "wholly_exclusive_blocks": []}
-            frozen, mode = frozenset(), "onto"
-            if params.repair_until == "auto" and params.displace:
-                yardstick, details["repair_stop"] = _auto_yardstick(context, target, params, frozenset())
+            wholly_exclusive, frozen, mode = frozenset(), frozenset(), "onto"
+        if params.displace:
+            yardstick, details["repair_stop"] = _repair_stop(context, target, params, wholly_exclusive, yardstick)
         if params.displace and params.steps and directions:
             moving = _moving_blocks(context, params, directions, mode, frozen)
             if params.guard_rank and mode == "off":  # the guard is computed at the excised model
