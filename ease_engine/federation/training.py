@@ -45,11 +45,15 @@ class EncodedCaptions:
     def token_ids(self) -> torch.Tensor:
         return torch.unique(self.tokens)
 
-    def pick(self, items: np.ndarray, generator: torch.Generator) -> torch.Tensor:
-        """One caption per item, chosen uniformly among its captions."""
+    def pick_rows(self, items: np.ndarray, generator: torch.Generator) -> torch.Tensor:
+        """One caption per item, chosen uniformly among its captions: its row in ``tokens``."""
         counts = torch.from_numpy(self.offsets[items + 1] - self.offsets[items])
         choice = (torch.rand(len(items), generator=generator) * counts).long()
-        return self.tokens[torch.from_numpy(self.offsets[items]) + choice]
+        return torch.from_numpy(self.offsets[items]) + choice
+
+    def pick(self, items: np.ndarray, generator: torch.Generator) -> torch.Tensor:
+        """One caption per item, chosen uniformly among its captions: its tokens."""
+        return self.tokens[self.pick_rows(items, generator)]
 
 
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:

@@ -119,7 +119,7 @@ def unlearn(context: UnlearningContext, target: ErasureTarget, params: MultiDele
         pool = context.retain_items(target)
         proxy = rng.choice(pool, size=min(params.retain_proxy_size, len(pool)), replace=False)
         model = bundle.model
-        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=params.lr)
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=params.lr, fused=True)
         model.train()
         history = []
         for step in range(params.steps):

@@ -8,12 +8,8 @@ from scipy.stats import wasserstein_distance
 from ease_engine.federation.exclusive import ExclusiveContribution
 from ease_engine.federation.ledger import Ledger, LedgerConfig
 from ease_engine.models.blocks import ParameterBlock
-from ease_engine.unlearning.ease_displacement import (
-    DisplacementPlan,
-    _restore_rows_outside,
-    project_step,
-    quantile_matching_loss,
-)
+from ease_engine.unlearning.ease_displacement import quantile_matching_loss
+from ease_engine.unlearning.ease_projection import StepProjection
 
 
 def _ledger(updates: dict[int, dict[str, list[torch.Tensor]]], blocks, initial) -> Ledger:
@@ -153,30 +149,97 @@ def test_each_step_is_projected_off_or_onto_the_block_directions():
     blocks = [ParameterBlock("w", (2, 2)), ParameterBlock("emb", (1, 2), (1,))]
     e_w = torch.tensor([[1.0], [0.0], [0.0], [0.0]])
     e_row = torch.tensor([[0.0], [1.0]])
-    start = {"w": torch.zeros(4), blocks[1].name: torch.zeros(2)}
     for mode, expected_w, expected_row in [
         ("off", torch.tensor([[0.0, 2.0], [3.0, 4.0]]), torch.tensor([1.0, 0.0])),
         ("onto", torch.tensor([[1.0, 0.0], [0.0, 0.0]]), torch.tensor([0.0, 1.0])),
     ]:
-        model = _model()
+        model = _model()  # the start: every value 0
+        projection = StepProjection(model, blocks, {"w": e_w, blocks[1].name: e_row}, mode)
         with torch.no_grad():
             model.w.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
             model.emb[1] = torch.tensor([1.0, 1.0])
-        plan = DisplacementPlan(blocks, {"w": e_w, blocks[1].name: e_row}, mode, np.zeros(0), np.zeros(0), None, None)
-        project_step(model, plan, start)
+        projection.apply(model)
         torch.testing.assert_close(model.w.detach(), expected_w)
         torch.testing.assert_close(model.emb.detach()[1], expected_row)
 
 
 def test_rows_outside_the_plan_are_put_back():
     model = _model()
-    fixed = {"emb": model.emb.detach().clone()}
+    projection = StepProjection(model, [ParameterBlock("emb", (1, 2), (2,))], {}, "off")
     with torch.no_grad():
         model.emb += 1.0  # the optimiser moved every row of the shared embedding
-    plan = DisplacementPlan([ParameterBlock("emb", (1, 2), (2,))], {}, "off", np.zeros(0), np.zeros(0), None, None)
-    _restore_rows_outside(model, plan, fixed)
+    projection.apply(model)
     assert torch.equal(model.emb.detach()[[0, 1, 3]], torch.zeros(3, 2)) and torch.equal(
         model.emb.detach()[2], torch.ones(2))
+
+
+def _projected_block_by_block(model, blocks, directions, mode, start, fixed) -> None:
+    """The reference: the constraint written out per block, one block at a time (rows outside the plan put back
+    first)."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, rows in {b.param: [r for c in blocks if c.param == b.param for r in c.rows]
+                           for b in blocks if b.rows is not None}.items():
+            keep = torch.ones(params[name].shape[0], dtype=torch.bool)
+            keep[rows] = False
+            params[name][keep] = fixed[name][keep]
+        for block in blocks:
+            param = params[block.param]
+            value = (param[list(block.rows)] if block.rows is not None else param).reshape(-1)
+            moved = value - start[block.name]
+            e = directions.get(block.name)
+            if e is None or e.shape[1] == 0:
+                kept = torch.zeros_like(moved) if mode == "onto" else moved
+            else:
+                inside = e @ (e.T @ moved)
+                kept = inside if mode == "onto" else moved - inside
+            new = (start[block.name] + kept).reshape(block.shape)
+            if block.rows is None:
+                param.copy_(new)
+            else:
+                param[list(block.rows)] = new
+
+
+@pytest.mark.parametrize("mode", ["off", "onto"])
+def test_the_batched_projection_equals_the_block_by_block_formula(mode):
+    """Random moves of a matrix, a bias and 30 embedding rows (some of two rows, with 0 to 3 directions each,
+    some without any): the batched projection lands where the per-block formula does, and the embedding rows no
+    block covers are back at their start."""
+    gen = torch.Generator().manual_seed(7)
+    model = torch.nn.Module()
+    model.w = torch.nn.Parameter(torch.randn(6, 5, generator=gen))
+    model.b = torch.nn.Parameter(torch.randn(5, generator=gen))
+    model.emb = torch.nn.Parameter(torch.randn(50, 8, generator=gen))
+    blocks = [ParameterBlock("w", (6, 5)), ParameterBlock("b", (5,))]
+    blocks += [ParameterBlock("emb", (1, 8), (row,)) for row in range(0, 30)]
+    blocks += [ParameterBlock("emb", (2, 8), (row, row + 1)) for row in (32, 40)]
+    directions = {}
+    for i, block in enumerate(blocks):
+        q = i % 4  # 0 columns: no directions
+        if q:
+            directions[block.name] = torch.linalg.qr(torch.randn(block.numel, q, generator=gen))[0]
+    start = {b.name: (dict(model.named_parameters())[b.param][list(b.rows)] if b.rows else
+                      dict(model.named_parameters())[b.param]).detach().reshape(-1).clone() for b in blocks}
+    fixed = {"emb": model.emb.detach().clone()}
+    projection = StepProjection(model, blocks, directions, mode)
+    with torch.no_grad():
+        for p in model.parameters():
+            p += torch.randn(p.shape, generator=gen)  # the optimiser's step: every row moves
+    reference = torch.nn.Module()
+    for name, p in model.named_parameters():
+        setattr(reference, name, torch.nn.Parameter(p.detach().clone()))
+    projection.apply(model)
+    _projected_block_by_block(reference, blocks, directions, mode, start, fixed)
+    for (name, got), want in zip(model.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-5, atol=1e-5, msg=name)
+    outside = [r for r in range(50) if r not in set(range(30)) | {32, 33, 40, 41}]
+    assert torch.equal(model.emb.detach()[outside], fixed["emb"][outside])
+    assert any(b.name not in directions for b in blocks), "the case of a block without directions must be covered"
+
+
+def test_the_projection_refuses_an_unknown_mode():
+    with pytest.raises(ValueError, match="unknown projection mode"):
+        StepProjection(_model(), [], {}, "sideways")
 
 
 class _TwoTowers(torch.nn.Module):
@@ -196,15 +259,15 @@ class _TwoTowers(torch.nn.Module):
 def test_the_retain_term_anchors_to_the_parent_learns_the_pairs_or_both():
     """anchor: the squared distance of both towers' embeddings to the parent's (0 at the parent itself);
     contrastive: the symmetric InfoNCE of the batch (brute force); both: their sum."""
-    import types
 
     from ease_engine.unlearning.ease_displacement import retain_term
 
     images, tokens = torch.randn(6, 3, generator=torch.Generator().manual_seed(1)), torch.randn(
         6, 5, generator=torch.Generator().manual_seed(2))
     parent, moved = _TwoTowers(0), _TwoTowers(1)
-    anchor = types.SimpleNamespace(model=parent)
-    assert float(retain_term(parent, anchor, images, tokens, "anchor")) == 0.0
+    with torch.no_grad():
+        anchored = (parent.image(images), parent.text(tokens))
+    assert float(retain_term(parent, images, tokens, "anchor", anchored)) == 0.0
     with torch.no_grad():
         mse = (float(((moved.image(images) - parent.image(images)) ** 2).mean())
                + float(((moved.text(tokens) - parent.text(tokens)) ** 2).mean()))
@@ -213,12 +276,46 @@ def test_the_retain_term_anchors_to_the_parent_learns_the_pairs_or_both():
     logits = 10.0 * a @ b.T
     i2t = -np.mean(np.diag(logits) - np.log(np.exp(logits).sum(axis=1)))
     t2i = -np.mean(np.diag(logits) - np.log(np.exp(logits).sum(axis=0)))
-    anchored = retain_term(moved, anchor, images, tokens, "anchor").item()
-    learned = retain_term(moved, anchor, images, tokens, "contrastive").item()
-    assert anchored == pytest.approx(mse, rel=1e-5) and anchored > 0
+    at_anchor = retain_term(moved, images, tokens, "anchor", anchored).item()
+    learned = retain_term(moved, images, tokens, "contrastive").item()
+    assert at_anchor == pytest.approx(mse, rel=1e-5) and at_anchor > 0
     assert learned == pytest.approx(0.5 * (i2t + t2i), rel=1e-5)
-    assert retain_term(moved, anchor, images, tokens, "both").item() == pytest.approx(anchored + learned, rel=1e-5)
-    retain_term(moved, anchor, images, tokens, "contrastive").backward()
+    assert retain_term(moved, images, tokens, "both", anchored).item() == pytest.approx(at_anchor + learned, rel=1e-5)
+    retain_term(moved, images, tokens, "contrastive").backward()
     assert moved.logit_scale.grad is None  # the temperature is the parent's, not a knob of the repair
     with pytest.raises(ValueError, match="unknown retain term"):
-        retain_term(moved, anchor, images, tokens, "hinge")
+        retain_term(moved, images, tokens, "hinge")
+    with pytest.raises(ValueError, match="needs the parent's embeddings"):
+        retain_term(moved, images, tokens, "anchor")
+
+
+def test_the_anchor_embeddings_are_the_parents_each_pair_encoded_once():
+    """Over overlapping batches the cached embeddings equal a fresh forward pass of the parent, and each image
+    and each caption row goes through the parent once; a changed caption row of the same image is encoded anew."""
+    import types
+
+    from ease_engine.unlearning.ease_displacement import AnchorEmbeddings
+
+    parent = _TwoTowers(0)
+    calls = {"image": 0, "text": 0}
+    image_forward, text_forward = parent.encode_image, parent.encode_text
+
+    def counted(kind, forward):
+        def encode(x):
+            calls[kind] += len(x)
+            return forward(x)
+        return encode
+
+    parent.encode_image, parent.encode_text = counted("image", image_forward), counted("text", text_forward)
+    gen = torch.Generator().manual_seed(3)
+    all_images, all_tokens = torch.randn(10, 3, generator=gen), torch.randn(20, 5, generator=gen)
+    embeddings = AnchorEmbeddings(types.SimpleNamespace(model=parent))
+    batches = [(np.array([0, 1, 2, 3]), torch.tensor([0, 2, 4, 6])), (np.array([2, 3, 4]), torch.tensor([4, 7, 8])),
+               (np.array([4, 0]), torch.tensor([8, 0]))]
+    for items, rows in batches:
+        got_images, got_texts = embeddings(items, rows, all_images[items], all_tokens[rows])
+        with torch.no_grad():
+            torch.testing.assert_close(got_images, image_forward(all_images[items]))
+            torch.testing.assert_close(got_texts, text_forward(all_tokens[rows]))
+    assert calls == {"image": 5, "text": 6}  # images 0-4 and caption rows 0, 2, 4, 6, 7, 8, each once (item 3's
+    # second caption, row 7, is encoded although its image was cached)
