@@ -32,26 +32,40 @@ def encode_images(
 
 
 @torch.no_grad()
-def encode_texts(bundle: ClipBundle, texts: list[str], batch_size: int = 512, device: str = "cpu") -> torch.Tensor:
-    """L2-normalised text embeddings (M, D)."""
+def encode_tokens(bundle: ClipBundle, tokens: torch.Tensor, batch_size: int = 512, device: str = "cpu") -> torch.Tensor:
+    """L2-normalised text embeddings (M, D) of tokenized captions (M, context)."""
     model = bundle.model
     was_training = model.training
     model.eval()
     out = [
-        F.normalize(model.encode_text(bundle.tokenize(texts[i : i + batch_size]).to(device)), dim=-1)
-        for i in range(0, len(texts), batch_size)
+        F.normalize(model.encode_text(tokens[i : i + batch_size].to(device)), dim=-1)
+        for i in range(0, len(tokens), batch_size)
     ]
     model.train(was_training)
     return torch.cat(out).float().cpu() if out else torch.zeros(0, 1)
 
 
-def retrieval_metrics(bundle: ClipBundle, dataset: CaptionDataset, device: str = "cpu") -> dict[str, float]:
-    """Recall@1/5/10 both directions on ``dataset`` (an image matches any of its captions)."""
+def encode_texts(bundle: ClipBundle, texts: list[str], batch_size: int = 512, device: str = "cpu") -> torch.Tensor:
+    """L2-normalised text embeddings (M, D)."""
+    return encode_tokens(bundle, bundle.tokenize(texts) if texts else torch.zeros(0, 1), batch_size, device)
+
+
+def caption_tokens(bundle: ClipBundle, dataset: CaptionDataset) -> torch.Tensor:
+    """Every caption of ``dataset`` tokenized, in ``caption_owner`` order: for a split measured again and again
+    (tokenizing is most of the cost of encoding a few thousand short captions with a small model)."""
+    texts, _ = dataset.caption_owner()
+    return bundle.tokenize(texts)
+
+
+def retrieval_metrics(bundle: ClipBundle, dataset: CaptionDataset, device: str = "cpu",
+                      tokens: torch.Tensor | None = None) -> dict[str, float]:
+    """Recall@1/5/10 both directions on ``dataset`` (an image matches any of its captions); ``tokens``: its
+    captions as ``caption_tokens`` gives them, when the caller keeps them."""
     if len(dataset) == 0:
         raise ValueError(f"cannot evaluate retrieval on an empty split ({dataset.name})")
-    texts, owner = dataset.caption_owner()
+    _, owner = dataset.caption_owner()
     image_emb = encode_images(bundle, dataset, device=device)
-    text_emb = encode_texts(bundle, texts, device=device)
+    text_emb = encode_tokens(bundle, caption_tokens(bundle, dataset) if tokens is None else tokens, device=device)
     metrics = recall_at_k(image_emb, text_emb, owner)
     metrics["n_images"] = len(dataset)
     return metrics

@@ -35,9 +35,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from ease_engine.data.dataset import CaptionDataset
-from ease_engine.evaluation.evaluate import retrieval_metrics
+from ease_engine.evaluation.evaluate import caption_tokens, retrieval_metrics
 from ease_engine.models.factory import ClipBundle
 from ease_engine.unlearning.base import UnlearningError
 
@@ -57,9 +58,10 @@ def require_measurable(data: CaptionDataset) -> None:
             f"train the federation with a larger holdout.client_fraction or a smaller holdout.audit_fraction")
 
 
-def mean_recall(bundle: ClipBundle, data: CaptionDataset, device: str) -> float:
-    """The mean of Recall@1, 5 and 10 in both directions on ``data``, in percent."""
-    metrics = retrieval_metrics(bundle, data, device=device)
+def mean_recall(bundle: ClipBundle, data: CaptionDataset, device: str, tokens: torch.Tensor | None = None) -> float:
+    """The mean of Recall@1, 5 and 10 in both directions on ``data`` (``tokens``: its captions tokenized, as
+    ``caption_tokens`` gives them), in percent."""
+    metrics = retrieval_metrics(bundle, data, device=device, tokens=tokens)
     return float(np.mean([metrics[key] for key in RECALL_KEYS]))
 
 
@@ -103,13 +105,15 @@ class UtilityCriterion:
     every: int
     first: int = 0  # the first step measured (the tuned step count)
     device: str = "cpu"
+    tokens: torch.Tensor | None = None  # ``data``'s captions, tokenized once for every measure
     measures: list[dict] = field(default_factory=list)
 
     @classmethod
     def at_parent(cls, parent: ClipBundle, data: CaptionDataset, tolerance: float, every: int, first: int = 0,
                   device: str = "cpu") -> UtilityCriterion:
         require_measurable(data)
-        return cls(data, mean_recall(parent, data, device), tolerance, every, first, device)
+        tokens = caption_tokens(parent, data)
+        return cls(data, mean_recall(parent, data, device, tokens), tolerance, every, first, device, tokens)
 
     @property
     def target(self) -> float:
@@ -120,7 +124,7 @@ class UtilityCriterion:
 
     def reached(self, bundle: ClipBundle, step: int) -> bool:
         """Measure ``bundle`` now (recorded in ``measures``); True when it is at or above the target."""
-        value = mean_recall(bundle, self.data, self.device)
+        value = mean_recall(bundle, self.data, self.device, self.tokens)
         reached = value >= self.target
         self.measures.append({"step": step, "mean_recall": round(value, 3), "reached": reached})
         return reached

@@ -42,6 +42,22 @@ def test_the_target_is_the_parents_measure_less_the_tolerance(context):
     assert UtilityCriterion.at_parent(parent, data, tolerance=2.5, every=5).target == pytest.approx(measured - 2.5)
 
 
+def test_the_criterion_tokenizes_its_captions_once_and_measures_what_a_fresh_evaluation_does(context, monkeypatch):
+    data = retained_calibration(context.setup.calibration, context.retained_clients(ErasureTarget(0)))
+    parent = context.fresh_bundle()
+    expected = ease_repair.mean_recall(parent, data, "cpu")  # tokenizing on its own
+    tokenized = []
+    tokenize = type(parent).tokenize
+    monkeypatch.setattr(type(parent), "tokenize", lambda self, texts: tokenized.append(len(texts)) or tokenize(
+        self, texts))
+    criterion = UtilityCriterion.at_parent(parent, data, tolerance=0, every=5)
+    for step in (0, 5, 10):
+        criterion.reached(parent, step)
+    assert tokenized == [len(data.caption_owner()[0])]  # once, every caption, for the parent's and three measures
+    assert criterion.parent_value == expected
+    assert [m["mean_recall"] for m in criterion.measures] == [round(expected, 3)] * 3
+
+
 def test_too_few_held_out_pairs_are_refused_with_what_to_do(context):
     data = context.setup.calibration.subset(np.arange(ease_repair.MIN_PAIRS - 1), name="few")
     with pytest.raises(RepairCriterionError, match="set repair_until = 'steps', or train the federation"):
@@ -53,7 +69,7 @@ def _scripted(monkeypatch, values: list[float]) -> list[np.ndarray]:
     one array per call."""
     calls: list[np.ndarray] = []
 
-    def fake(bundle, data, device):
+    def fake(bundle, data, device, tokens=None):
         calls.append(np.asarray(data.client_ids))
         return values[min(len(calls), len(values)) - 1]
 
