@@ -60,10 +60,13 @@ def caption_tokens(bundle: ClipBundle, dataset: CaptionDataset) -> torch.Tensor:
 def retrieval_metrics(bundle: ClipBundle, dataset: CaptionDataset, device: str = "cpu",
                       tokens: torch.Tensor | None = None) -> dict[str, float]:
     """Recall@1/5/10 both directions on ``dataset`` (an image matches any of its captions); ``tokens``: its
-    captions as ``caption_tokens`` gives them, when the caller keeps them."""
+    captions as ``caption_tokens`` gives them with this bundle's tokenizer, when the caller keeps them."""
     if len(dataset) == 0:
         raise ValueError(f"cannot evaluate retrieval on an empty split ({dataset.name})")
     _, owner = dataset.caption_owner()
+    if tokens is not None and len(tokens) != len(owner):
+        raise ValueError(f"{len(tokens)} tokenized captions given for the {len(owner)} captions of {dataset.name}: "
+                         f"pass caption_tokens(bundle, dataset) of this split")
     image_emb = encode_images(bundle, dataset, device=device)
     text_emb = encode_tokens(bundle, caption_tokens(bundle, dataset) if tokens is None else tokens, device=device)
     metrics = recall_at_k(image_emb, text_emb, owner)

@@ -70,7 +70,8 @@ class ClipBundle:
 
     def image_batch(self, dataset, items: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
         """The model's input for ``items`` of a caption data set: its pixels, or its image files through
-        open_clip's evaluation transform."""
+        open_clip's evaluation transform. Deterministic (no augmentation): EASE's repair keeps the parent's
+        embedding of each image it has seen (``ease_displacement.AnchorEmbeddings``)."""
         if dataset.pixels is not None:
             return self.pixels_to_tensor(dataset.pixels[items], device)
         transform = self.image_transform()

@@ -139,6 +139,8 @@ def displace(bundle: ClipBundle, anchor: ClipBundle, setup, plan: DisplacementPl
     """Run the optimisation in place on ``bundle``; returns steps, the final KS statistic and the history."""
     device = setup.device
     model = bundle.model
+    if anchor.model is model:
+        raise ValueError("the anchor must be a copy of the parent, not the model being repaired: the repair moves it")
     trainable = {b.param for b in plan.blocks}
     named = dict(model.named_parameters())
     with only_trainable(model, trainable):
@@ -175,7 +177,9 @@ def displace(bundle: ClipBundle, anchor: ClipBundle, setup, plan: DisplacementPl
                 r_images = bundle.image_batch(setup.train, r_items, device)
                 r_rows = setup.captions.pick_rows(r_items, generator)
                 r_tokens = setup.captions.tokens[r_rows].to(device)
-                anchored = anchor_embeddings(r_items, r_rows, r_images, r_tokens) if anchor_embeddings else None
+                anchored = None
+                if anchor_embeddings is not None:
+                    anchored = anchor_embeddings(r_items, r_rows, r_images, r_tokens)
                 loss = loss + params.retain_weight * retain_term(model, r_images, r_tokens, params.retain_loss,
                                                                  anchored)
             if not loss.requires_grad:
@@ -183,7 +187,7 @@ def displace(bundle: ClipBundle, anchor: ClipBundle, setup, plan: DisplacementPl
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            projection.apply(model)
+            projection.apply()
             steps_done += 1
         if criterion and (not criterion.measures or criterion.measures[-1]["step"] != steps_done):
             criterion.reached(bundle, steps_done)  # where the repair ended, for the record

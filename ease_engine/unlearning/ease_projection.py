@@ -29,7 +29,7 @@ import torch
 from ease_engine.models.blocks import ParameterBlock
 
 
-def _columns(directions: Mapping[str, torch.Tensor], block: ParameterBlock) -> torch.Tensor | None:
+def _directions_of(directions: Mapping[str, torch.Tensor], block: ParameterBlock) -> torch.Tensor | None:
     e = directions.get(block.name)
     return None if e is None or e.shape[1] == 0 else e
 
@@ -59,21 +59,28 @@ class _FrozenRows:
 
 
 class StepProjection:
-    """``apply(model)`` after each optimiser step: frozen rows put back, every moving block constrained."""
+    """``apply()`` after each optimiser step of ``model``: frozen rows put back, every moving block constrained.
+
+    The blocks must not overlap (no row in two blocks, no parameter both whole and by rows), as the plans
+    ``trainable_blocks`` gives never do: the per-block formula would then depend on the order of the blocks.
+    The directions are kept on the parameters' device for the whole repair (the previous loop moved one block's
+    at a time): about (1 + guard rank) times the moving parameters in float32, small beside the model and its Adam
+    state for the models here."""
 
     def __init__(self, model: torch.nn.Module, blocks: Sequence[ParameterBlock],
                  directions: Mapping[str, torch.Tensor], mode: Literal["off", "onto"]):
         if mode not in ("off", "onto"):
             raise ValueError(f"unknown projection mode {mode!r}: use off or onto")
         self.mode = mode
-        params = {name: p.detach() for name, p in model.named_parameters()}
+        self.params = dict(model.named_parameters())
+        params = {name: p.detach() for name, p in self.params.items()}
         self.whole: list[_WholeBlock] = []
         grouped: dict[tuple[str, int], list[tuple[ParameterBlock, torch.Tensor | None]]] = {}
         covered: dict[str, set[int]] = {}
+        whole_params: set[str] = set()
         for block in blocks:
-            e = _columns(directions, block)
-            if block.rows is not None:
-                covered.setdefault(block.param, set()).update(block.rows)
+            _refuse_overlap(block, covered, whole_params)
+            e = _directions_of(directions, block)
             if e is None and mode == "off":
                 continue  # the whole move is kept: the block is left as the optimiser put it
             if block.rows is None:
@@ -88,12 +95,12 @@ class StepProjection:
             keep = torch.ones(params[param].shape[0], dtype=torch.bool, device=params[param].device)
             keep[sorted(rows)] = False
             index = torch.nonzero(keep).squeeze(1)
-            self.frozen.append(_FrozenRows(param, index, params[param][index].clone()))
+            self.frozen.append(_FrozenRows(param, index, params[param][index]))  # indexing copies
 
     @staticmethod
     def _group(param: torch.Tensor, name: str, members: list[tuple[ParameterBlock, torch.Tensor | None]]) -> _RowBlocks:
         rows = torch.tensor([block.rows for block, _ in members], dtype=torch.long, device=param.device)
-        start = param[rows].reshape(len(members), -1).clone()
+        start = param[rows].reshape(len(members), -1)  # indexing copies
         width = max((e.shape[1] for _, e in members if e is not None), default=1)
         stacked = torch.zeros(len(members), start.shape[1], width, dtype=start.dtype, device=start.device)
         for i, (_, e) in enumerate(members):
@@ -108,17 +115,28 @@ class StepProjection:
         return inside if self.mode == "onto" else moved - inside
 
     @torch.no_grad()
-    def apply(self, model: torch.nn.Module) -> None:
-        params = dict(model.named_parameters())
+    def apply(self) -> None:
         for frozen in self.frozen:
-            params[frozen.param][frozen.rows] = frozen.values
+            self.params[frozen.param][frozen.rows] = frozen.values
         for block in self.whole:
-            param = params[block.param]
+            param = self.params[block.param]
             moved = param.reshape(-1) - block.start
             param.copy_((block.start + self._kept(moved, block.directions)).reshape(param.shape))
         for group in self.row_groups:
-            param = params[group.param]
-            n, k = group.rows.shape
-            moved = param[group.rows].reshape(n, -1) - group.start
+            param = self.params[group.param]
+            moved = param[group.rows].reshape(len(group.rows), -1) - group.start
             kept = self._kept(moved.unsqueeze(-1), group.directions).squeeze(-1)
-            param[group.rows] = (group.start + kept).reshape(n, k, -1)
+            param[group.rows] = (group.start + kept).reshape(*group.rows.shape, *param.shape[1:])
+
+
+def _refuse_overlap(block: ParameterBlock, covered: dict[str, set[int]], whole_params: set[str]) -> None:
+    """Record ``block``'s rows (or its whole parameter), refusing a row or a parameter already taken."""
+    if block.rows is None:
+        if block.param in whole_params or block.param in covered:
+            raise ValueError(f"block {block.name} overlaps another block of the plan: blocks must not overlap")
+        whole_params.add(block.param)
+        return
+    taken = covered.setdefault(block.param, set())
+    if block.param in whole_params or taken.intersection(block.rows):
+        raise ValueError(f"block {block.name} overlaps another block of the plan: blocks must not overlap")
+    taken.update(block.rows)

@@ -105,7 +105,8 @@ class UtilityCriterion:
     every: int
     first: int = 0  # the first step measured (the tuned step count)
     device: str = "cpu"
-    tokens: torch.Tensor | None = None  # ``data``'s captions, tokenized once for every measure
+    tokens: torch.Tensor | None = field(default=None, repr=False, compare=False)  # ``data``'s captions, tokenized
+    # once for every measure
     measures: list[dict] = field(default_factory=list)
 
     @classmethod

@@ -34,6 +34,17 @@ def test_retrieval_metrics_match_a_brute_force_reference(small_scenes):
     assert metrics["n_images"] == 20
 
 
+def test_kept_caption_tokens_give_the_same_recall_and_wrong_ones_are_refused(small_scenes):
+    from ease_engine.evaluation.evaluate import caption_tokens
+
+    _, test = small_scenes
+    bundle = build_model(ModelConfig(init_seed=2))
+    tokens = caption_tokens(bundle, test)
+    assert retrieval_metrics(bundle, test, tokens=tokens) == retrieval_metrics(bundle, test)
+    with pytest.raises(ValueError, match="pass caption_tokens"):
+        retrieval_metrics(bundle, test, tokens=tokens[:-1])
+
+
 def test_embeddings_do_not_depend_on_batching(small_scenes):
     train, _ = small_scenes
     bundle = build_model(ModelConfig())

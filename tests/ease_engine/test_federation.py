@@ -235,3 +235,18 @@ def test_ledger_skips_blocks_a_client_did_not_move_with_the_same_result():
         torch.testing.assert_close(record.singular_values[block.name], s)
         torch.testing.assert_close(record.contribution[block.name], sum(r[block.name] for r in rounds))
     assert record.basis["a"].shape == (3, 2) and record.basis["b"].shape == (2, 1) and record.rounds == [0, 1, 2]
+
+
+def test_a_caption_pick_is_one_caption_of_each_item_and_pick_rows_makes_the_same_draw():
+    """Four images with 1, 2, 3 and 4 captions: each pick is a row of its own image; ``pick`` and ``pick_rows``
+    consume the generator alike (the seeded draw is pinned: a change in how the generator is used shows)."""
+    import numpy as np
+
+    from ease_engine.federation.training import EncodedCaptions
+
+    captions = EncodedCaptions(tokens=torch.arange(10).reshape(10, 1), offsets=np.array([0, 1, 3, 6, 10]))
+    items = np.array([3, 0, 2, 1, 3, 2])
+    rows = captions.pick_rows(items, torch.Generator().manual_seed(5))
+    assert rows.tolist() == [9, 0, 5, 2, 9, 3]
+    assert all(captions.offsets[i] <= r < captions.offsets[i + 1] for i, r in zip(items, rows.tolist(), strict=True))
+    assert torch.equal(captions.pick(items, torch.Generator().manual_seed(5)), captions.tokens[rows])

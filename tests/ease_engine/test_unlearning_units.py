@@ -158,7 +158,7 @@ def test_each_step_is_projected_off_or_onto_the_block_directions():
         with torch.no_grad():
             model.w.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
             model.emb[1] = torch.tensor([1.0, 1.0])
-        projection.apply(model)
+        projection.apply()
         torch.testing.assert_close(model.w.detach(), expected_w)
         torch.testing.assert_close(model.emb.detach()[1], expected_row)
 
@@ -168,7 +168,7 @@ def test_rows_outside_the_plan_are_put_back():
     projection = StepProjection(model, [ParameterBlock("emb", (1, 2), (2,))], {}, "off")
     with torch.no_grad():
         model.emb += 1.0  # the optimiser moved every row of the shared embedding
-    projection.apply(model)
+    projection.apply()
     assert torch.equal(model.emb.detach()[[0, 1, 3]], torch.zeros(3, 2)) and torch.equal(
         model.emb.detach()[2], torch.ones(2))
 
@@ -191,50 +191,78 @@ def _projected_block_by_block(model, blocks, directions, mode, start, fixed) -> 
             if e is None or e.shape[1] == 0:
                 kept = torch.zeros_like(moved) if mode == "onto" else moved
             else:
+                e = e.to(moved)
                 inside = e @ (e.T @ moved)
                 kept = inside if mode == "onto" else moved - inside
-            new = (start[block.name] + kept).reshape(block.shape)
+            new = (start[block.name] + kept).reshape((len(block.rows), *param.shape[1:]) if block.rows else block.shape)
             if block.rows is None:
                 param.copy_(new)
             else:
                 param[list(block.rows)] = new
 
 
-@pytest.mark.parametrize("mode", ["off", "onto"])
-def test_the_batched_projection_equals_the_block_by_block_formula(mode):
-    """Random moves of a matrix, a bias and 30 embedding rows (some of two rows, with 0 to 3 directions each,
-    some without any): the batched projection lands where the per-block formula does, and the embedding rows no
-    block covers are back at their start."""
-    gen = torch.Generator().manual_seed(7)
+def _federation_like(dtype, gen):
+    """A matrix, a bias, two embeddings (30 one-row blocks on one, rows in any order, blocks of two rows, a second
+    embedding with one-row blocks) and a 3-D parameter split by rows; 0 to 3 directions per block."""
     model = torch.nn.Module()
-    model.w = torch.nn.Parameter(torch.randn(6, 5, generator=gen))
-    model.b = torch.nn.Parameter(torch.randn(5, generator=gen))
-    model.emb = torch.nn.Parameter(torch.randn(50, 8, generator=gen))
+    model.w = torch.nn.Parameter(torch.randn(6, 5, generator=gen, dtype=dtype))
+    model.b = torch.nn.Parameter(torch.randn(5, generator=gen, dtype=dtype))
+    model.emb = torch.nn.Parameter(torch.randn(50, 8, generator=gen, dtype=dtype))
+    model.pos = torch.nn.Parameter(torch.randn(12, 4, generator=gen, dtype=dtype))
+    model.cube = torch.nn.Parameter(torch.randn(6, 2, 3, generator=gen, dtype=dtype))
     blocks = [ParameterBlock("w", (6, 5)), ParameterBlock("b", (5,))]
     blocks += [ParameterBlock("emb", (1, 8), (row,)) for row in range(0, 30)]
-    blocks += [ParameterBlock("emb", (2, 8), (row, row + 1)) for row in (32, 40)]
+    blocks += [ParameterBlock("emb", (2, 8), rows) for rows in ((32, 33), (41, 40))]
+    blocks += [ParameterBlock("pos", (1, 4), (row,)) for row in (1, 5, 7)]
+    blocks += [ParameterBlock("cube", (2, 2, 3), rows) for rows in ((0, 1), (4, 3))]
     directions = {}
     for i, block in enumerate(blocks):
         q = i % 4  # 0 columns: no directions
         if q:
-            directions[block.name] = torch.linalg.qr(torch.randn(block.numel, q, generator=gen))[0]
-    start = {b.name: (dict(model.named_parameters())[b.param][list(b.rows)] if b.rows else
-                      dict(model.named_parameters())[b.param]).detach().reshape(-1).clone() for b in blocks}
-    fixed = {"emb": model.emb.detach().clone()}
-    projection = StepProjection(model, blocks, directions, mode)
-    with torch.no_grad():
-        for p in model.parameters():
-            p += torch.randn(p.shape, generator=gen)  # the optimiser's step: every row moves
+            directions[block.name] = torch.linalg.qr(torch.randn(block.numel, q, generator=gen))[0]  # float32
+    return model, blocks, directions
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", ["off", "onto"])
+def test_the_batched_projection_equals_the_block_by_block_formula(mode, dtype):
+    """Three steps of random moves: after each, the batched projection lands where the per-block formula does,
+    and the embedding rows no block covers are back at their start."""
+    gen = torch.Generator().manual_seed(7)
+    model, blocks, directions = _federation_like(dtype, gen)
+    params = dict(model.named_parameters())
+    start = {b.name: (params[b.param][list(b.rows)] if b.rows else params[b.param]).detach().reshape(-1).clone()
+             for b in blocks}
+    fixed = {name: params[name].detach().clone() for name in ("emb", "pos", "cube")}
     reference = torch.nn.Module()
     for name, p in model.named_parameters():
         setattr(reference, name, torch.nn.Parameter(p.detach().clone()))
-    projection.apply(model)
-    _projected_block_by_block(reference, blocks, directions, mode, start, fixed)
-    for (name, got), want in zip(model.named_parameters(), reference.parameters(), strict=True):
-        torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-5, atol=1e-5, msg=name)
+    projection = StepProjection(model, blocks, directions, mode)
+    for _ in range(3):
+        step = {name: torch.randn(p.shape, generator=gen, dtype=dtype) for name, p in model.named_parameters()}
+        with torch.no_grad():
+            for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+                p += step[name]  # the optimiser's step: every row moves
+                q += step[name]
+        projection.apply()
+        _projected_block_by_block(reference, blocks, directions, mode, start, fixed)
+        for (name, got), want in zip(model.named_parameters(), reference.parameters(), strict=True):
+            torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-5, atol=1e-5, msg=name)
     outside = [r for r in range(50) if r not in set(range(30)) | {32, 33, 40, 41}]
     assert torch.equal(model.emb.detach()[outside], fixed["emb"][outside])
+    assert torch.equal(model.pos.detach()[[0, 2, 3, 4, 6, 8, 9, 10, 11]], fixed["pos"][[0, 2, 3, 4, 6, 8, 9, 10, 11]])
     assert any(b.name not in directions for b in blocks), "the case of a block without directions must be covered"
+
+
+@pytest.mark.parametrize("blocks", [
+    [ParameterBlock("emb", (1, 2), (1,)), ParameterBlock("emb", (2, 2), (1, 2))],
+    [ParameterBlock("emb", (4, 2)), ParameterBlock("emb", (1, 2), (3,))],
+    [ParameterBlock("emb", (1, 2), (3,)), ParameterBlock("emb", (4, 2))],
+])
+def test_overlapping_blocks_are_refused(blocks):
+    """Where blocks overlap the per-block formula depends on their order: the projection refuses them."""
+    with pytest.raises(ValueError, match="overlaps another block"):
+        StepProjection(_model(), blocks, {}, "off")
 
 
 def test_the_projection_refuses_an_unknown_mode():
@@ -319,3 +347,15 @@ def test_the_anchor_embeddings_are_the_parents_each_pair_encoded_once():
             torch.testing.assert_close(got_texts, text_forward(all_tokens[rows]))
     assert calls == {"image": 5, "text": 6}  # images 0-4 and caption rows 0, 2, 4, 6, 7, 8, each once (item 3's
     # second caption, row 7, is encoded although its image was cached)
+
+
+def test_the_repair_refuses_the_model_itself_as_its_anchor():
+    """The anchor's embeddings are kept for the whole repair: an anchor that is the model being repaired would
+    move under them."""
+    import types
+
+    from ease_engine.unlearning.ease_displacement import displace
+
+    bundle = types.SimpleNamespace(model=_TwoTowers(0))
+    with pytest.raises(ValueError, match="the anchor must be a copy of the parent"):
+        displace(bundle, bundle, types.SimpleNamespace(device="cpu"), None, None, None, None)
