@@ -32,7 +32,7 @@ from lethe_bench.machine import describe as describe_machine
 from lethe_bench.markdown import replace_section, table
 from lethe_bench.pretrain import ensure as ensure_pretrained
 from lethe_bench.reactivation import curves_table
-from lethe_bench.references import ensure_references, reference_paths, references_cached
+from lethe_bench.references import backbone_digest, ensure_references, reference_paths, references_cached
 from lethe_bench.run_seed import results_path, run_seed
 from lethe_bench.scenarios import SCENARIOS
 from lethe_bench.summary import R1, gap_table, gate_case_table, scenario_table, summarise_scenario
@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> None:
             summary["reactivation_rounds"], summary["reinjected"] = rounds, REINJECTED
         if cached["rows_cached"] == len(units) and "measured" in earlier.get(name, {}):
             summary["measured"] = earlier[name]["measured"]  # nothing was measured now: keep when it was
+        backbone = backbone_digest(SCENARIOS[name].config(args.seeds[0], args.quick))
+        if backbone:  # the rows come from the cache of this backbone's references (keyed by its sha256)
+            summary["measured"]["backbone_sha256"] = backbone
     if args.references_only:
         return
     if args.quick:
@@ -256,7 +259,8 @@ def _measured_line(name: str, summary: dict) -> str:
         seeds = " ".join(map(str, summary["seeds"]))
         return (f"- {name}: `lethe bench --scenarios {name} --seeds {seeds}`, written by an earlier version of "
                 "this script")
-    line = f"- {name}: `{record['command']}` ({record['date']}, {record['machine']})"
+    backbone = f", backbone sha256 {record['backbone_sha256'][:8]}" if record.get("backbone_sha256") else ""
+    line = f"- {name}: `{record['command']}` ({record['date']}, {record['machine']}{backbone})"
     run = record.get("invocation")
     if run:
         line += (f"; that invocation over {', '.join(run['scenarios'])} took {run['wall_s'] / 60:.1f} min wall with "

@@ -135,6 +135,33 @@ def test_main_merges_two_invocations_into_one_file_and_section(tmp_path, monkeyp
     assert "† in samples scope" in text  # finetune is no negative control there, and the table says so
 
 
+def test_a_scenario_on_a_pretrained_backbone_names_the_backbone_its_rows_were_measured_on(tmp_path, monkeypatch):
+    """pretrained-lora's figures depend on the backbone's bytes (docs/ease.md): the record and the docs line name
+    its sha256; a scenario without one names none."""
+    import json
+
+    from lethe_bench import unlearning
+
+    def fake_run_seed(scenario, seed, root, quick, rounds, reinjected, log):
+        run = _run(seed, 10.0 + seed, 11.0 + seed)
+        run["scope"] = scenario.scope
+        return run
+
+    monkeypatch.setattr(unlearning, "run_seed", fake_run_seed)
+    monkeypatch.setattr(unlearning, "ensure_pretrained", lambda: None)
+    monkeypatch.setattr(unlearning, "backbone_digest", lambda config: "9566153d" + "0" * 56 if config.model.pretrained
+                        else None)
+    out, docs = tmp_path / "unlearning.json", tmp_path / "benchmarks.md"
+    unlearning.main(["--scenarios", "pretrained-lora", "exclusive", "--seeds", "0", "1", "--json", str(out),
+                     "--docs", str(docs), "--root", str(tmp_path / "runs")])
+    scenarios = json.loads(out.read_text())["scenarios"]
+    assert scenarios["pretrained-lora"]["measured"]["backbone_sha256"] == "9566153d" + "0" * 56
+    assert "backbone_sha256" not in scenarios["exclusive"]["measured"]
+    lines = {line.split(":")[0]: line for line in docs.read_text().splitlines() if line.startswith("- ")}
+    assert "torch threads 1, backbone sha256 9566153d)" in lines["- pretrained-lora"]
+    assert "backbone" not in lines["- exclusive"]
+
+
 def test_jobs_run_each_scenario_seed_in_its_own_process_from_the_cache(tmp_path):
     """``--jobs 2``: the scenario-seed runs go to spawned processes (no monkeypatch reaches them, so the cache
     is filled as a finished run leaves it: references trained, rows written) and come back in order."""
