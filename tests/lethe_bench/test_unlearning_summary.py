@@ -148,9 +148,14 @@ def test_a_scenario_on_a_pretrained_backbone_names_the_backbone_its_rows_were_me
         return run
 
     monkeypatch.setattr(unlearning, "run_seed", fake_run_seed)
+    from lethe_bench import references
+
+    def digest(config):  # a stand-in backbone: no weights file is read (a fresh clone has none)
+        return "9566153d" + "0" * 56 if config.model.pretrained else None
+
     monkeypatch.setattr(unlearning, "ensure_pretrained", lambda: None)
-    monkeypatch.setattr(unlearning, "backbone_digest", lambda config: "9566153d" + "0" * 56 if config.model.pretrained
-                        else None)
+    monkeypatch.setattr(unlearning, "backbone_digest", digest)
+    monkeypatch.setattr(references, "backbone_digest", digest)  # the reference cache's keys
     out, docs = tmp_path / "unlearning.json", tmp_path / "benchmarks.md"
     unlearning.main(["--scenarios", "pretrained-lora", "exclusive", "--seeds", "0", "1", "--json", str(out),
                      "--docs", str(docs), "--root", str(tmp_path / "runs")])
