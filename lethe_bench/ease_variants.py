@@ -66,7 +66,7 @@ VARIANTS: list[Row] = [
     Row("ease, contrastive repair", "ease", {"retain_loss": "contrastive", "repair_until": "steps"}),
     Row("ease, anchor + contrastive repair", "ease", {"retain_loss": "both", "repair_until": "steps"}),
     # both terms under the default stop (the ledger chooses): the candidate default of 2026-12-05, sixth stop
-    Row("ease, anchor + contrastive, auto stop", "ease", {"retain_loss": "both"}),
+    Row("ease, anchor + contrastive, auto stop", "ease", {"retain_loss": "both", "repair_until": "auto"}),
     Row("ease w/o displacement", "ease", {"displace": False}),  # no repair at all: where excision leaves it
     # the displacement also kept off the forget pairs' leading gradient directions (8 per block)
     Row("ease, forget-gradient guard", "ease", {"guard_rank": 8, "repair_until": "steps"}),

@@ -11,7 +11,6 @@ from ease_engine.data.scenes import caption_naming, probe_captions
 from ease_engine.evaluation.probe import probe_accuracy
 from ease_engine.evaluation.retrieval import recall_at_k
 from ease_engine.evaluation.untrained_words import beaten_share, stand_in_words
-from ease_engine.federation.training import EncodedCaptions
 from ease_engine.models.factory import ClipBundle
 
 
@@ -54,8 +53,8 @@ def encode_texts(bundle: ClipBundle, texts: list[str], batch_size: int = 512, de
 def caption_tokens(bundle: ClipBundle, dataset: CaptionDataset) -> torch.Tensor:
     """Every caption of ``dataset`` tokenized, in ``caption_owner`` order: for a split measured again and again
     (tokenizing is most of the cost of encoding a few thousand short captions with a small model). Each distinct
-    text is tokenized once (``EncodedCaptions.build``)."""
-    return EncodedCaptions.build(bundle, dataset).tokens
+    text is tokenized once, as ``EncodedCaptions.build`` does for training."""
+    return bundle.tokenize_each_once(dataset.caption_owner()[0])
 
 
 def retrieval_metrics(bundle: ClipBundle, dataset: CaptionDataset, device: str = "cpu",

@@ -34,11 +34,7 @@ class EncodedCaptions:
 
     @classmethod
     def build(cls, bundle: ClipBundle, dataset: CaptionDataset) -> EncodedCaptions:
-        texts, _ = dataset.caption_owner()
-        unique = sorted(set(texts))
-        table = bundle.tokenize(unique)
-        position = {t: i for i, t in enumerate(unique)}
-        tokens = table[[position[t] for t in texts]]
+        tokens = bundle.tokenize_each_once(dataset.caption_owner()[0])
         counts = np.array([len(c) for c in dataset.captions], dtype=np.int64)
         return cls(tokens=tokens, offsets=np.concatenate([[0], np.cumsum(counts)]))
 

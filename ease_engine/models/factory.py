@@ -57,6 +57,12 @@ class ClipBundle:
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         return self.tokenizer(texts)
 
+    def tokenize_each_once(self, texts: list[str]) -> torch.Tensor:
+        """``tokenize(texts)``, with each distinct text tokenized once (captions repeat: many images share one)."""
+        unique = sorted(set(texts))
+        position = {text: i for i, text in enumerate(unique)}
+        return self.tokenize(unique)[[position[text] for text in texts]]
+
     def pixels_to_tensor(self, pixels: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
         """uint8 (B, H, W, 3) -> normalised float (B, 3, S, S) at the model's resolution."""
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(device).permute(0, 3, 1, 2).float().div_(255.0)

@@ -138,3 +138,15 @@ def test_pixels_to_tensor_normalises_and_resizes():
     assert x.shape == (2, 3, 48, 48)
     expected = (1 - torch.tensor(bundle.mean)) / torch.tensor(bundle.std)
     torch.testing.assert_close(x[0, :, 10, 10], expected)
+
+
+def test_tokenize_each_once_equals_tokenize_and_tokenizes_each_distinct_text_once(monkeypatch):
+    bundle = build_model(ModelConfig())
+    texts = ["a blue square", "a red circle", "a blue square", "a small green star", "a red circle"]
+    expected = bundle.tokenize(texts)
+    seen = []
+    tokenize = type(bundle).tokenize
+    monkeypatch.setattr(type(bundle), "tokenize", lambda self, batch: seen.append(list(batch)) or tokenize(self, batch))
+    tokens = bundle.tokenize_each_once(texts)
+    assert torch.equal(tokens, expected)  # same rows, in the order given
+    assert len(seen) == 1 and sorted(seen[0]) == sorted(set(texts))  # one call, each text once
