@@ -1,6 +1,8 @@
 """The unlearning benchmark: every method against the retrain reference, on every scenario, over seeds.
 
     lethe bench [--scenarios exclusive dirichlet ...] [--seeds 0 1 2] [--quick] [--jobs 2]
+
+Without ``--seeds`` each scenario runs its own seeds (``Scenario.seeds``: three, six for real-images).
     python -m lethe_bench.unlearning ...
 
 Per scenario (``lethe_bench.scenarios``) and seed: the original federation and its retrain reference
@@ -91,7 +93,9 @@ def per_seed_comparison(ease: dict, baselines: dict[str, dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="the seeds of every scenario run (default: each scenario's own, lethe_bench/scenarios.py: "
+                             "three, six for real-images)")
     parser.add_argument("--root", type=Path, default=Path("runs/bench"))
     parser.add_argument("--docs", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--json", type=Path, default=Path("docs/results/unlearning.json"))
@@ -110,8 +114,9 @@ def main(argv: list[str] | None = None) -> None:
     def log(message: str) -> None:
         print(message, flush=True)
 
+    seeds = {name: list(args.seeds or SCENARIOS[name].seeds) for name in args.scenarios}
     if args.quick:
-        args.seeds, args.root = args.seeds[:1], args.root.with_name(args.root.name + "-quick")
+        seeds, args.root = {name: s[:1] for name, s in seeds.items()}, args.root.with_name(args.root.name + "-quick")
         args.scenarios = [s for s in args.scenarios if s not in ("real-images", "pretrained-lora")]
     earlier = {}
     if not (args.quick or args.references_only):
@@ -122,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         if SCENARIOS[name].needs_pretrained:
             ensure_pretrained()  # once, here: the processes below only read it
     units = [BenchUnit(name, seed, args.root, args.quick, reactivation_rounds(name, args), args.references_only)
-             for name in args.scenarios for seed in args.seeds]
+             for name in args.scenarios for seed in seeds[name]]
     cached = cached_at_start(units)
     started = time.perf_counter()
     results = run_units(units, args.jobs)
@@ -135,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
                                                         if u.scenario == name])
         summary["measured"] = {"date": date.today().isoformat(), "machine": f"{describe_machine()}, torch threads 1",
                                "command": f"lethe bench{quick}{jobs} --scenarios {name} --seeds "
-                                          + " ".join(map(str, args.seeds)),
+                                          + " ".join(map(str, seeds[name])),
                                # the whole invocation (every scenario it ran, cached references read, not trained)
                                "invocation": {"scenarios": list(args.scenarios), "jobs": args.jobs,
                                               "wall_s": round(elapsed, 1), "units": len(units), **cached}}
@@ -143,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
             summary["reactivation_rounds"], summary["reinjected"] = rounds, REINJECTED
         if cached["rows_cached"] == len(units) and "measured" in earlier.get(name, {}):
             summary["measured"] = earlier[name]["measured"]  # nothing was measured now: keep when it was
-        backbone = backbone_digest(SCENARIOS[name].config(args.seeds[0], args.quick))
+        backbone = backbone_digest(SCENARIOS[name].config(seeds[name][0], args.quick))
         if backbone:  # the rows come from the cache of this backbone's references (keyed by its sha256)
             summary["measured"]["backbone_sha256"] = backbone
     if args.references_only:

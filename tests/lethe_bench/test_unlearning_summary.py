@@ -135,6 +135,37 @@ def test_main_merges_two_invocations_into_one_file_and_section(tmp_path, monkeyp
     assert "† in samples scope" in text  # finetune is no negative control there, and the table says so
 
 
+def test_without_seeds_each_scenario_runs_its_own(tmp_path, monkeypatch):
+    """real-images runs six seeds by default (its retrain spreads by more than the bars), the others three; the
+    recorded command names the seeds run, so it reproduces the entry; --seeds overrides every scenario's."""
+    import json
+
+    from lethe_bench import unlearning
+    from lethe_bench.scenarios import SCENARIOS
+
+    ran = []
+
+    def fake_run_seed(scenario, seed, root, quick, rounds, reinjected, log):
+        ran.append((scenario.name, seed))
+        run = _run(seed, 10.0 + seed, 11.0 + seed)
+        run["scope"] = scenario.scope
+        return run
+
+    monkeypatch.setattr(unlearning, "run_seed", fake_run_seed)
+    assert SCENARIOS["real-images"].seeds == (0, 1, 2, 3, 4, 5) and SCENARIOS["exclusive"].seeds == (0, 1, 2)
+    out, docs = tmp_path / "unlearning.json", tmp_path / "benchmarks.md"
+    common = ["--json", str(out), "--docs", str(docs), "--root", str(tmp_path / "runs")]
+    unlearning.main(["--scenarios", "real-images", "exclusive", *common])
+    assert ran == [("real-images", s) for s in range(6)] + [("exclusive", s) for s in range(3)]
+    scenarios = json.loads(out.read_text())["scenarios"]
+    assert scenarios["real-images"]["seeds"] == [0, 1, 2, 3, 4, 5]
+    assert scenarios["real-images"]["measured"]["command"] == "lethe bench --scenarios real-images --seeds 0 1 2 3 4 5"
+    assert scenarios["exclusive"]["measured"]["command"] == "lethe bench --scenarios exclusive --seeds 0 1 2"
+    ran.clear()
+    unlearning.main(["--scenarios", "real-images", "--seeds", "7", *common])
+    assert ran == [("real-images", 7)]
+
+
 def test_a_scenario_on_a_pretrained_backbone_names_the_backbone_its_rows_were_measured_on(tmp_path, monkeypatch):
     """pretrained-lora's figures depend on the backbone's bytes (docs/ease.md): the record and the docs line name
     its sha256; a scenario without one names none."""
