@@ -1,9 +1,9 @@
 """The unlearning benchmark: every method against the retrain reference, on every scenario, over seeds.
 
     lethe bench [--scenarios exclusive dirichlet ...] [--seeds 0 1 2] [--quick] [--jobs 2]
+    python -m lethe_bench.unlearning ...
 
 Without ``--seeds`` each scenario runs its own seeds (``Scenario.seeds``: three, six for real-images).
-    python -m lethe_bench.unlearning ...
 
 Per scenario (``lethe_bench.scenarios``) and seed: the original federation and its retrain reference
 (trained once and cached by config hash, ``lethe_bench.references``), every method row and EASE ablation

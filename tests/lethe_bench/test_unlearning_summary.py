@@ -103,6 +103,23 @@ def test_a_run_over_fewer_seeds_does_not_replace_a_fuller_result():
     assert merge_results({"exclusive": one}, {"exclusive": three})["scenarios"]["exclusive"] == three
 
 
+def _fake_bench_runs(monkeypatch) -> list[tuple[str, int]]:
+    """``lethe bench`` without training: each scenario-seed run returns ``_run``'s figures; returns the
+    (scenario, seed) pairs run, in order."""
+    from lethe_bench import unlearning
+
+    ran = []
+
+    def fake_run_seed(scenario, seed, root, quick, rounds, reinjected, log):
+        ran.append((scenario.name, seed))
+        run = _run(seed, 10.0 + seed, 11.0 + seed)
+        run["scope"] = scenario.scope
+        return run
+
+    monkeypatch.setattr(unlearning, "run_seed", fake_run_seed)
+    return ran
+
+
 def test_an_unreadable_results_file_stops_the_run_before_it_measures(tmp_path):
     from lethe_bench.unlearning import main
 
@@ -117,12 +134,7 @@ def test_main_merges_two_invocations_into_one_file_and_section(tmp_path, monkeyp
 
     from lethe_bench import unlearning
 
-    def fake_run_seed(scenario, seed, root, quick, rounds, reinjected, log):
-        run = _run(seed, 10.0 + seed, 11.0 + seed)
-        run["scope"] = scenario.scope
-        return run
-
-    monkeypatch.setattr(unlearning, "run_seed", fake_run_seed)
+    _fake_bench_runs(monkeypatch)
     out, docs = tmp_path / "unlearning.json", tmp_path / "benchmarks.md"
     common = ["--seeds", "0", "1", "2", "--json", str(out), "--docs", str(docs), "--root", str(tmp_path / "runs")]
     unlearning.main(["--scenarios", "exclusive", *common])
@@ -143,15 +155,7 @@ def test_without_seeds_each_scenario_runs_its_own(tmp_path, monkeypatch):
     from lethe_bench import unlearning
     from lethe_bench.scenarios import SCENARIOS
 
-    ran = []
-
-    def fake_run_seed(scenario, seed, root, quick, rounds, reinjected, log):
-        ran.append((scenario.name, seed))
-        run = _run(seed, 10.0 + seed, 11.0 + seed)
-        run["scope"] = scenario.scope
-        return run
-
-    monkeypatch.setattr(unlearning, "run_seed", fake_run_seed)
+    ran = _fake_bench_runs(monkeypatch)
     assert SCENARIOS["real-images"].seeds == (0, 1, 2, 3, 4, 5) and SCENARIOS["exclusive"].seeds == (0, 1, 2)
     out, docs = tmp_path / "unlearning.json", tmp_path / "benchmarks.md"
     common = ["--json", str(out), "--docs", str(docs), "--root", str(tmp_path / "runs")]
@@ -173,12 +177,7 @@ def test_a_scenario_on_a_pretrained_backbone_names_the_backbone_its_rows_were_me
 
     from lethe_bench import unlearning
 
-    def fake_run_seed(scenario, seed, root, quick, rounds, reinjected, log):
-        run = _run(seed, 10.0 + seed, 11.0 + seed)
-        run["scope"] = scenario.scope
-        return run
-
-    monkeypatch.setattr(unlearning, "run_seed", fake_run_seed)
+    _fake_bench_runs(monkeypatch)
     from lethe_bench import references
 
     def digest(config):  # a stand-in backbone: no weights file is read (a fresh clone has none)
