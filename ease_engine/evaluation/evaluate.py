@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from ease_engine.data.dataset import CaptionDataset
 from ease_engine.data.scenes import caption_naming, probe_captions
 from ease_engine.evaluation.probe import probe_accuracy
-from ease_engine.evaluation.retrieval import recall_at_k
+from ease_engine.evaluation.retrieval import per_image_recall, recall_at_k
 from ease_engine.evaluation.untrained_words import beaten_share, stand_in_words
 from ease_engine.models.factory import ClipBundle
 
@@ -61,6 +61,21 @@ def retrieval_metrics(bundle: ClipBundle, dataset: CaptionDataset, device: str =
                       tokens: torch.Tensor | None = None) -> dict[str, float]:
     """Recall@1/5/10 both directions on ``dataset`` (an image matches any of its captions); ``tokens``: its
     captions as ``caption_tokens`` gives them with this bundle's tokenizer, when the caller keeps them."""
+    metrics = recall_at_k(*_retrieval_embeddings(bundle, dataset, device, tokens))
+    metrics["n_images"] = len(dataset)
+    return metrics
+
+
+def retrieval_shares(bundle: ClipBundle, dataset: CaptionDataset, device: str = "cpu",
+                     tokens: torch.Tensor | None = None) -> np.ndarray:
+    """Each image's share of the mean of ``retrieval_metrics``' six recalls (``retrieval.per_image_recall``), in
+    percent: their mean is that mean, their spread over images its sampling error."""
+    return per_image_recall(*_retrieval_embeddings(bundle, dataset, device, tokens))
+
+
+def _retrieval_embeddings(bundle: ClipBundle, dataset: CaptionDataset, device: str,
+                          tokens: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Image embeddings, caption embeddings and each caption's image, for the retrieval measures."""
     if len(dataset) == 0:
         raise ValueError(f"cannot evaluate retrieval on an empty split ({dataset.name})")
     _, owner = dataset.caption_owner()
@@ -69,9 +84,7 @@ def retrieval_metrics(bundle: ClipBundle, dataset: CaptionDataset, device: str =
                          f"pass caption_tokens(bundle, dataset) of this split")
     image_emb = encode_images(bundle, dataset, device=device)
     text_emb = encode_tokens(bundle, caption_tokens(bundle, dataset) if tokens is None else tokens, device=device)
-    metrics = recall_at_k(image_emb, text_emb, owner)
-    metrics["n_images"] = len(dataset)
-    return metrics
+    return image_emb, text_emb, owner
 
 
 def concept_items(dataset: CaptionDataset, attribute: str, value: str) -> np.ndarray:

@@ -35,7 +35,11 @@ def retrieval_ranks(
     ``image_emb`` (N, D), ``text_emb`` (M, D), ``text_owner`` (M,) int: the image index of each
     caption. Every image needs at least one caption.
     """
-    images, texts, owner = _prepare(image_emb, text_emb, text_owner)
+    return _ranks(*_prepare(image_emb, text_emb, text_owner), chunk_size)
+
+
+def _ranks(images: torch.Tensor, texts: torch.Tensor, owner: torch.Tensor,
+           chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     n, m = images.shape[0], texts.shape[0]
@@ -69,14 +73,44 @@ def recall_at_k(
 
     recall@K = 100 * mean(rank < K) with the multi-caption ranks of :func:`retrieval_ranks`.
     """
-    if not ks or any(int(k) < 1 for k in ks):
-        raise ValueError(f"ks must be positive integers, got {ks}")
+    _check_ks(ks)
     i2t, t2i = retrieval_ranks(image_emb, text_emb, text_owner, chunk_size=chunk_size)
     result: dict[str, float] = {}
     for direction, ranks in (("i2t", i2t), ("t2i", t2i)):
         for k in ks:
             result[f"{direction}_r{int(k)}"] = 100.0 * float((ranks < int(k)).double().mean())
     return result
+
+
+def per_image_recall(
+    image_emb: Array,
+    text_emb: Array,
+    text_owner: Array,
+    ks: Sequence[int] = (1, 5, 10),
+    chunk_size: int = 1024,
+) -> np.ndarray:
+    """The mean of :func:`recall_at_k`'s values (both directions, every K), split into one share per image (N,),
+    in percent: their mean is that mean recall, and their spread its sampling error over images.
+
+    Image i's share is half its image-to-text hit rate over ``ks`` plus half the text-to-image hit rates of its
+    own captions, summed and scaled by N / M (an image with more captions carries more of the text-to-image
+    mean, as it does in ``recall_at_k``).
+    """
+    _check_ks(ks)
+    images, texts, owner = _prepare(image_emb, text_emb, text_owner)
+    i2t, t2i = _ranks(images, texts, owner, chunk_size)
+
+    def hit_rate(ranks: torch.Tensor) -> torch.Tensor:
+        return torch.stack([(ranks < int(k)).double() for k in ks]).mean(dim=0)
+
+    n, m = len(i2t), len(t2i)
+    captions = torch.zeros(n, dtype=torch.float64, device=t2i.device).index_add_(0, owner, hit_rate(t2i))
+    return (50.0 * (hit_rate(i2t) + captions * (n / m))).cpu().numpy()
+
+
+def _check_ks(ks: Sequence[int]) -> None:
+    if not ks or any(int(k) < 1 for k in ks):
+        raise ValueError(f"ks must be positive integers, got {ks}")
 
 
 def _prepare(image_emb: Array, text_emb: Array, text_owner: Array) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -113,4 +147,4 @@ def _normalised(embeddings: Array, name: str) -> torch.Tensor:
     return torch.nn.functional.normalize(x, dim=1)
 
 
-__all__ = ["recall_at_k", "retrieval_ranks"]
+__all__ = ["per_image_recall", "recall_at_k", "retrieval_ranks"]

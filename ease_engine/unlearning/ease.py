@@ -74,7 +74,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, model_validator
 
 from ease_engine.data.dataset import CaptionDataset
 from ease_engine.federation.exclusive import ExclusiveContribution
@@ -119,8 +119,9 @@ class EaseParams(BaseModel):
                            "steps it may take")
     utility_check_every: int = Field(10, ge=1, description="repair_until = parent_utility (or auto choosing it): "
                                      "measure every this many steps")
-    utility_tolerance: float = Field(0.0, ge=0, description="repair_until = parent_utility (or auto choosing it): "
-                                     "stop this many points of mean recall below the parent's")
+    utility_tolerance: NonNegativeFloat | Literal["standard_error"] = Field(
+        0.0, description="repair_until = parent_utility (or auto choosing it): stop this many points of mean recall "
+        "below the parent's, or (standard_error) the parent's measure's sampling error over the pairs measured")
     lr: float = Field(2e-3, gt=0)
     batch_size: int = Field(64, ge=2)
     retain_weight: float = Field(5.0, ge=0)

@@ -11,7 +11,9 @@ federation's strength varies with the seed"). ``repair_until = "parent_utility"`
   look at what it is judged on;
 - the measure is the mean retrieval recall (Recall@1, 5 and 10, both directions, every caption of an image:
   the protocol of ``evaluation.retrieval``), smoother than Recall@1 alone on a few hundred pairs;
-- the target is the parent's measure on the same pairs, less ``utility_tolerance`` points: the parent is the
+- the target is the parent's measure on the same pairs, less ``utility_tolerance``: a number of points, or
+  ``"standard_error"``, the parent's measure's own sampling error over the pairs measured (the standard
+  deviation of the images' shares of it over the square root of their count, :func:`shares`). The parent is the
   one model the server holds that was never set back by the excision, and the retrain (which the server cannot
   have) is trained on these clients' data for as long. The parent also learnt from the erased client, so where
   that client's data helped the others the target sits above the retrain and the repair overshoots it;
@@ -33,16 +35,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
 
 from ease_engine.data.dataset import CaptionDataset
-from ease_engine.evaluation.evaluate import caption_tokens, retrieval_metrics
+from ease_engine.evaluation.evaluate import caption_tokens, retrieval_shares
 from ease_engine.models.factory import ClipBundle
 from ease_engine.unlearning.base import UnlearningError
 
-RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
 MIN_PAIRS = 20  # on fewer pairs Recall@10 is near 100 for any model: the measure would be Recall@1's alone
 
 
@@ -58,11 +60,21 @@ def require_measurable(data: CaptionDataset) -> None:
             f"train the federation with a larger holdout.client_fraction or a smaller holdout.audit_fraction")
 
 
+def shares(bundle: ClipBundle, data: CaptionDataset, device: str, tokens: torch.Tensor | None = None) -> np.ndarray:
+    """Each image's share of the mean of Recall@1, 5 and 10 in both directions on ``data`` (``tokens``: its
+    captions tokenized, as ``caption_tokens`` gives them), in percent (``evaluation.retrieval.per_image_recall``)."""
+    return retrieval_shares(bundle, data, device=device, tokens=tokens)
+
+
 def mean_recall(bundle: ClipBundle, data: CaptionDataset, device: str, tokens: torch.Tensor | None = None) -> float:
-    """The mean of Recall@1, 5 and 10 in both directions on ``data`` (``tokens``: its captions tokenized, as
-    ``caption_tokens`` gives them), in percent."""
-    metrics = retrieval_metrics(bundle, data, device=device, tokens=tokens)
-    return float(np.mean([metrics[key] for key in RECALL_KEYS]))
+    """The mean of Recall@1, 5 and 10 in both directions on ``data``, in percent."""
+    return float(np.mean(shares(bundle, data, device, tokens)))
+
+
+def standard_error(image_shares: np.ndarray) -> float:
+    """The sampling error of the mean recall over the images measured: how far it would move, as one standard
+    deviation, had other pairs of the same distribution been held out."""
+    return float(np.std(image_shares, ddof=1) / np.sqrt(len(image_shares)))
 
 
 def retained_calibration(calibration: CaptionDataset, retained_clients: list[int]) -> CaptionDataset:
@@ -101,20 +113,28 @@ class UtilityCriterion:
 
     data: CaptionDataset
     parent_value: float  # the parent's mean recall on ``data``
-    tolerance: float
+    tolerance: float  # in points of mean recall
     every: int
     first: int = 0  # the first step measured (the tuned step count)
     device: str = "cpu"
     tokens: torch.Tensor | None = field(default=None, repr=False, compare=False)  # ``data``'s captions, tokenized
     # once for every measure
+    parent_error: float | None = None  # the parent's measure's standard error over ``data``'s images
+    tolerance_rule: str = "points"
     measures: list[dict] = field(default_factory=list)
 
     @classmethod
-    def at_parent(cls, parent: ClipBundle, data: CaptionDataset, tolerance: float, every: int, first: int = 0,
-                  device: str = "cpu") -> UtilityCriterion:
+    def at_parent(cls, parent: ClipBundle, data: CaptionDataset, tolerance: float | Literal["standard_error"],
+                  every: int, first: int = 0, device: str = "cpu") -> UtilityCriterion:
+        """The criterion against ``parent`` on ``data``; ``tolerance`` in points, or ``"standard_error"``: the
+        parent's measure's standard error over ``data``'s images."""
         require_measurable(data)
         tokens = caption_tokens(parent, data)
-        return cls(data, mean_recall(parent, data, device, tokens), tolerance, every, first, device, tokens)
+        parent_shares = shares(parent, data, device, tokens)
+        error = standard_error(parent_shares)
+        rule = "standard_error" if tolerance == "standard_error" else "points"
+        return cls(data, float(np.mean(parent_shares)), error if rule == "standard_error" else float(tolerance),
+                   every, first, device, tokens, parent_error=error, tolerance_rule=rule)
 
     @property
     def target(self) -> float:
@@ -132,5 +152,7 @@ class UtilityCriterion:
 
     def summary(self) -> dict:
         return {"parent_mean_recall": round(self.parent_value, 3), "target_mean_recall": round(self.target, 3),
+                "parent_standard_error": None if self.parent_error is None else round(self.parent_error, 3),
+                "tolerance": {"rule": self.tolerance_rule, "points": round(self.tolerance, 3)},
                 "pairs": len(self.data), "measures": self.measures,
                 "reached": bool(self.measures) and self.measures[-1]["reached"]}

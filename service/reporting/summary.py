@@ -213,6 +213,11 @@ def repair_facts(record: Any) -> dict[str, Any] | None:
     if criterion:
         facts["parent's mean recall"] = criterion.get("parent_mean_recall")
         facts["target mean recall"] = criterion.get("target_mean_recall")
+        tolerance = as_dict(criterion.get("tolerance"))
+        if tolerance:  # records before 2026-12-05's seventh stop have none
+            facts["tolerance"] = (f"{fmt(tolerance.get('points'))} points"
+                                  + (" (the parent's standard error)" if tolerance.get("rule") == "standard_error"
+                                     else ""))
         facts["measured"] = "; ".join(f"step {fmt(m.get('step'))}: {fmt(m.get('mean_recall'))}"
                                       for m in criterion.get("measures") or [] if isinstance(m, dict))
     return facts

@@ -3,6 +3,7 @@ utility is back at the parent's (``ease_repair``)."""
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from ease_engine.data.dataset import NO_CLIENT
 from ease_engine.federation.exclusive import ExclusiveContribution
@@ -65,16 +66,17 @@ def test_too_few_held_out_pairs_are_refused_with_what_to_do(context):
         UtilityCriterion.at_parent(context.fresh_bundle(), data, tolerance=0, every=5)
 
 
-def _scripted(monkeypatch, values: list[float]) -> list[np.ndarray]:
-    """``mean_recall`` answers ``values`` in turn (the parent's first); returns the owners of the pairs measured,
-    one array per call."""
+def _scripted(monkeypatch, values: list) -> list[np.ndarray]:
+    """The measure answers ``values`` in turn (the parent's first): a mean recall, or the images' shares of it;
+    returns the owners of the pairs measured, one array per call."""
     calls: list[np.ndarray] = []
 
     def fake(bundle, data, device, tokens=None):
         calls.append(np.asarray(data.client_ids))
-        return values[min(len(calls), len(values)) - 1]
+        value = values[min(len(calls), len(values)) - 1]
+        return np.asarray([value, value] if np.isscalar(value) else value, dtype=float)
 
-    monkeypatch.setattr(ease_repair, "mean_recall", fake)
+    monkeypatch.setattr(ease_repair, "shares", fake)
     return calls
 
 
@@ -117,6 +119,38 @@ def test_the_tolerance_lowers_the_target(context, monkeypatch):
     record = outcome.details["displacement"]["repair_criterion"]
     assert record["target_mean_recall"] == 47.5 and record["reached"]
     assert outcome.details["displacement"]["steps"] == FAST["steps"]
+
+
+def test_a_tolerance_of_one_standard_error_is_the_parents_own_sampling_error(context):
+    data = retained_calibration(context.setup.calibration, context.retained_clients(ErasureTarget(0)))
+    parent = context.fresh_bundle()
+    shares = ease_repair.shares(parent, data, "cpu")
+    assert len(shares) == len(data) and shares.std() > 0
+    criterion = UtilityCriterion.at_parent(parent, data, tolerance="standard_error", every=5)
+    assert criterion.parent_value == pytest.approx(ease_repair.mean_recall(parent, data, "cpu"))
+    assert criterion.tolerance == pytest.approx(scipy.stats.sem(shares)) and criterion.tolerance > 0
+    assert criterion.target == pytest.approx(criterion.parent_value - scipy.stats.sem(shares))
+    record = criterion.summary()
+    assert record["tolerance"]["rule"] == "standard_error"
+    assert record["parent_standard_error"] == record["tolerance"]["points"] == round(criterion.tolerance, 3)
+    # in points, the error is on record and the target ignores it
+    points = UtilityCriterion.at_parent(parent, data, tolerance=0, every=5)
+    assert points.target == points.parent_value and points.summary()["tolerance"] == {"rule": "points", "points": 0}
+    assert points.summary()["parent_standard_error"] == record["parent_standard_error"]
+
+
+def test_the_repair_stops_within_the_parents_standard_error(context, monkeypatch):
+    # the parent's images share 40 and 60: mean 50, standard error 10, so 41 is back and 39 is not
+    _scripted(monkeypatch, [[40.0, 60.0], 39.0, 41.0])
+    outcome, _, _ = _excised_and_final(context, monkeypatch, repair_until="parent_utility",
+                                       utility_tolerance="standard_error")
+    record = outcome.details["displacement"]["repair_criterion"]
+    assert record["target_mean_recall"] == 40.0 and record["parent_mean_recall"] == 50.0
+    assert [m["reached"] for m in record["measures"]] == [False, True]
+    assert outcome.details["displacement"]["steps"] == 25
+    _scripted(monkeypatch, [[40.0, 60.0], 39.0, 41.0, 50.0])  # in points (0), the same measures run on to 50
+    outcome, _, _ = _excised_and_final(context, monkeypatch, repair_until="parent_utility")
+    assert outcome.details["displacement"]["steps"] == 40
 
 
 def test_samples_scope_measures_every_clients_calibration_pairs(context, monkeypatch):

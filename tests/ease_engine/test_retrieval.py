@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from ease_engine.evaluation.probe import probe_accuracy, probe_correct
-from ease_engine.evaluation.retrieval import recall_at_k, retrieval_ranks
+from ease_engine.evaluation.retrieval import per_image_recall, recall_at_k, retrieval_ranks
 
 
-def _brute_force_recall(images: np.ndarray, texts: np.ndarray, owner: np.ndarray, ks) -> dict[str, float]:
+def _brute_force_positions(images: np.ndarray, texts: np.ndarray, owner: np.ndarray) -> tuple[list, list]:
     """Independent reference: full similarity matrix, sort each query, find the first correct item."""
     images = images / np.linalg.norm(images, axis=1, keepdims=True)
     texts = texts / np.linalg.norm(texts, axis=1, keepdims=True)
@@ -23,6 +23,11 @@ def _brute_force_recall(images: np.ndarray, texts: np.ndarray, owner: np.ndarray
     for j in range(texts.shape[0]):
         order = np.argsort(-sims[:, j], kind="stable")
         t2i_positions.append(int(np.flatnonzero(order == owner[j])[0]))
+    return i2t_positions, t2i_positions
+
+
+def _brute_force_recall(images: np.ndarray, texts: np.ndarray, owner: np.ndarray, ks) -> dict[str, float]:
+    i2t_positions, t2i_positions = _brute_force_positions(images, texts, owner)
     result = {}
     for name, positions in (("i2t", i2t_positions), ("t2i", t2i_positions)):
         for k in ks:
@@ -51,6 +56,22 @@ def test_matches_brute_force_reference(seed):
     for key, value in reference.items():
         assert ours[key] == pytest.approx(value, abs=1e-9), key
     assert 0 < ours["i2t_r1"] < 100 and 0 < ours["t2i_r1"] < 100
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_per_image_shares_match_a_brute_force_split_and_average_to_the_mean_recall(seed):
+    images, texts, owner = _random_case(seed)
+    ks = (1, 5, 10)
+    shares = per_image_recall(images, texts, owner, ks=ks)
+    i2t, t2i = (np.asarray(p) for p in _brute_force_positions(images, texts, owner))
+    n, m = len(images), len(texts)
+    for i in range(n):  # half the image's own hit rate, half its captions' share of the text-to-image mean
+        own = np.mean([i2t[i] < k for k in ks])
+        captions = sum(np.mean([t2i[j] < k for k in ks]) for j in np.flatnonzero(owner == i))
+        assert shares[i] == pytest.approx(50 * own + 50 * captions * n / m, abs=1e-9), i
+    recalls = recall_at_k(images, texts, owner, ks=ks)
+    assert shares.mean() == pytest.approx(np.mean(list(recalls.values())), abs=1e-9)
+    assert shares.std() > 0  # images differ: the spread is what the sampling error is made of
 
 
 def test_chunk_size_does_not_change_results():

@@ -137,3 +137,9 @@ def test_how_the_repair_stopped_is_said_from_what_happened():
     assert repair_facts(fixed)["stopped"] == "after the tuned steps (30)" and "measured" not in repair_facts(fixed)
     assert repair_facts({**met, "steps": 0})["stopped"] == "no displacement ran"
     assert repair_facts(None) is None and repair_facts([{"round": 1}]) is None  # a baseline's own history
+    # the tolerance says where it came from; a record from before it was recorded says nothing of it
+    within_error = {**met, "criterion": {**met["criterion"], "tolerance": {"rule": "standard_error", "points": 2.4}}}
+    assert repair_facts(within_error)["tolerance"] == "2.4 points (the parent's standard error)"
+    in_points = {**met, "criterion": {**met["criterion"], "tolerance": {"rule": "points", "points": 0}}}
+    assert repair_facts(in_points)["tolerance"] == "0 points"
+    assert "tolerance" not in repair_facts(met)
