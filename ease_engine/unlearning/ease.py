@@ -120,8 +120,9 @@ class EaseParams(BaseModel):
     utility_check_every: int = Field(10, ge=1, description="repair_until = parent_utility (or auto choosing it): "
                                      "measure every this many steps")
     utility_tolerance: NonNegativeFloat | Literal["standard_error"] = Field(
-        0.0, description="repair_until = parent_utility (or auto choosing it): stop this many points of mean recall "
-        "below the parent's, or (standard_error) the parent's measure's sampling error over the pairs measured")
+        "standard_error", description="repair_until = parent_utility (or auto choosing it): stop within the parent's "
+        "measure's sampling error over the pairs measured (standard_error; docs/ease.md, 'The repair stops within "
+        "the measure's sampling error'), or this many points of mean recall below the parent's")
     lr: float = Field(2e-3, gt=0)
     batch_size: int = Field(64, ge=2)
     retain_weight: float = Field(5.0, ge=0)

@@ -141,15 +141,15 @@ def test_a_tolerance_of_one_standard_error_is_the_parents_own_sampling_error(con
 
 def test_the_repair_stops_within_the_parents_standard_error(context, monkeypatch):
     # the parent's images share 40 and 60: mean 50, standard error 10, so 41 is back and 39 is not
+    assert EaseParams().utility_tolerance == "standard_error"  # the default
     _scripted(monkeypatch, [[40.0, 60.0], 39.0, 41.0])
-    outcome, _, _ = _excised_and_final(context, monkeypatch, repair_until="parent_utility",
-                                       utility_tolerance="standard_error")
+    outcome, _, _ = _excised_and_final(context, monkeypatch, repair_until="parent_utility")
     record = outcome.details["displacement"]["repair_criterion"]
     assert record["target_mean_recall"] == 40.0 and record["parent_mean_recall"] == 50.0
     assert [m["reached"] for m in record["measures"]] == [False, True]
     assert outcome.details["displacement"]["steps"] == 25
     _scripted(monkeypatch, [[40.0, 60.0], 39.0, 41.0, 50.0])  # in points (0), the same measures run on to 50
-    outcome, _, _ = _excised_and_final(context, monkeypatch, repair_until="parent_utility")
+    outcome, _, _ = _excised_and_final(context, monkeypatch, repair_until="parent_utility", utility_tolerance=0)
     assert outcome.details["displacement"]["steps"] == 40
 
 

@@ -251,3 +251,6 @@ def test_the_earlier_variants_keep_the_tuned_steps_they_were_measured_with():
     for row in VARIANTS[2:]:
         if row.params.get("displace", True):
             assert "repair_until" in row.params, row.label
+            # and so did the criterion's tolerance: a variant that may measure names the one it was measured with
+            if row.params["repair_until"] != "steps":
+                assert "utility_tolerance" in row.params, row.label
