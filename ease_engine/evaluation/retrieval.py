@@ -109,8 +109,8 @@ def per_image_recall(
 
 
 def _check_ks(ks: Sequence[int]) -> None:
-    if not ks or any(int(k) < 1 for k in ks):
-        raise ValueError(f"ks must be positive integers, got {ks}")
+    if not ks or any(int(k) < 1 for k in ks) or len({int(k) for k in ks}) != len(ks):
+        raise ValueError(f"ks must be distinct positive integers, got {ks}")
 
 
 def _prepare(image_emb: Array, text_emb: Array, text_owner: Array) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -32,12 +32,13 @@ Measured, 3 seeds each, docs/ease.md "The guard, sketched": it lowers the utilit
 the anchor + contrastive repair it helps on exclusive and hurts on samples and real-images; it takes about 3.6
 times EASE's wall time on exclusive (1.6 times from 128 pairs, ``guard_pairs``): off by default.)
 The repair runs the tuned ``steps`` (tuned on one seed), or, with ``repair_until = "parent_utility"``, those and
-on, at most ``max_steps``, until the retained clients' held-out calibration pairs are retrieved as well as by the parent
-(``ease_repair``; docs/ease.md "The repair stops on a measure": on exclusive it closes the utility gap the fixed
-count leaves on strong seeds, at 3.4-4.1 times the wall time, and re-teaches the forget pairs where they are
-ordinary data (dirichlet, samples)). By default (``repair_until = "auto"``) the ledger chooses: on to the parent's
-utility where a block is wholly exclusive to the erased client (it held knowledge no retained client's data has),
-the tuned steps elsewhere (docs/ease.md "The ledger chooses when the repair stops").
+on, at most ``max_steps``, until the retained clients' held-out calibration pairs are retrieved as well as by the
+parent, within the parent's measure's standard error (``ease_repair``; docs/ease.md "The repair stops on a
+measure": on exclusive it closes the utility gap the fixed count leaves on strong seeds, at 3.4-4.1 times the
+wall time, and re-teaches the forget pairs where they are ordinary data (dirichlet, samples)). By default
+(``repair_until = "auto"``) the ledger chooses: on to the parent's utility where a block is wholly exclusive to
+the erased client (it held knowledge no retained client's data has), the tuned steps elsewhere (docs/ease.md
+"The ledger chooses when the repair stops").
 
 Closure 3, the Forget Lock (federated update drift): per excised block the unit direction of x_f, the
 displacement along it and the erased value, saved with the version; aggregators apply it to every later
@@ -70,11 +71,11 @@ Measured reasons (the ``samples`` scenario, docs/ease.md):
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ease_engine.data.dataset import CaptionDataset
 from ease_engine.federation.exclusive import ExclusiveContribution
@@ -119,7 +120,7 @@ class EaseParams(BaseModel):
                            "steps it may take")
     utility_check_every: int = Field(10, ge=1, description="repair_until = parent_utility (or auto choosing it): "
                                      "measure every this many steps")
-    utility_tolerance: NonNegativeFloat | Literal["standard_error"] = Field(
+    utility_tolerance: Annotated[float, Field(ge=0, allow_inf_nan=False)] | Literal["standard_error"] = Field(
         "standard_error", description="repair_until = parent_utility (or auto choosing it): stop within the parent's "
         "measure's sampling error over the pairs measured (standard_error; docs/ease.md, 'The repair stops within "
         "the measure's sampling error'), or this many points of mean recall below the parent's")

@@ -214,7 +214,8 @@ def repair_facts(record: Any) -> dict[str, Any] | None:
         facts["parent's mean recall"] = criterion.get("parent_mean_recall")
         facts["target mean recall"] = criterion.get("target_mean_recall")
         tolerance = as_dict(criterion.get("tolerance"))
-        if tolerance:  # records before 2026-12-05's seventh stop have none
+        if tolerance:  # records before 2026-12-05's seventh stop have neither
+            facts["parent's standard error"] = criterion.get("parent_standard_error")
             facts["tolerance"] = (f"{fmt(tolerance.get('points'))} points"
                                   + (" (the parent's standard error)" if tolerance.get("rule") == "standard_error"
                                      else ""))

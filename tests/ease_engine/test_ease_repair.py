@@ -6,6 +6,7 @@ import pytest
 import scipy.stats
 
 from ease_engine.data.dataset import NO_CLIENT
+from ease_engine.evaluation.evaluate import retrieval_metrics
 from ease_engine.federation.exclusive import ExclusiveContribution
 from ease_engine.models.blocks import read_blocks
 from ease_engine.unlearning import ErasureTarget, UnlearningContext, ease, ease_repair
@@ -127,7 +128,8 @@ def test_a_tolerance_of_one_standard_error_is_the_parents_own_sampling_error(con
     shares = ease_repair.shares(parent, data, "cpu")
     assert len(shares) == len(data) and shares.std() > 0
     criterion = UtilityCriterion.at_parent(parent, data, tolerance="standard_error", every=5)
-    assert criterion.parent_value == pytest.approx(ease_repair.mean_recall(parent, data, "cpu"))
+    recalls = retrieval_metrics(parent, data)  # the evaluation's own six recalls: the shares split their mean
+    assert criterion.parent_value == pytest.approx(np.mean([v for k, v in recalls.items() if k != "n_images"]))
     assert criterion.tolerance == pytest.approx(scipy.stats.sem(shares)) and criterion.tolerance > 0
     assert criterion.target == pytest.approx(criterion.parent_value - scipy.stats.sem(shares))
     record = criterion.summary()
@@ -137,6 +139,25 @@ def test_a_tolerance_of_one_standard_error_is_the_parents_own_sampling_error(con
     points = UtilityCriterion.at_parent(parent, data, tolerance=0, every=5)
     assert points.target == points.parent_value and points.summary()["tolerance"] == {"rule": "points", "points": 0}
     assert points.summary()["parent_standard_error"] == record["parent_standard_error"]
+
+
+def test_a_standard_error_needs_two_images_and_a_tolerance_is_a_finite_number_or_the_rule():
+    assert ease_repair.standard_error(np.array([40.0, 60.0])) == pytest.approx(10.0)
+    with pytest.raises(RepairCriterionError, match="at least 2 images"):
+        ease_repair.standard_error(np.array([50.0]))
+    for bad in (-1, float("inf"), float("nan"), "sem", None):
+        with pytest.raises(ValueError):
+            EaseParams(utility_tolerance=bad)
+    assert EaseParams(utility_tolerance=1.5).utility_tolerance == 1.5
+
+
+def test_a_measure_equal_to_the_target_but_for_float_summation_order_reaches_it(context, monkeypatch):
+    data = retained_calibration(context.setup.calibration, context.retained_clients(ErasureTarget(0)))
+    criterion = UtilityCriterion(data, parent_value=50.0, tolerance=0.0, every=5)
+    monkeypatch.setattr(ease_repair, "mean_recall", lambda *args: 50.0 - 1e-12)  # the same counts, other images
+    assert criterion.reached(None, 10)
+    monkeypatch.setattr(ease_repair, "mean_recall", lambda *args: 50.0 - 1e-6)  # far below any one hit's share
+    assert not criterion.reached(None, 20)
 
 
 def test_the_repair_stops_within_the_parents_standard_error(context, monkeypatch):

@@ -142,6 +142,9 @@ def test_invalid_inputs():
         recall_at_k(eye, np.eye(5)[:4], np.arange(4))
     with pytest.raises(ValueError):
         recall_at_k(eye, eye, np.arange(4), ks=(0,))
+    for measure in (recall_at_k, per_image_recall):  # a repeated K would count twice in one and once in the other
+        with pytest.raises(ValueError, match="distinct"):
+            measure(eye, eye, np.arange(4), ks=(1, 1, 5))
 
 
 # -- probe ------------------------------------------------------------------------------------

@@ -232,6 +232,27 @@ def test_a_check_on_other_seeds_runs_the_rows_asked_for_under_its_own_entry(tmp_
     assert line.endswith("| - |")  # no baseline ran: no claim about them
 
 
+def test_each_seeds_verdict_metrics_and_repair_stop_are_kept(tmp_path, monkeypatch):
+    """A per-seed claim (steps taken, the parent's standard error, a seed's verdict) is read off the results."""
+    out, docs = tmp_path / "variants.json", tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n")
+
+    def fake_rows(root, scenario, seed, rows):
+        run = _fake_run(seed, ["original", "retrain", *(row.label for row in rows)])
+        run["models"]["ease"] |= {"verdict": "fail" if seed else "pass",
+                                  "repair_stop": {"until": "parent_utility", "steps": 30 + 10 * seed}}
+        return run
+
+    monkeypatch.setattr(ease_variants, "run_rows", fake_rows)
+    ease_variants.main(["--scenarios", "exclusive", "--seeds", "0", "2", "--rows", "pga", "--entry", "check",
+                        "--json", str(out), "--docs", str(docs)])
+    per_seed = json.loads(out.read_text())["scenarios"]["check"]["by_seed"]
+    assert set(per_seed) == {"original", "retrain", "ease", "pga"}
+    assert [s["verdict"] for s in per_seed["ease"]] == ["pass", "fail"]
+    assert [s["repair_stop"]["steps"] for s in per_seed["ease"]] == [30, 50]
+    assert "repair_stop" not in per_seed["pga"][0] and per_seed["retrain"][1]["metrics"]["probe"] == 10.0
+
+
 def test_a_subset_of_rows_never_replaces_a_scenarios_entry(tmp_path, monkeypatch):
     import pytest
 

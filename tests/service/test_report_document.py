@@ -138,8 +138,11 @@ def test_how_the_repair_stopped_is_said_from_what_happened():
     assert repair_facts({**met, "steps": 0})["stopped"] == "no displacement ran"
     assert repair_facts(None) is None and repair_facts([{"round": 1}]) is None  # a baseline's own history
     # the tolerance says where it came from; a record from before it was recorded says nothing of it
-    within_error = {**met, "criterion": {**met["criterion"], "tolerance": {"rule": "standard_error", "points": 2.4}}}
+    within_error = {**met, "criterion": {**met["criterion"], "parent_standard_error": 2.4,
+                                         "tolerance": {"rule": "standard_error", "points": 2.4}}}
     assert repair_facts(within_error)["tolerance"] == "2.4 points (the parent's standard error)"
-    in_points = {**met, "criterion": {**met["criterion"], "tolerance": {"rule": "points", "points": 0}}}
+    in_points = {**met, "criterion": {**met["criterion"], "parent_standard_error": 2.4,
+                                      "tolerance": {"rule": "points", "points": 0.0}}}
     assert repair_facts(in_points)["tolerance"] == "0 points"
-    assert "tolerance" not in repair_facts(met)
+    assert repair_facts(in_points)["parent's standard error"] == 2.4  # on record whatever the rule
+    assert "tolerance" not in repair_facts(met) and "parent's standard error" not in repair_facts(met)
